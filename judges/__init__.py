@@ -1,0 +1,13 @@
+"""Judges: a batch of candidates in, a score in [0, 1] (or None with a reason) each out."""
+from judges.base import Judge, JudgeScore, safe_score, validate
+from judges.coherence import CoherenceJudge, token_nll
+from judges.combiner import Decision, decide
+from judges.critic import DEFAULT_RUBRIC, CriticJudge, sanitise
+from judges.embedder import embed, load_sentence_embedder
+from judges.novelty import NoveltyJudge
+from judges.verifier import VerifierJudge
+
+__all__ = [
+    "Judge", "JudgeScore", "safe_score", "validate", "CoherenceJudge", "token_nll", "Decision", "decide",
+    "DEFAULT_RUBRIC", "CriticJudge", "sanitise", "embed", "load_sentence_embedder", "NoveltyJudge", "VerifierJudge",
+]

@@ -1,0 +1,72 @@
+"""Novelty: cosine distance to the nearest corpus text or already-accepted text.
+
+score = min(1, distance / 0.5): distances past 0.5 all count as fully novel, so the judge
+ranks near-copies and paraphrases, not "how unrelated to the corpus" a text is.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from sklearn.neighbors import NearestNeighbors
+
+from judges.base import JudgeScore
+
+SATURATION = 0.5  # cosine distance at which novelty reaches 1
+
+
+class NoveltyJudge:
+    name = "novelty"
+
+    def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], corpus_texts: list[str], min_distance: float = 0.02):
+        if not corpus_texts:
+            raise ValueError("NoveltyJudge needs at least one corpus text to measure distance to")
+        if not 0 <= min_distance <= 2:
+            raise ValueError(f"min_distance must be in [0, 2], got {min_distance}")
+        self.embed_fn, self.min_distance = embed_fn, min_distance
+        self.corpus_texts = list(corpus_texts)
+        self._corpus_index = NearestNeighbors(n_neighbors=1, metric="cosine").fit(self._embed(self.corpus_texts))
+        self.accepted_texts: list[str] = []
+        self._accepted_emb = None  # (A, d)
+        self._accepted_index = None
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        z = np.asarray(self.embed_fn(list(texts)), dtype=np.float32)
+        if z.ndim != 2 or z.shape[0] != len(texts):
+            raise ValueError(f"embed_fn returned shape {z.shape} for {len(texts)} texts; expected (N, d)")
+        return z
+
+    def add_accepted(self, texts: list[str]) -> None:
+        """Texts accepted so far count as 'already seen' for later candidates."""
+        texts = list(texts)
+        if not texts:
+            return
+        z = self._embed(texts)
+        self._accepted_emb = z if self._accepted_emb is None else np.concatenate([self._accepted_emb, z])
+        self.accepted_texts += texts
+        # Refit: accepted sets are small (hundreds per generation), so a rebuild is cheap.
+        self._accepted_index = NearestNeighbors(n_neighbors=1, metric="cosine").fit(self._accepted_emb)
+
+    def score(self, texts: list[str]) -> list[JudgeScore]:
+        texts = list(texts)
+        if not texts:
+            return []
+        z = self._embed(texts)  # (N, d)
+        d, j = self._corpus_index.kneighbors(z)  # (N, 1) each
+        dist, near = d[:, 0].clip(min=0), [self.corpus_texts[k] for k in j[:, 0]]
+        source = ["corpus"] * len(texts)
+        if self._accepted_index is not None:
+            da, ja = self._accepted_index.kneighbors(z)
+            for i in range(len(texts)):
+                if da[i, 0] < dist[i]:
+                    dist[i], near[i], source[i] = max(0.0, da[i, 0]), self.accepted_texts[ja[i, 0]], "accepted"
+        out = []
+        for i in range(len(texts)):
+            di = float(dist[i])
+            short = near[i] if len(near[i]) <= 60 else near[i][:57] + "..."
+            out.append(JudgeScore(
+                min(1.0, di / SATURATION),
+                f"distance {di:.3f} to {source[i]} text {short!r}",
+                {"distance": di, "nearest": near[i], "source": source[i], "near_duplicate": di < self.min_distance},
+            ))
+        return out

@@ -1,0 +1,81 @@
+"""The SLLM: a sentence-level autoencoder on top of a frozen base language model.
+
+Encoder: the base model's input embeddings of a text -> small transformer -> attention
+pooling -> ONE latent vector z. Decoder: z -> K soft-prompt vectors in the base model's
+embedding space; the frozen base model reconstructs the text after them (as in prompt
+tuning, Lester et al. 2021, and ICAE, Ge et al. 2023, but with a single vector).
+A meaning head maps z to the sentence embedding of a sentence-transformers model, so that
+nearby latents mean nearby meanings (the idea's "restore the meaning, not the tokens").
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loop.config import SLLMConfig
+
+
+class SLLM(nn.Module):
+    def __init__(self, embed_dim: int, cfg: SLLMConfig, meaning_dim: int = 384):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_dim = embed_dim
+        d = cfg.enc_dim
+        self.in_proj = nn.Linear(embed_dim, d)
+        self.pos = nn.Embedding(cfg.max_tokens, d)
+        layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
+        self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.pool = nn.MultiheadAttention(d, cfg.enc_heads, batch_first=True)
+        self.to_latent = nn.Linear(d, cfg.latent_dim)
+        # Standardise each latent dimension over the data (batch statistics in training, running
+        # statistics after): at init a pooled transformer output barely varies between texts,
+        # and the decoder then learns to ignore z (posterior collapse). Standardising makes the
+        # between-text variation the whole signal, and gives the latent cloud a known envelope.
+        self.norm = nn.BatchNorm1d(cfg.latent_dim, affine=False, momentum=0.01)
+        hidden = max(cfg.latent_dim, embed_dim) * 2
+        self.decoder = nn.Sequential(
+            nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.n_prompt * embed_dim)
+        )
+        self.meaning_head = nn.Sequential(nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, meaning_dim))
+
+    def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tok_emb (B, T, E) base-model input embeddings, mask (B, T) -> z (B, latent_dim)."""
+        T = tok_emb.shape[1]
+        h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
+        pad = mask == 0
+        h = self.encoder(h, src_key_padding_mask=pad)  # (B, T, d)
+        q = self.query.expand(h.shape[0], -1, -1)  # (B, 1, d)
+        pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, 1, d)
+        return self.norm(self.to_latent(pooled[:, 0]))  # (B, latent_dim)
+
+    def prompts(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""
+        return self.decoder(z).view(z.shape[0], self.cfg.n_prompt, self.embed_dim)
+
+    def meaning(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, latent_dim) -> predicted sentence embedding (B, meaning_dim)."""
+        return self.meaning_head(z)
+
+
+def decoder_inputs(model, tokenizer, prompts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft prompts (B, K, E) + the BOS embedding -> (inputs_embeds (B, K+1, E), attention_mask)."""
+    B = prompts.shape[0]
+    bos = torch.full((B, 1), tokenizer.bos_token_id, dtype=torch.long, device=prompts.device)
+    emb = torch.cat([prompts, model.get_input_embeddings()(bos).to(prompts.dtype)], dim=1)  # (B, K+1, E)
+    return emb, torch.ones(emb.shape[:2], dtype=torch.long, device=prompts.device)
+
+
+def save_sllm(sllm: SLLM, path) -> None:
+    """Weights as safetensors, written atomically by the caller's folder rename."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in sllm.state_dict().items()}, str(path))
+
+
+def load_sllm(path, embed_dim: int, cfg: SLLMConfig, device="cpu") -> SLLM:
+    from safetensors.torch import load_file
+
+    sllm = SLLM(embed_dim, cfg)
+    sllm.load_state_dict(load_file(str(path), device="cpu"))
+    return sllm.to(device).eval()

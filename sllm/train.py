@@ -1,0 +1,167 @@
+"""SLLM training (reconstruction through the frozen base model + meaning term) and encoding."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from loop.base_model import encode_texts, pad_batch
+from sllm.model import SLLM, decoder_inputs
+
+
+def _token_batch(model, tokenizer, seqs, device):
+    ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(ids)  # (B, T, E), the base model stays frozen
+    return ids, mask, emb
+
+
+def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids=None, cfg=None):
+    """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2, paraphrase InfoNCE."""
+    cfg = cfg or sllm.cfg
+    z = sllm.encode(emb, mask)  # (B, latent)
+    prompts = sllm.prompts(z)  # (B, K, E)
+    K = prompts.shape[1]
+    inputs = torch.cat([prompts, emb], dim=1)  # (B, K+T, E)
+    att = torch.cat([torch.ones(ids.shape[0], K, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, 0] = -100  # BOS is given at decode time, not predicted
+    labels = torch.cat([torch.full((ids.shape[0], K), -100, dtype=ids.dtype, device=ids.device), labels], dim=1)
+    logits = model(inputs_embeds=inputs, attention_mask=att).logits[:, :-1]  # (B, K+T-1, V)
+    rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    terms = {"rec": rec, "l2": z.pow(2).mean()}
+    if target_meaning is not None and cfg.meaning_weight > 0:
+        terms["meaning"] = (1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).mean()
+    if fact_ids is not None and cfg.paraphrase_weight > 0:
+        terms["para"] = paraphrase_loss(z, fact_ids)
+    total = rec + cfg.latent_l2 * terms["l2"]
+    if "meaning" in terms:
+        total = total + cfg.meaning_weight * terms["meaning"]
+    if "para" in terms:
+        total = total + cfg.paraphrase_weight * terms["para"]
+    return total, terms
+
+
+def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """InfoNCE pulling together latents of phrasings of one fact (SimCSE-style, Gao et al. 2021)."""
+    zn = F.normalize(z, dim=-1)
+    sim = zn @ zn.T / tau  # (B, B)
+    same = fact_ids[:, None] == fact_ids[None, :]
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    pos = same & ~eye
+    has_pos = pos.any(dim=1) & (fact_ids >= 0)
+    if not has_pos.any():
+        return z.sum() * 0
+    sim = sim.masked_fill(eye, -1e9)
+    logprob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    per_row = -(logprob.masked_fill(~pos, 0).sum(1) / pos.sum(1).clamp(min=1))
+    return per_row[has_pos].mean()
+
+
+def _batches(n: int, batch_size: int, rng: random.Random, groups: list[int] | None):
+    """Shuffled batches; with fact groups, phrasings of one fact stay in the same batch."""
+    if groups is None:
+        order = list(range(n))
+        rng.shuffle(order)
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    by_group: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g if g >= 0 else -(i + 1), []).append(i)
+    keys = list(by_group)
+    rng.shuffle(keys)
+    out, cur = [], []
+    for k in keys:
+        cur.extend(by_group[k])
+        if len(cur) >= batch_size:
+            out.append(cur)
+            cur = []
+    if cur:
+        out.append(cur)
+    return out
+
+
+def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: np.ndarray | None,
+               epochs: int, lr: float, batch_size: int, seed: int, fact_keys: list[str | None] | None = None,
+               desc: str = "sllm") -> dict:
+    """Train the SLLM (base model frozen: gradients flow through it to the soft prompts only)."""
+    device = next(model.parameters()).device
+    sllm.to(device).train()
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
+    groups = None
+    if fact_keys is not None and sllm.cfg.paraphrase_weight > 0:
+        index: dict[str, int] = {}
+        groups = [index.setdefault(k, len(index)) if k else -1 for k in fact_keys]
+    targets = None if meaning_targets is None else torch.as_tensor(meaning_targets, dtype=torch.float32)
+    opt = torch.optim.AdamW(sllm.parameters(), lr=lr, weight_decay=0.01)
+    steps = max(1, epochs * math.ceil(len(seqs) / batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    history = []
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=2) as bar:
+        for _ in range(epochs):
+            sums: dict[str, float] = {}
+            nb = 0
+            for batch in _batches(len(seqs), batch_size, rng, groups):
+                if bar.n >= steps:
+                    break
+                ids, mask, emb = _token_batch(model, tokenizer, [seqs[j] for j in batch], device)
+                tgt = None if targets is None else targets[batch].to(device)
+                fid = None if groups is None else torch.tensor([groups[j] for j in batch], device=device)
+                total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                nb += 1
+                bar.update(1)
+                bar.set_postfix(rec=f"{terms['rec'].item():.3f}")
+            history.append({k: v / max(nb, 1) for k, v in sums.items()})
+    recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device)
+    sllm.eval()
+    return {"epochs": epochs, "history": history, "final": history[-1] if history else {}}
+
+
+@torch.no_grad()
+def recalibrate_norm(sllm: SLLM, model, tokenizer, seqs, batch_size: int, device) -> None:
+    """Exact latent statistics over the final encoder ("precise BN", Wu & Johnson 2021):
+    running averages taken while the encoder still moved would misplace every latent at eval."""
+    norm = sllm.norm
+    norm.reset_running_stats()
+    momentum, norm.momentum = norm.momentum, None  # None = cumulative average
+    sllm.train()
+    for i in range(0, len(seqs), batch_size):
+        _, mask, emb = _token_batch(model, tokenizer, seqs[i : i + batch_size], device)
+        if len(seqs[i : i + batch_size]) > 1:
+            sllm.encode(emb, mask)
+    norm.momentum = momentum
+    sllm.eval()
+
+
+@torch.no_grad()
+def encode(sllm: SLLM, model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Texts -> latents (N, latent_dim) float32."""
+    device = next(model.parameters()).device
+    sllm.eval()
+    seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        _, mask, emb = _token_batch(model, tokenizer, seqs[i : i + batch_size], device)
+        out.append(sllm.encode(emb, mask).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, sllm.cfg.latent_dim), np.float32)
+
+
+@torch.no_grad()
+def soft_prompts(sllm: SLLM, model, tokenizer, z: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (N, latent_dim) -> (inputs_embeds (N, K+1, E), attention_mask) ready for generation."""
+    device = next(model.parameters()).device
+    zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=device)
+    return decoder_inputs(model, tokenizer, sllm.prompts(zt))

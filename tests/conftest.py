@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models built inside the tests (no downloads, no GPU)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_TEXTS = [
+    f"{a} plus {b} equals {a + b}." for a in range(12) for b in range(6)
+] + [f"{a} times {b} is {a * b}." for a in range(1, 8) for b in range(1, 8)] + [
+    "A triangle has 3 sides.", "A square has 4 corners.", "There are 60 minutes in an hour.",
+    "Score: 1 2 3 4 5", "Rate the text from 1 to 5.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny Llama LM + BPE tokenizer trained briefly, saved with save_pretrained."""
+    from loop.base_model import train_small_base
+    from loop.config import BaseConfig
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    cfg = BaseConfig(vocab_size=300, hidden=32, layers=2, heads=2, max_len=256, epochs=3, lr=5e-3)
+    train_small_base(TINY_TEXTS, cfg, out, seed=0)
+    return out
+
+
+@pytest.fixture
+def tiny_lm(tiny_lm_dir):
+    """(tokenizer, model) loaded through the same code path as a user's model."""
+    from loop.base_model import load_base_model
+
+    return load_base_model(str(tiny_lm_dir))

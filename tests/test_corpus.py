@@ -1,0 +1,299 @@
+"""Tests for corpus/: the maths generator, its verifier, and user corpus loading."""
+import json
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from corpus import (
+    ALL_TOPICS,
+    CorpusError,
+    MathsConfig,
+    MathsCorpus,
+    Text,
+    Verdict,
+    build_maths_corpus,
+    load_corpus,
+    verify,
+)
+from corpus.maths import _TOPICS, _parse_all, _render, _space
+
+SMALL = MathsConfig(seed=3, facts_per_topic=20, phrasings_per_fact=3, holdout_share=0.25)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> MathsCorpus:
+    return build_maths_corpus(SMALL)
+
+
+# --- config ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"facts_per_topic": 0}, "facts_per_topic"),
+    ({"phrasings_per_fact": 0}, "phrasings_per_fact"),
+    ({"phrasings_per_fact": 99}, "phrasings_per_fact=99"),
+    ({"facts_per_topic": 10**6}, "facts_per_topic=1000000"),
+    ({"holdout_share": 1.0}, "holdout_share"),
+    ({"holdout_share": -0.1}, "holdout_share"),
+    ({"topics": ()}, "topics is empty"),
+    ({"topics": ("addition", "algebra")}, "algebra"),
+    ({"topics": "addition"}, "topics=('addition',)"),
+    ({"topics": ("parity", "parity")}, "twice"),
+    ({"seed": "0"}, "seed"),
+])
+def test_config_rejects_bad_values(kwargs, fragment):
+    with pytest.raises(ValueError) as e:
+        MathsConfig(**kwargs)
+    assert fragment in str(e.value)
+
+
+def test_topics_and_templates():
+    assert len(ALL_TOPICS) >= 12
+    for required in ("addition", "subtraction", "multiplication", "division", "fractions", "shapes",
+                     "time", "money", "measurement", "parity", "comparison", "place_value"):
+        assert required in ALL_TOPICS
+    for name in ALL_TOPICS:
+        templates = _TOPICS[name].templates
+        assert len(templates) >= 4 and len(set(templates)) == len(templates)
+        # far more facts exist than are drawn, so held-out facts are plentiful
+        assert len(_space(name)) >= 3 * MathsConfig().facts_per_topic
+
+
+# --- corpus ------------------------------------------------------------------------------
+
+def test_same_config_same_corpus(corpus):
+    again = build_maths_corpus(MathsConfig(seed=3, facts_per_topic=20, phrasings_per_fact=3,
+                                           holdout_share=0.25))
+    assert again == corpus
+    other = build_maths_corpus(MathsConfig(seed=4, facts_per_topic=20, phrasings_per_fact=3,
+                                           holdout_share=0.25))
+    assert other.train != corpus.train
+
+
+def test_adding_a_topic_keeps_the_others(corpus):
+    only = build_maths_corpus(MathsConfig(seed=3, facts_per_topic=20, holdout_share=0.25,
+                                          topics=("money",)))
+    keys = {t.fact_key for t in corpus.train if t.topic == "money"}
+    assert {t.fact_key for t in only.train} == keys
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.5, 0.9])
+def test_holdout_disjoint(share):
+    c = build_maths_corpus(MathsConfig(seed=1, facts_per_topic=10, holdout_share=share))
+    assert not c.train_fact_keys & c.heldout_fact_keys
+    assert not {t.text for t in c.train} & {t.text for t in c.heldout}
+    assert all(t.fact_key not in c.train_fact_keys for t in c.heldout)
+    n_hold = int(share * 10 + 1e-9)
+    assert len(c.heldout_fact_keys) == n_hold * len(ALL_TOPICS)
+    assert len(c.train_fact_keys) == (10 - n_hold) * len(ALL_TOPICS)
+    if share == 0.0:
+        assert c.heldout == []
+
+
+def test_every_topic_present(corpus):
+    assert {t.topic for t in corpus.train} == set(ALL_TOPICS)
+    assert {t.topic for t in corpus.heldout} == set(ALL_TOPICS)
+    per_topic = defaultdict(set)
+    for t in corpus.train + corpus.heldout:
+        per_topic[t.topic].add(t.fact_key)
+    assert all(len(keys) == SMALL.facts_per_topic for keys in per_topic.values())
+
+
+def test_phrasings_per_fact_distinct(corpus):
+    by_fact = defaultdict(list)
+    for t in corpus.train + corpus.heldout:
+        by_fact[t.fact_key].append(t.text)
+    for texts in by_fact.values():
+        assert len(texts) == SMALL.phrasings_per_fact
+        assert len(set(texts)) == len(texts)
+    # distinct templates, not just distinct strings
+    for t in corpus.train[:60]:
+        assert len(_parse_all(t.text)) == 1
+
+
+def test_every_corpus_text_verifies_true(corpus):
+    for t in corpus.train + corpus.heldout:
+        assert isinstance(t, Text)
+        assert verify(t.text) == Verdict("true", t.fact_key, t.topic), t.text
+
+
+# --- verifier ----------------------------------------------------------------------------
+
+TEMPLATE_CASES = [(name, i) for name in ALL_TOPICS for i in range(len(_TOPICS[name].templates))]
+
+
+def _variants(text: str) -> list[str]:
+    return [text, text.upper(), text.lower(), text.rstrip("."), f"  {text}  ",
+            text.replace(" ", "   "), text + "\n", text.rstrip(".") + "!"]
+
+
+@pytest.mark.parametrize("name, index", TEMPLATE_CASES)
+def test_template_round_trip(name, index):
+    topic = _TOPICS[name]
+    facts = random.Random(f"test:{name}").sample(_space(name), 25)
+    for params in facts:
+        claim = topic.answer(params)
+        wrong = topic.corrupt(params, claim)
+        true_text = _render(topic, index, params, claim)
+        false_text = _render(topic, index, params, wrong)
+        assert _parse_all(true_text) == [(name, index, params, claim)], true_text  # unambiguous
+        for text in _variants(true_text):
+            assert verify(text) == Verdict("true", topic.key(params, claim), name), text
+        for text in _variants(false_text):
+            assert verify(text) == Verdict("false", topic.key(params, wrong), name), text
+
+
+@pytest.mark.parametrize("text, status, key", [
+    ("3 plus 4 equals 8.", "false", "addition:3+4=8"),
+    ("The sum of 3 and 4 is 7", "true", "addition:3+4=7"),
+    ("5 minus 9 equals 0.", "false", "subtraction:5-9=0"),
+    ("7 divided by 2 equals 3.", "false", "division:7/2=3"),
+    ("5 divided by 0 equals 0.", "false", "division:5/0=0"),
+    ("A triangle has 3 sides.", "true", "shapes:1*triangle.sides=3"),
+    ("A square has 4 vertices.", "true", "shapes:1*square.corners=4"),
+    ("There are 60 minutes in an hour.", "true", "time:1*hour=60*minute"),
+    ("There are 3600 seconds in 1 hour.", "true", "time:1*hour=3600*second"),
+    ("2 quarters make 50 cents.", "true", "money:2*quarter=50*cent"),
+    ("100 centimetres make 1 metre.", "true", "measurement:1*meter=100*centimeter"),
+    ("7 can't be split into 2 equal groups.", "true", "parity:7=odd"),
+    ("3 is smaller than 5.", "true", "comparison:3<5"),
+    ("9 is greater than 9.", "false", "comparison:9>9"),
+    ("The units digit of 47 is 7.", "true", "place_value:47.ones=7"),
+    ("2/4 of 8 is 4.", "true", "fractions:2/4*8=4"),
+    ("3 plus 4 equals 0007.", "true", "addition:3+4=7"),  # leading zeros read as the number
+])
+def test_verify_examples(text, status, key):
+    got = verify(text)
+    assert (got.status, got.fact_key) == (status, key)
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", ".", "hello world", "3 plus 4 equals", "plus 4 equals 7", "3 plus 4 equals seven.",
+    "3 plus 4 equals 7.5.", "3 plus -4 equals -1.", "The sum of 3 and 4", "3 + 4 = 7",
+    "There are 365 days in 1 year.",  # not a fixed conversion: no verdict
+    "When you divide 7 by 2, the remainder is 5.", "A circle has 0 sides.",
+    "3 plus 4 equals 7. 3 plus 4 equals 7.", "3 plus 4 equals 7 and more",
+])
+def test_unparseable(text):
+    assert verify(text) == Verdict("unparseable", None, None)
+
+
+HOSTILE = [
+    "\x00", "\x00" * 1000, "3 plus 4\x00 equals 7.", "\u202e3 plus 4 equals 7", "\ud800",
+    "\udfff\ud800",
+    "🙂" * 500, "٣ plus ٤ equals ٧.", "３ plus ４ equals ７.", "a" * 1_000_000, "9" * 5000,
+    "3 plus 4 equals " + "9" * 5000, "3 plus " * 20000, " " * 100_000, "\n" * 10_000,
+    "\t\r\x0b\x0c",
+    "{a} plus {b} equals {c}.", "(?P<a>.*)", "\\d+ plus \\d+", "İ" * 10_000, "ß" * 10_000,
+    "".join(chr(i) for i in range(0, 0x3000, 7)), "1/0 of 5 is 0.", "0/0 of 0 is 0.",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_verify_never_raises(text, caplog):
+    got = verify(text)
+    assert not caplog.records  # no exception was swallowed either
+    assert got.status in ("true", "false", "unparseable")
+    if got.status == "unparseable":
+        assert got.fact_key is None and got.topic is None
+
+
+@pytest.mark.parametrize("value", [None, 7, b"3 plus 4 equals 7.", ["3 plus 4 equals 7."]])
+def test_verify_non_string(value):
+    assert verify(value).status == "unparseable"
+
+
+# --- user corpora ------------------------------------------------------------------------
+
+def test_load_txt(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("  first text \n\n\t\nsecond\r\n3 plus 4 equals 7.\n", encoding="utf-8")
+    assert load_corpus(p) == [Text("first text", "default"), Text("second", "default"),
+                              Text("3 plus 4 equals 7.", "default")]
+
+
+def test_load_jsonl(tmp_path):
+    p = tmp_path / "c.jsonl"
+    lines = [{"text": " a ", "topic": "x"}, {"text": "b"}, {"text": "c", "topic": None, "id": 3}]
+    p.write_text("\n".join(json.dumps(r) for r in lines[:2]) + "\n\n" + json.dumps(lines[2]) + "\n",
+                 encoding="utf-8")
+    texts = load_corpus(str(p))
+    assert texts == [Text("a", "x"), Text("b", "default"), Text("c", "default")]
+    assert all(t.fact_key is None for t in texts)
+
+
+def test_load_utf8_bom_and_unicode(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_bytes("\ufeffcafé ½\n".encode("utf-8"))
+    assert load_corpus(p) == [Text("café ½", "default")]
+
+
+# (file name, bytes written or None for none / "DIR" for a folder, fragments the message must hold)
+LOAD_ERRORS = {
+    "missing": ("nope.txt", None, ["nope.txt", "does not exist"]),
+    "folder": ("dir.txt", "DIR", ["dir.txt", "folder"]),
+    "extension": ("c.csv", b"a,b\n", ["c.csv", ".txt", ".jsonl"]),
+    "no_extension": ("corpus", b"a\n", ["corpus", ".txt", ".jsonl"]),
+    "not_utf8": ("c.txt", b"ok\ncaf\xe9\n", ["c.txt", "UTF-8", "line 2"]),
+    "binary": ("c.txt", bytes(range(128, 256)), ["c.txt", "UTF-8"]),
+    "empty": ("c.txt", b"", ["c.txt", "no texts"]),
+    "blank_only": ("c.jsonl", b"\n  \n\t\n", ["c.jsonl", "no texts"]),
+    "nul": ("c.txt", b"one\ntw\x00o\n", ["c.txt", "NUL", "line 2"]),
+    "bad_json": ("c.jsonl", b'{"text": "a"}\n{"text": \n', ["c.jsonl", "line 2", "invalid JSON"]),
+    "deep_json": ("c.jsonl", b"[" * 100_000, ["c.jsonl", "line 1", "invalid JSON"]),
+    "not_object": ("c.jsonl", b'["a"]\n', ["c.jsonl", "line 1", "JSON object"]),
+    "no_text": ("c.jsonl", b'{"text": "a"}\n\n{"topic": "x"}\n', ["c.jsonl", "line 3", '"text"']),
+    "text_not_str": ("c.jsonl", b'{"text": 5}\n', ["c.jsonl", "line 1", '"text"']),
+    "text_empty": ("c.jsonl", b'{"text": "  "}\n', ["c.jsonl", "line 1", "empty"]),
+    "topic_not_str": ("c.jsonl", b'{"text": "a", "topic": 1}\n', ["c.jsonl", "line 1", '"topic"']),
+    "too_long_txt": ("c.txt", b"ok\n" + b"x" * 2001 + b"\n", ["c.txt", "line 2", "2001", "2000"]),
+    "too_long_jsonl": ("c.jsonl", json.dumps({"text": "y" * 2500}).encode(),
+                       ["line 1", "2500", "2000"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_ERRORS))
+def test_load_errors(tmp_path, case):
+    name, content, fragments = LOAD_ERRORS[case]
+    p = tmp_path / name
+    if content == "DIR":
+        p.mkdir()
+    elif content is not None:
+        p.write_bytes(content)
+    with pytest.raises(CorpusError) as e:
+        load_corpus(p)
+    message = str(e.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_load_unreadable(tmp_path, monkeypatch):
+    p = tmp_path / "c.txt"
+    p.write_text("a\n", encoding="utf-8")
+    p.chmod(0)
+    try:
+        if os.access(p, os.R_OK):  # root reads anything: simulate the OS refusing instead
+            def refuse(self):
+                raise PermissionError(13, "Permission denied", str(self))
+            monkeypatch.setattr(Path, "read_bytes", refuse)
+        with pytest.raises(CorpusError, match="permission denied.*chmod"):
+            load_corpus(p)
+    finally:
+        p.chmod(0o644)
+
+
+def test_load_max_chars(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("abcde\n", encoding="utf-8")
+    assert load_corpus(p, max_chars=5) == [Text("abcde", "default")]
+    with pytest.raises(CorpusError, match="5 characters, over the limit of 4"):
+        load_corpus(p, max_chars=4)
+    with pytest.raises(ValueError, match="max_chars"):
+        load_corpus(p, max_chars=0)
+
+
+def test_corpus_error_is_value_error():
+    assert issubclass(CorpusError, ValueError)
