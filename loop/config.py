@@ -63,7 +63,7 @@ class BaseConfig:
     heads: int = 4
     max_len: int = 512
     pack_len: int = 96  # tokens per packed pretraining sequence
-    epochs: int = 12
+    epochs: int = 60
     lr: float = 3e-3
     batch_size: int = 32  # performance knob
 

@@ -1,0 +1,86 @@
+"""Command line: parse -> build config -> run (house style, rule 2). Errors print one line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+USAGE = """python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop
+       python run.py inspect RUN_DIR [summary|candidates|show|export|zones|metrics] ...
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", usage=USAGE,
+                                description="Dark-zone explorer: generate from the SLLM's dark zones, judge, retrain, repeat.")
+    p.add_argument("--generations", type=int, help="generations to run in total (default 2); more on a finished run continues it")
+    p.add_argument("--out", help="run folder (default runs/default); the same folder resumes")
+    p.add_argument("--seed", type=int, help="seed (default 0)")
+    p.add_argument("--base-model", help="local Hugging Face causal-LM folder or hub id (default: train a small one)")
+    p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); default: built-in maths")
+    p.add_argument("--backend", help="decoding backend (transformers)")
+    p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--samplers", help="comma-separated samplers: dark,prior,interpolate,lm")
+    p.add_argument("--config", help="TOML or YAML file holding any settings, by section")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any setting, e.g. --set sllm.latent_dim=128 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.seed", "base_model": "base.model",
+             "corpus": "corpus.path", "backend": "decode.backend", "device": "run.device", "samplers": "sample.samplers"}
+
+
+def build_from_args(args):
+    from loop.config import ConfigError, build_config, load_config_file
+
+    file_values = load_config_file(args.config) if args.config else {}
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must be SECTION.KEY=VALUE, e.g. --set sllm.latent_dim=128")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    for attr, key in FLAG_KEYS.items():
+        v = getattr(args, attr)
+        if v is not None:
+            overrides[key] = v
+    return build_config(file_values, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] == "inspect":
+        from loop.inspect import main as inspect_main
+
+        return inspect_main(argv[1:])
+    args = parser().parse_args(argv)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "sentence_transformers", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from corpus import CorpusError
+    from loop.base_model import ModelError
+    from loop.config import ConfigError
+    from storage.db import StorageError
+
+    try:
+        cfg = build_from_args(args)
+        from loop.controller import Loop
+
+        Loop(cfg).run()
+    except (ConfigError, CorpusError, ModelError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"error: {e.strerror or e} ({e.filename or 'no file'}); free disk space or fix permissions, then rerun to resume", file=sys.stderr)
+        return 1
+    return 0

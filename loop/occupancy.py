@@ -1,0 +1,140 @@
+"""The occupancy map of the latent space, dark zones, and the candidate samplers.
+
+A latent point is **dark** when its k-th-nearest-neighbour distance to the corpus latents
+exceeds what any corpus text reaches (the largest leave-one-out kNN distance among them),
+while it lies inside the data's envelope: within the `envelope_quantile` Mahalanobis radius
+of the corpus latents in their principal subspace. Outside the envelope decoding is noise.
+kNN search is scikit-learn's NearestNeighbors; clustering is its KMeans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from loop.config import SampleConfig
+
+
+@dataclass
+class OccupancyMap:
+    latents: np.ndarray  # (N, D) corpus latents
+    pca: PCA  # principal subspace of the corpus latents
+    radius: float  # envelope: Mahalanobis radius (whitened PCA space) at envelope_quantile
+    threshold: float  # dark when k-NN distance > threshold
+    k: int
+    nn: NearestNeighbors
+
+    @classmethod
+    def fit(cls, latents: np.ndarray, cfg: SampleConfig, max_components: int = 32) -> "OccupancyMap":
+        latents = np.asarray(latents, dtype=np.float32)
+        n = len(latents)
+        if n < cfg.k + 2:
+            raise ValueError(f"need at least {cfg.k + 2} corpus texts to map the latent space, got {n}; use a larger corpus or a smaller sample.k")
+        pca = PCA(n_components=min(max_components, n - 1, latents.shape[1]), whiten=True, random_state=0).fit(latents)
+        maha = np.linalg.norm(pca.transform(latents), axis=1)
+        radius = float(np.quantile(maha, cfg.envelope_quantile))
+        nn = NearestNeighbors(n_neighbors=cfg.k + 1).fit(latents)
+        dist, _ = nn.kneighbors(latents)  # column 0 is the point itself
+        threshold = float(dist[:, cfg.k].max())
+        return cls(latents, pca, radius, threshold, cfg.k, nn)
+
+    def knn_distance(self, points: np.ndarray) -> np.ndarray:
+        """k-th nearest corpus latent distance of each point (N,)."""
+        dist, _ = self.nn.kneighbors(np.asarray(points, dtype=np.float32), n_neighbors=self.k)
+        return dist[:, -1]
+
+    def density_score(self, points: np.ndarray) -> np.ndarray:
+        """kNN distance / dark threshold: > 1 means darker than any corpus text."""
+        return self.knn_distance(points) / self.threshold
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(self.pca.transform(points), axis=1) <= self.radius
+
+    def nearest(self, points: np.ndarray, n: int = 3) -> np.ndarray:
+        _, idx = self.nn.kneighbors(np.asarray(points, dtype=np.float32), n_neighbors=n)
+        return idx
+
+    def envelope_samples(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Gaussian samples in the principal subspace, kept inside the envelope radius."""
+        d = self.pca.n_components_
+        out = []
+        while sum(len(o) for o in out) < n:
+            w = rng.standard_normal((max(n, 64) * 2, d))
+            w = w[np.linalg.norm(w, axis=1) <= self.radius]
+            out.append(w)
+        w = np.concatenate(out)[:n]
+        return self.pca.inverse_transform(w).astype(np.float32)
+
+
+def sample_dark(occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator):
+    """The method: from envelope proposals keep the dark ones farthest from any corpus latent.
+
+    Returns (points (n, D), density scores (n,), all dark proposals (M, D)). When fewer than n
+    proposals are dark, the farthest proposals fill the rest (their density score says so).
+    """
+    pool = occ.envelope_samples(n * cfg.pool_factor, rng)
+    score = occ.density_score(pool)
+    order = np.argsort(-score, kind="stable")[:n]
+    return pool[order], score[order], pool[score > 1]
+
+
+def sample_prior(occ: OccupancyMap, n: int, rng: np.random.Generator):
+    pts = occ.envelope_samples(n, rng)
+    return pts, occ.density_score(pts)
+
+
+def sample_interpolate(occ: OccupancyMap, n: int, rng: np.random.Generator):
+    i = rng.integers(0, len(occ.latents), n)
+    j = rng.integers(0, len(occ.latents), n)
+    t = rng.uniform(0.25, 0.75, (n, 1)).astype(np.float32)
+    pts = (1 - t) * occ.latents[i] + t * occ.latents[j]
+    return pts.astype(np.float32), occ.density_score(pts)
+
+
+@dataclass
+class ZoneInfo:
+    label: int
+    n_points: int
+    centre: np.ndarray
+    radius: float
+    volume: float
+    axes: list[float]
+    neighbours: list[int]  # corpus indices nearest the centre
+
+
+def find_zones(occ: OccupancyMap, dark_points: np.ndarray, n_probe: int, n_zones: int, seed: int) -> list[ZoneInfo]:
+    """Cluster dark probe points into zones and describe each: size, spread, neighbours.
+
+    volume = share of all envelope probes that fell dark in this zone (a Monte-Carlo estimate
+    of the zone's share of the envelope's volume).
+    """
+    if len(dark_points) == 0:
+        return []
+    k = min(n_zones, len(dark_points))
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(dark_points)
+    zones = []
+    for lab in range(k):
+        pts = dark_points[km.labels_ == lab]
+        centre = pts.mean(axis=0)
+        spread = np.linalg.norm(pts - centre, axis=1)
+        if len(pts) > 1:
+            sv = np.linalg.svd(pts - centre, compute_uv=False)[:3] / np.sqrt(len(pts) - 1)
+        else:
+            sv = np.zeros(1)
+        zones.append(ZoneInfo(
+            label=lab, n_points=len(pts), centre=centre.astype(np.float32), radius=float(spread.mean()),
+            volume=len(pts) / n_probe, axes=[float(s) for s in sv],
+            neighbours=[int(i) for i in occ.nearest(centre[None], 3)[0]],
+        ))
+    return zones
+
+
+def assign_zone(zones: list[ZoneInfo], points: np.ndarray) -> list[int | None]:
+    if not zones:
+        return [None] * len(points)
+    centres = np.stack([z.centre for z in zones])
+    d = np.linalg.norm(points[:, None, :] - centres[None], axis=-1)
+    return [int(zones[i].label) for i in d.argmin(axis=1)]

@@ -1,0 +1,122 @@
+"""The whole loop on tiny settings: every stage, resume after kills, bad input."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny but complete: every stage runs for real, in seconds.
+TINY = [
+    "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
+    "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
+    "--set", "base.vocab_size=300",
+    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2",
+    "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "sample.samplers=dark,prior,interpolate,lm",
+    "--set", "decode.max_new_tokens=12", "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16",
+    # accept whatever is coherent enough so the retrain stage has texts to learn from
+    "--set", "judges.require_true=false", "--set", "judges.min_coherence=0", "--set", "judges.min_novelty=0",
+    "--set", "run.threads=1",
+]
+
+
+def run_cli(args, env_extra=None, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONHASHSEED="0")
+    env.update(env_extra or {})
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def db_content(run_dir: Path) -> dict:
+    """Everything that a result depends on (no timestamps, durations or paths)."""
+    con = sqlite3.connect(run_dir / "runs.db")
+    out = {
+        "stages": con.execute("SELECT generation, name FROM stage ORDER BY generation, name").fetchall(),
+        "candidates": con.execute(
+            "SELECT id, generation, seq, sampler, zone_id, hex(latent), density_score, text, verdict, fact_key, "
+            "true_new, total, decision, reason FROM candidate ORDER BY id").fetchall(),
+        "scores": con.execute("SELECT candidate_id, judge, score, reason FROM score ORDER BY candidate_id, judge").fetchall(),
+        "zones": con.execute("SELECT generation, label, n_points, hex(centre), radius, decoded FROM zone ORDER BY generation, label").fetchall(),
+        "metrics": con.execute("SELECT generation, acceptance_rate, truth_rate, true_new, accepted, heldout_ppl, novelty "
+                               "FROM metric ORDER BY generation").fetchall(),
+    }
+    con.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    p = run_cli(["--generations", "2", "--out", str(out), *TINY])
+    return out, p
+
+
+def test_full_loop_every_stage(reference_run):
+    out, p = reference_run
+    content = db_content(out)
+    names = {(g, n) for g, n in content["stages"]}
+    for g in (0, 1):
+        for n in ("sllm", "map", "sample", "decode", "judge", "retrain", "evaluate"):
+            assert (g, n) in names
+    assert (0, "base") in names
+    cands = content["candidates"]
+    assert len(cands) == 16
+    assert {c[3] for c in cands} == {"dark", "prior", "interpolate", "lm"}
+    assert all(c[7] is not None for c in cands)  # every candidate decoded
+    assert all(c[12] in ("accepted", "rejected") and c[13] for c in cands)  # decided with a reason
+    judges = {s[1] for s in content["scores"]}
+    assert judges == {"coherence", "novelty", "critic", "verifier"}
+    assert len(content["metrics"]) == 2
+    # the metrics line is printed once per generation
+    assert p.stdout.count("gen 0 |") == 1 and p.stdout.count("gen 1 |") == 1
+    # artifacts: base saved with save_pretrained, SLLM weights, peft adapter
+    assert (out / "base" / "config.json").is_file()
+    assert (out / "gen-000" / "sllm" / "sllm.safetensors").is_file()
+    if any(c[12] == "accepted" for c in cands if c[1] == 0):
+        assert (out / "gen-000" / "adapter" / "adapter_config.json").is_file()
+    run = sqlite3.connect(out / "runs.db").execute("SELECT seed, config_json, versions_json FROM run").fetchone()
+    assert run[0] == 0 and json.loads(run[1])["sllm"]["latent_dim"] == 32 and "torch" in json.loads(run[2])
+    assert sqlite3.connect(out / "runs.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_deterministic_same_seed(reference_run, tmp_path):
+    out, _ = reference_run
+    other = tmp_path / "again"
+    run_cli(["--generations", "2", "--out", str(other), *TINY])
+    assert db_content(other) == db_content(out)
+
+
+@pytest.mark.parametrize("point", ["0:base:before_commit", "0:sllm:after_commit", "0:judge:before_commit",
+                                   "1:retrain:before_commit", "1:decode:after_commit"])
+def test_resume_after_kill_equals_uninterrupted(reference_run, tmp_path, point):
+    ref, _ = reference_run
+    out = tmp_path / "run"
+    p = run_cli(["--generations", "2", "--out", str(out), *TINY], {"DARKZONES_CRASH_AT": point}, check=False)
+    assert p.returncode == -9, p.stderr  # really killed by SIGKILL
+    run_cli(["--generations", "2", "--out", str(out), *TINY])
+    assert db_content(out) == db_content(ref)
+
+
+def test_more_generations_continue_a_finished_run(reference_run, tmp_path):
+    ref, _ = reference_run
+    out = tmp_path / "run"
+    run_cli(["--generations", "1", "--out", str(out), *TINY])
+    assert len(db_content(out)["metrics"]) == 1
+    run_cli(["--generations", "2", "--out", str(out), *TINY])
+    assert db_content(out) == db_content(ref)
+
+
+def test_incompatible_config_refused(reference_run):
+    out, _ = reference_run
+    before = db_content(out)
+    p = run_cli(["--generations", "2", "--out", str(out), *TINY, "--set", "sllm.latent_dim=16"], check=False)
+    assert p.returncode == 2
+    assert "sllm.latent_dim" in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert db_content(out) == before
