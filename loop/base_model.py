@@ -215,6 +215,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_model_path(name_or_path: str) -> None:
+    """Cheap check of a local model folder, before any work starts."""
+    p = Path(name_or_path).expanduser()
+    looks_local = p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        if not p.is_dir():
+            raise ModelError(f"base model folder {name_or_path} does not exist; pass a folder holding config.json and weights, or omit --base-model to train a small one")
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{name_or_path} is not a Hugging Face model folder (no config.json); pass a folder saved with save_pretrained")
+
+
 def load_base_model(name_or_path: str, device: str | torch.device = "cpu", adapter: str | Path | None = None,
                     trainable_adapter: bool = False):
     """Load (tokenizer, model) from a local HF folder or a hub id; optionally a peft adapter on top.
@@ -223,13 +234,7 @@ def load_base_model(name_or_path: str, device: str | torch.device = "cpu", adapt
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    p = Path(name_or_path)
-    looks_local = p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-    if looks_local:
-        if not p.is_dir():
-            raise ModelError(f"base model folder {name_or_path} does not exist; pass a folder holding config.json and weights, or omit --base-model to train a small one")
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{name_or_path} is not a Hugging Face model folder (no config.json); pass a folder saved with save_pretrained")
+    check_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)

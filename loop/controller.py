@@ -152,7 +152,17 @@ class Loop:
                     f"rerun with the same settings to resume, or pass a new --out"
                 )
 
+    def preflight(self) -> None:
+        """Check the inputs before anything is written: bad input leaves no trace."""
+        from loop.base_model import check_model_path
+
+        if self.cfg.base.model:
+            check_model_path(self.cfg.base.model)
+        if len(self.data.train) < self.cfg.sample.k + 2:
+            raise ConfigError(f"the corpus has {len(self.data.train)} training texts; the latent map needs at least {self.cfg.sample.k + 2}")
+
     def run(self) -> None:
+        self.preflight()
         self.out.mkdir(parents=True, exist_ok=True)
         if not os.access(self.out, os.W_OK):
             raise ConfigError(f"run folder {self.out} is not writable; fix its permissions or pass another --out")

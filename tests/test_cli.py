@@ -1,0 +1,136 @@
+"""Command line: config files and overrides, user corpora and models, and one-line errors for bad input."""
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loop.config import ConfigError, build_config, load_config_file
+from tests.test_loop import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[sllm]\nlatent_dim = 64\n[sample]\nsamplers = ["dark", "prior"]\n')
+    yaml_ = tmp_path / "c.yaml"
+    yaml_.write_text("sllm:\n  latent_dim: 48\nrun:\n  seed: 3\n")
+    cfg = build_config(load_config_file(toml), {"sllm.epochs": "5"})
+    assert cfg.sllm.latent_dim == 64 and cfg.sllm.epochs == 5 and cfg.sample.samplers == ["dark", "prior"]
+    cfg = build_config(load_config_file(yaml_), {"sllm.latent_dim": "32"})
+    assert cfg.sllm.latent_dim == 32 and cfg.run.seed == 3  # the command line wins over the file
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"sllm.latnt_dim": "3"}, "did you mean 'latent_dim'"),
+    ({"nosection.x": "1"}, "unknown setting"),
+    ({"sllm.latent_dim": "abc"}, "expected int"),
+    ({"run.generations": "0"}, "run.generations must be >= 1"),
+    ({"sample.n_candidates": "-4"}, "sample.n_candidates must be >= 1"),
+    ({"sample.samplers": "dark,magic"}, "unknown sampler 'magic'"),
+])
+def test_bad_settings(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_config({}, overrides)
+
+
+def _bad(args, tmp_path, needle):
+    out = tmp_path / "run"
+    p = run_cli(["--out", str(out), *args], check=False)
+    assert p.returncode != 0
+    err = p.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert needle in err, err
+    return out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--base-model", "/nonexistent/model"], "does not exist"),
+    (["--set", "sllm.latnt_dim=3"], "did you mean"),
+    (["--generations", "0"], "run.generations must be >= 1"),
+    (["--generations", "-2"], "run.generations must be >= 1"),
+    (["--config", "/nonexistent.toml"], "not found"),
+    (["--set", "novalue"], "SECTION.KEY=VALUE"),
+])
+def test_bad_input_one_line(args, needle, tmp_path):
+    _bad(args, tmp_path, needle)
+
+
+def test_non_model_folder(tmp_path):
+    folder = tmp_path / "notamodel"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    _bad(["--base-model", str(folder)], tmp_path, "not a Hugging Face model folder")
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("empty.txt", b"\n\n", "empty"),
+    ("binary.txt", b"\xff\xfe\x00\x01garbage\x80", "UTF-8"),
+    ("nokey.jsonl", b'{"topic": "x"}\n', "text"),
+    ("corpus.csv", b"a,b\n", "extension"),
+])
+def test_bad_corpus(name, content, needle, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _bad(["--corpus", str(path)], tmp_path, needle)
+
+
+def test_bad_input_leaves_database_untouched(tmp_path):
+    out = tmp_path / "run"
+    run_cli(["--generations", "1", "--out", str(out), *TINY])
+    before = (out / "runs.db").read_bytes()
+    p = run_cli(["--generations", "1", "--out", str(out), *TINY, "--set", "sllm.latnt_dim=3"], check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert (out / "runs.db").read_bytes() == before
+
+
+def test_user_corpus_and_user_model(tmp_path, tiny_lm_dir):
+    """--corpus with a .jsonl and --base-model with a local HF folder, through the whole loop."""
+    corpus = tmp_path / "c.jsonl"
+    lines = [{"text": f"{a} plus {b} equals {a + b}.", "topic": "addition"} for a in range(12) for b in range(5)]
+    corpus.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "run"
+    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), "--base-model", str(tiny_lm_dir), *TINY])
+    con = sqlite3.connect(out / "runs.db")
+    assert con.execute("SELECT count(*) FROM candidate WHERE text IS NOT NULL").fetchone()[0] == 8
+    # a user corpus has no verifier: no verifier scores, no truth verdicts
+    assert con.execute("SELECT count(*) FROM score WHERE judge='verifier'").fetchone()[0] == 0
+    assert not (out / "base").exists()  # the user's model is used in place, never retrained from scratch
+
+
+def test_txt_corpus(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"{a} times {b} is {a * b}." for a in range(1, 10) for b in range(1, 8)) + "\n")
+    out = tmp_path / "run"
+    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), *TINY])
+    assert sqlite3.connect(out / "runs.db").execute("SELECT count(*) FROM metric").fetchone()[0] == 1
+
+
+def test_second_run_on_same_folder_refused(tmp_path):
+    from storage.db import RunLock, StorageError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunLock(out):
+        p = run_cli(["--generations", "1", "--out", str(out), *TINY], check=False)
+        assert p.returncode == 2 and "in use by another run" in p.stderr
+        with pytest.raises(StorageError):
+            RunLock(out).__enter__()
+
+
+def test_inspect_on_real_run(tmp_path):
+    out = tmp_path / "run"
+    run_cli(["--generations", "1", "--out", str(out), *TINY])
+    p = run_cli(["inspect", str(out)])
+    assert "generation 0" in p.stdout and "metrics: gen 0" in p.stdout
+    p = run_cli(["inspect", str(out), "export", "--all", "--format", "jsonl"])
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    assert len(rows) == 8 and all("scores" in r for r in rows)
+    p = run_cli(["inspect", str(out), "show", str(rows[0]["id"])])
+    assert "coherence" in p.stdout and "reason" in p.stdout
+    p = run_cli(["inspect", str(out), "zones"])
+    assert p.returncode == 0
