@@ -23,9 +23,18 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
-def get_backend(name: str, model_path: str, adapter: str | None, device: str, batch_size: int) -> Backend:
+def get_backend(name: str, model_path: str, adapter: str | None, device: str, batch_size: int,
+                loaded=None) -> Backend:
+    """The decoding backend `name` for the base model at `model_path` wearing `adapter`.
+
+    loaded: an already loaded (tokenizer, model) pair the transformers backend can share
+    instead of loading its own copy.
+    """
     if name == "transformers":
         from backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(model_path, adapter, device, batch_size)
+        be = TransformersBackend(model_path, adapter, device, batch_size)
+        if loaded is not None:
+            be.tokenizer, be.model = loaded
+        return be
     raise ValueError(f"unknown backend {name!r}; use transformers")

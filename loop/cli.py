@@ -8,7 +8,14 @@ import sys
 
 USAGE = """python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop
        python run.py inspect RUN_DIR [summary|candidates|show|export|zones|metrics] ...
+       python run.py bench {sllm,decode,critic} ...
+       python run.py experiment {discovery,holdout} ...
+       python run.py crashtest ...
 """
+
+# Subcommands: each module has main(argv) -> exit code.
+SUBCOMMANDS = {"inspect": "loop.inspect", "bench": "loop.bench", "experiment": "loop.experiments",
+               "crashtest": "loop.crashtest"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv and argv[0] == "inspect":
-        from loop.inspect import main as inspect_main
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
 
-        return inspect_main(argv[1:])
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parser().parse_args(argv)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"

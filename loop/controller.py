@@ -115,6 +115,13 @@ class Loop:
             self.models[key] = load_base_model(self.base_path(), self.cfg.run.device, adapter=adapter)
         return self.models[key]
 
+    def backend(self, adapter: str | None, loaded):
+        """The decoding backend for this generation's model (transformers shares `loaded`)."""
+        from backends.base import get_backend
+
+        return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
+                           self.cfg.decode.batch_size, loaded=loaded)
+
     def free(self) -> None:
         self.models.clear()
         import gc
@@ -252,10 +259,7 @@ class Loop:
         zones = find_zones(occ, dark, n_probe, self.cfg.sample.n_zones, seed % 2**31)
         decoded = []
         if zones:
-            from backends.transformers_backend import TransformersBackend
-
-            be = TransformersBackend(self.base_path(), batch_size=self.cfg.decode.batch_size)
-            be.tokenizer, be.model = tok, model
+            be = self.backend(self.adapter_for(s, g), (tok, model))
             emb, _ = soft_prompts(sllm, model, tok, np.stack([z.centre for z in zones]))
             decoded = be.generate_from_embeds(emb, self.cfg.decode.max_new_tokens, 0.0, seed)
         s.exec(delete(Zone).where(Zone.generation == g))
@@ -311,13 +315,11 @@ class Loop:
         return {"candidates": seq, "per_sampler": per}
 
     def stage_decode(self, s: Session, g: int, seed: int) -> dict:
-        from backends.transformers_backend import TransformersBackend
         from sllm.train import soft_prompts
 
         tok, model = self.model(self.adapter_for(s, g))
         sllm = self.load_sllm(g, model)
-        be = TransformersBackend(self.base_path(), batch_size=self.cfg.decode.batch_size)
-        be.tokenizer, be.model = tok, model
+        be = self.backend(self.adapter_for(s, g), (tok, model))
         cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
         dc = self.cfg.decode
         with_latent = [c for c in cands if c.latent is not None]
