@@ -1,0 +1,214 @@
+"""`python run.py bench sllm`: round-trip quality of the SLLM on held-out texts.
+
+Trains a base model and an SLLM on the training corpus (or loads them from a run folder),
+then decodes held-out texts never seen in training in ONE greedy pass from ONE latent each:
+exact match, BLEU (sacrebleu), token F1, and the cosine between the sentence embeddings of the
+original and the decoded text; latent statistics; the share of parseable decodes along
+interpolations between corpus latents; and how often paraphrases land closer together than
+the nearest different fact.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def token_f1(a: str, b: str) -> float:
+    ta, tb = a.split(), b.split()
+    if not ta and not tb:
+        return 1.0
+    common = sum((Counter(ta) & Counter(tb)).values())
+    if common == 0:
+        return 0.0
+    p, r = common / len(tb), common / len(ta)
+    return 2 * p * r / (p + r)
+
+
+def effective_dimension(z: np.ndarray) -> float:
+    """Participation ratio of the covariance spectrum: (sum l)^2 / sum l^2."""
+    lam = np.clip(np.linalg.eigvalsh(np.cov(z, rowvar=False)), 0, None)
+    return float(lam.sum() ** 2 / (lam**2).sum())
+
+
+def paraphrase_closeness(z: np.ndarray, keys: list[str | None]) -> float | None:
+    """Share of paraphrase pairs (a, b) with |z_a - z_b| < distance from z_a to the nearest other fact."""
+    keys_arr = np.array([k or f"#{i}" for i, k in enumerate(keys)])
+    d = np.linalg.norm(z[:, None] - z[None], axis=-1)
+    wins, total = 0, 0
+    for i in range(len(z)):
+        same = (keys_arr == keys_arr[i]) & (np.arange(len(z)) != i)
+        other = keys_arr != keys_arr[i]
+        if not same.any() or not other.any():
+            continue
+        nearest_other = d[i, other].min()
+        for j in np.flatnonzero(same):
+            wins += d[i, j] < nearest_other
+            total += 1
+    return wins / total if total else None
+
+
+def roundtrip(sllm, model, tok, backend, texts: list[str], max_new_tokens: int) -> list[str]:
+    from sllm.train import encode, soft_prompts
+
+    z = encode(sllm, model, tok, texts)
+    emb, _ = soft_prompts(sllm, model, tok, z)
+    return backend.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+
+
+def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int = 32, n_pairs: int = 100,
+             seed: int = 0) -> dict:
+    """All bench figures for one trained SLLM."""
+    import sacrebleu
+
+    from backends.transformers_backend import TransformersBackend
+    from judges import embed
+    from sllm.train import encode, soft_prompts
+
+    be = TransformersBackend("")
+    be.tokenizer, be.model = tok, model
+    texts = [t.text for t in heldout]
+    t0 = time.perf_counter()
+    out = roundtrip(sllm, model, tok, be, texts, max_new_tokens)
+    decode_s = time.perf_counter() - t0
+    em = float(np.mean([a == b for a, b in zip(texts, out)]))
+    bleu = sacrebleu.corpus_bleu(out, [texts]).score
+    f1 = float(np.mean([token_f1(a, b) for a, b in zip(texts, out)]))
+    ea, eb = embed(texts), embed(out)
+    cos = float(np.mean((ea * eb).sum(1)))
+    z_held = encode(sllm, model, tok, texts)
+    z_train = encode(sllm, model, tok, [t.text for t in train])
+    norms = np.linalg.norm(z_train, axis=1)
+    res = {
+        "heldout_texts": len(texts), "exact_match": em, "bleu": bleu, "token_f1": f1, "embedding_cosine": cos,
+        "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std()),
+        "effective_dimension": effective_dimension(z_train), "latent_dim": int(z_train.shape[1]),
+        "paraphrase_closer_than_other_fact": paraphrase_closeness(z_held, [t.fact_key for t in heldout]),
+        "decode_seconds": decode_s,
+        "examples": [{"text": a, "decoded": b} for a, b in list(zip(texts, out))[:8]],
+    }
+    if verify is not None:
+        rng = np.random.default_rng(seed)
+        i, j = rng.integers(0, len(z_train), n_pairs), rng.integers(0, len(z_train), n_pairs)
+        ts = np.linspace(0, 1, 7)[1:-1]  # 5 interior points
+        pts = np.concatenate([(1 - t) * z_train[i] + t * z_train[j] for t in ts]).astype(np.float32)
+        emb, _ = soft_prompts(sllm, model, tok, pts)
+        dec = be.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+        verdicts = [verify(x).status for x in dec]
+        res["interpolation_parseable"] = float(np.mean([v != "unparseable" for v in verdicts]))
+        res["interpolation_true"] = float(np.mean([v == "true" for v in verdicts]))
+    return res
+
+
+def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) -> dict:
+    """Build the data, train (or reuse) the base model, train an SLLM, evaluate it."""
+    import torch
+
+    from corpus import MathsConfig, build_maths_corpus, verify
+    from judges import embed
+    from loop.base_model import load_base_model, train_small_base
+    from sllm.model import SLLM
+    from sllm.train import train_sllm
+
+    c = cfg.corpus
+    mc = build_maths_corpus(MathsConfig(seed=cfg.run.seed, facts_per_topic=c.facts_per_topic,
+                                        phrasings_per_fact=c.phrasings_per_fact, holdout_share=c.holdout_share))
+    train, heldout = list(mc.train), list(mc.heldout)
+    timings = {}
+    if base_dir is None or not (base_dir / "config.json").is_file():
+        base_dir = base_dir or Path(tempfile.mkdtemp(prefix="bench-base-"))
+        t0 = time.perf_counter()
+        train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train])
+        timings["base_s"] = time.perf_counter() - t0
+    tok, model = load_base_model(str(base_dir), cfg.run.device)
+    texts = [t.text for t in train]
+    targets = embed(texts) if cfg.sllm.meaning_weight > 0 else None
+    torch.manual_seed(cfg.run.seed)
+    sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm)
+    t0 = time.perf_counter()
+    info = train_sllm(sllm, model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
+                      cfg.run.seed, fact_keys=[t.fact_key for t in train], desc="SLLM")
+    timings["sllm_s"] = time.perf_counter() - t0
+    res = evaluate(sllm, model, tok, heldout, train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res["train_texts"] = len(train)
+    res["final_losses"] = info["final"]
+    res.update(timings)
+    return res
+
+
+FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
+           ("paraphrase_closer_than_other_fact", "{:.1%}"), ("interpolation_parseable", "{:.1%}"),
+           ("interpolation_true", "{:.1%}"), ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"),
+           ("latent_norm_std", "{:.2f}"), ("sllm_s", "{:.0f}")]
+
+
+def table(rows: dict[str, dict]) -> str:
+    names = list(rows)
+    lines = ["| figure | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    for key, fmt in FIGURES:
+        vals = []
+        for n in names:
+            v = rows[n].get(key)
+            vals.append("–" if v is None else fmt.format(v))
+        lines.append(f"| {key} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+ABLATIONS = {
+    "full": {},
+    "no meaning term": {"sllm.meaning_weight": 0.0},
+    "no paraphrase term": {"sllm.paraphrase_weight": 0.0},
+    "reconstruction only": {"sllm.meaning_weight": 0.0, "sllm.paraphrase_weight": 0.0},
+}
+
+
+def main(argv: list[str]) -> int:
+    from loop.cli import build_from_args, parser as run_parser
+    from loop.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="run.py bench sllm", parents=[run_parser()], add_help=False,
+                                description="SLLM round-trip benchmark on held-out texts")
+    p.add_argument("--ablation", action="store_true", help="also train without each loss term and compare")
+    p.add_argument("--json", default="bench-sllm.json", help="where to write the figures (JSON)")
+    args = p.parse_args(argv[1:])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if args.corpus:
+            raise ConfigError("bench sllm measures on the built-in maths corpus (it needs held-out facts); drop --corpus")
+        base_cfg = build_from_args(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if base_cfg.run.threads:
+        import torch
+
+        torch.set_num_threads(base_cfg.run.threads)
+    base_dir = Path(tempfile.mkdtemp(prefix="bench-base-"))
+    variants = ABLATIONS if args.ablation else {"full": {}}
+    rows = {}
+    from loop.config import build_config
+
+    for name, extra in variants.items():
+        cfg = build_config(base_cfg.to_dict(), extra)
+        print(f"training: {name}", file=sys.stderr, flush=True)
+        rows[name] = train_and_evaluate(cfg, base_dir)
+    print(table(rows))
+    print("\nexamples (held-out text -> decoded):")
+    for ex in rows["full"]["examples"][:5]:
+        print(f"  {ex['text']!r} -> {ex['decoded']!r}")
+    Path(args.json).write_text(json.dumps({"settings": base_cfg.to_dict(), "results": rows}, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
