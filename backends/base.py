@@ -24,11 +24,12 @@ class Backend(Protocol):
 
 
 def get_backend(name: str, model_path: str, adapter: str | None, device: str, batch_size: int,
-                loaded=None) -> Backend:
+                loaded=None, base_url: str | None = None) -> Backend:
     """The decoding backend `name` for the base model at `model_path` wearing `adapter`.
 
     loaded: an already loaded (tokenizer, model) pair the transformers backend can share
-    instead of loading its own copy.
+    instead of loading its own copy (the vLLM backends take only its tokenizer).
+    base_url: the running server for `vllm-server`.
     """
     if name == "transformers":
         from backends.transformers_backend import TransformersBackend
@@ -37,4 +38,13 @@ def get_backend(name: str, model_path: str, adapter: str | None, device: str, ba
         if loaded is not None:
             be.tokenizer, be.model = loaded
         return be
-    raise ValueError(f"unknown backend {name!r}; use transformers")
+    if name == "vllm":  # one engine per process, shared by every call; the adapter is a LoRARequest
+        from backends.vllm_backend import VllmBackend
+
+        return VllmBackend(model_path, adapter, device, batch_size, tokenizer=None if loaded is None else loaded[0])
+    if name == "vllm-server":
+        from backends.vllm_server import VllmServerBackend
+
+        return VllmServerBackend(base_url or "", model_path, adapter, batch_size,
+                                 tokenizer=None if loaded is None else loaded[0])
+    raise ValueError(f"unknown backend {name!r}; use transformers, vllm or vllm-server")

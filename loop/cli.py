@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import sqlite3
 import sys
 
 USAGE = """python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop
@@ -26,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--base-model", help="local Hugging Face causal-LM folder or hub id (default: train a small one)")
     p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); default: built-in maths")
-    p.add_argument("--backend", help="decoding backend (transformers)")
+    p.add_argument("--backend", help="decoding backend: transformers, vllm or vllm-server")
+    p.add_argument("--base-url", help="running vLLM server for --backend vllm-server, e.g. http://127.0.0.1:8000")
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--samplers", help="comma-separated samplers: dark,prior,interpolate,lm")
     p.add_argument("--config", help="TOML or YAML file holding any settings, by section")
@@ -37,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.seed", "base_model": "base.model",
-             "corpus": "corpus.path", "backend": "decode.backend", "device": "run.device", "samplers": "sample.samplers"}
+             "corpus": "corpus.path", "backend": "decode.backend", "base_url": "decode.base_url", "device": "run.device", "samplers": "sample.samplers"}
 
 
 def build_from_args(args):
@@ -65,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-    args = parser().parse_args(argv)
+    p = parser()
+
+    def one_line_error(message: str):  # argparse's default prints the whole usage block first
+        print(f"error: {message}; see `python run.py --help`", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = one_line_error
+    args = p.parse_args(argv)
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -88,6 +98,36 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished stages are saved; rerun the same command to resume", file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"error: {e.strerror or e} ({e.filename or 'no file'}); free disk space or fix permissions, then rerun to resume", file=sys.stderr)
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from safetensors import SafetensorError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(e, SafetensorError):  # e.g. a truncated model.safetensors in --base-model's folder
+            print(f"error: a .safetensors weights file is corrupt or partial ({str(e).strip().splitlines()[0]}); "
+                  "re-save or re-download --base-model's weights, then rerun", file=sys.stderr)
+            return 2
+        if not isinstance(e, (SQLAlchemyError, sqlite3.Error)):
+            raise
+        msg = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        if "locked" in msg or "busy" in msg:
+            fix = "another program is writing to the run database; close it, then rerun the same command to resume"
+        elif "readonly" in msg or "unable to open" in msg:
+            fix = "the run folder or its database is not writable; fix its permissions or pass another --out"
+        else:
+            fix = "rerun the same command to resume; if it persists, pass a new --out"
+        print(f"error: database: {msg}; {fix}", file=sys.stderr)
         return 1
     return 0
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a failed file operation, with the fix that fits its cause."""
+    where = f" ({e.filename})" if e.filename else ""
+    what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        return f"{what}{where}; free disk space, then rerun the same command to resume (finished stages are kept)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}{where}; the run folder must be writable: fix its permissions or pass another --out"
+    return f"{what}{where}; fix the cause, then rerun the same command to resume"

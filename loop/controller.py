@@ -9,6 +9,7 @@ with the same database an uninterrupted one would have.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from sqlmodel import Session, delete, select
 
+from loop.artifacts import check, fault, verify, write_manifest
 from loop.config import Config, ConfigError
 from loop.data import RunData, build_data
 from storage.db import RunLock, done_stages, get_run, open_db, stage_detail
@@ -36,10 +38,19 @@ STAGES = ("base", "sllm", "map", "sample", "decode", "judge", "retrain", "evalua
 
 def crash_point(g: int, name: str, when: str) -> None:
     """Fault injection for the resume tests: DARKZONES_CRASH_AT=GEN:STAGE:WHEN kills the process
-    with SIGKILL (as kill -9 would) at that point."""
-    target = os.environ.get("DARKZONES_CRASH_AT")
-    if target and target == f"{g}:{name}:{when}":
+    with SIGKILL (as kill -9 would) at that point; GEN:STAGE:WHEN:sigint sends it SIGINT (Ctrl-C)
+    instead, and GEN:STAGE:WHEN:enospc raises "no space left on device" there.
+
+    WHEN: before_commit (the stage's rows are flushed inside its open transaction),
+    after_commit, and, for stages writing an artifact, mid_artifact (files written to the temp
+    folder, not yet fsynced or renamed) and artifact_renamed (in place, not yet committed)."""
+    kind = fault(f"{g}:{name}:{when}")
+    if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here
+    elif kind == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{name} artifact of generation {g}")
 
 
 def stage_seed(seed: int, generation: int, name: str) -> int:
@@ -56,16 +67,31 @@ def fsync_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp folder; on success fsync it and rename it to `final` (replacing a stale one)."""
+def atomic_dir(final: Path, point: tuple[int, str] | None = None):
+    """Yield a temp folder; on success write its MANIFEST.json (sha256 of every file), fsync it and
+    rename it to `final` (replacing a stale one). `point` = (generation, stage) names its fault points."""
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
-    fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        yield tmp
+        if point:
+            crash_point(*point, "mid_artifact")
+        write_manifest(tmp)
+        fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fd = os.open(final.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full, Ctrl-C) leaves no temp folder
+        raise
+    if point:
+        crash_point(*point, "artifact_renamed")
 
 
 def versions() -> dict[str, str]:
@@ -112,6 +138,7 @@ class Loop:
         key = (self.base_path(), adapter)
         if key not in self.models:
             self.models.clear()  # one model in memory at a time
+            self.check_inputs(adapter)
             self.models[key] = load_base_model(self.base_path(), self.cfg.run.device, adapter=adapter)
         return self.models[key]
 
@@ -120,7 +147,7 @@ class Loop:
         from backends.base import get_backend
 
         return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
-                           self.cfg.decode.batch_size, loaded=loaded)
+                           self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url)
 
     def free(self) -> None:
         self.models.clear()
@@ -133,9 +160,17 @@ class Loop:
                             .order_by(Candidate.generation, Candidate.seq))
         return [t for t in rows]
 
+    def check_inputs(self, adapter: str | None) -> None:
+        """Verify the trained base folder and `adapter` against their manifests before loading them."""
+        if not self.cfg.base.model:
+            check(self.out / "base", "the trained base model")
+        if adapter is not None:
+            check(adapter, "the LoRA adapter")
+
     def load_sllm(self, g: int, model):
         from sllm.model import load_sllm
 
+        check(self.gen_dir(g) / "sllm", f"the SLLM checkpoint of generation {g}")
         return load_sllm(self.gen_dir(g) / "sllm" / "sllm.safetensors", model.get_input_embeddings().weight.shape[1],
                          self.cfg.sllm, next(model.parameters()).device)
 
@@ -159,6 +194,32 @@ class Loop:
                     f"rerun with the same settings to resume, or pass a new --out"
                 )
 
+    def artifact_of(self, g: int, name: str, detail: dict) -> Path | None:
+        """The folder a done stage wrote, or None (no artifact, or a user's base model used in place)."""
+        if name == "base":
+            return self.out / "base" if detail.get("trained") else None
+        if name in ("sllm", "map"):
+            return self.gen_dir(g) / name
+        if name == "retrain":
+            return self.gen_dir(g) / "adapter" if detail.get("trained") else None
+        return None
+
+    def verify_artifacts(self, engine) -> None:
+        """On start, check every done stage's artifact against its manifest. The first that fails
+        (truncated, edited, deleted) makes its stage and every later one not done, in one
+        transaction; they are then redone from their seeds, as after a crash."""
+        with Session(engine) as s:
+            done = sorted(s.exec(select(Stage)), key=lambda st: (st.generation, STAGES.index(st.name)))
+            for st in done:
+                path = self.artifact_of(st.generation, st.name, json.loads(st.detail_json))
+                problem = None if path is None else verify(path)
+                if problem is not None:
+                    log.warning("the %s artifact of generation %d at %s is damaged (%s): redoing that stage and "
+                                "every later one", st.name, st.generation, path, problem)
+                    invalidate_from(s, st.generation, st.name)
+                    s.commit()
+                    return
+
     def preflight(self) -> None:
         """Check the inputs before anything is written: bad input leaves no trace."""
         from loop.base_model import check_model_path
@@ -178,6 +239,7 @@ class Loop:
         with RunLock(self.out):
             engine = open_db(self.out, create=True)
             self.ensure_run(engine)
+            self.verify_artifacts(engine)
             (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
             for g in range(self.cfg.run.generations):
                 for name in STAGES:
@@ -215,7 +277,7 @@ class Loop:
             return {"path": self.cfg.base.model, "trained": False,
                     "params": sum(p.numel() for p in model.parameters())}
         d = self.data
-        with atomic_dir(self.out / "base") as tmp:
+        with atomic_dir(self.out / "base", (g, "base")) as tmp:
             info = train_small_base(d.train_texts, self.cfg.base, tmp, seed, groups=[t.fact_key for t in d.train])
         return {"path": str(self.out / "base"), "trained": True, "params": info["params"],
                 "final_loss": info["final_loss"]}
@@ -239,7 +301,7 @@ class Loop:
         torch.manual_seed(seed)
         info = train_sllm(sllm, model, tok, texts, targets, epochs, self.cfg.sllm.lr, self.cfg.sllm.batch_size, seed,
                           fact_keys=keys, desc=f"SLLM gen {g}")
-        with atomic_dir(self.gen_dir(g) / "sllm") as tmp:
+        with atomic_dir(self.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
             save_sllm(sllm, tmp / "sllm.safetensors")
         return {"texts": len(texts), "accepted_texts": len(accepted), "epochs": epochs, "final": info["final"]}
 
@@ -267,17 +329,20 @@ class Loop:
             s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
                        volume=z.volume, axes_json=json.dumps(z.axes),
                        neighbours_json=json.dumps([texts[i] for i in z.neighbours]), decoded=text))
-        with atomic_dir(self.gen_dir(g) / "map") as tmp:
+        with atomic_dir(self.gen_dir(g) / "map", (g, "map")) as tmp:
             np.save(tmp / "latents.npy", latents)
         norms = np.linalg.norm(latents, axis=1)
         return {"texts": len(texts), "threshold": occ.threshold, "envelope_radius": occ.radius,
                 "components": int(occ.pca.n_components_), "dark_probe_share": len(dark) / n_probe,
-                "zones": len(zones), "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std())}
+                "zones": len(zones), "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std()),
+                # real texts never trained on (the eval split) should mostly not be dark
+                **occ.calibrate(encode(sllm, model, tok, [t.text for t in self.data.eval]))}
 
     def stage_sample(self, s: Session, g: int, seed: int) -> dict:
         from loop.occupancy import OccupancyMap, assign_zone, sample_dark, sample_interpolate, sample_prior
 
-        latents = np.load(self.gen_dir(g) / "map" / "latents.npy")
+        check(self.gen_dir(g) / "map", f"the latent map of generation {g}")
+        latents = np.load(self.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
         occ = OccupancyMap.fit(latents, self.cfg.sample)
         zones_rows = s.exec(select(Zone).where(Zone.generation == g).order_by(Zone.label)).all()
         from loop.occupancy import ZoneInfo
@@ -390,7 +455,8 @@ class Loop:
         self.free()  # unload the generator before training (house style, rule 6)
         texts = retrain_texts(self.accepted_texts(s, g), self.data.train_texts, self.cfg.retrain.replay_texts, seed)
         final = self.gen_dir(g) / "adapter"
-        with atomic_dir(final) as tmp:
+        self.check_inputs(prev)
+        with atomic_dir(final, (g, "retrain")) as tmp:
             info = lora_finetune(self.base_path(), prev, texts, self.cfg.retrain, tmp, seed, self.cfg.run.device)
         return {"adapter": str(final), "trained": True, **info}
 
@@ -429,6 +495,33 @@ class Loop:
                      candidates=len(cands), heldout_ppl=ppl, novelty=novelty, distinct_2=distinct2,
                      dark_share=dark_share, timings_json=json.dumps(timings), line=line))
         return {"line": line, "heldout_ppl": ppl}
+
+
+def invalidate_from(s: Session, g0: int, name0: str) -> None:
+    """Make stage (g0, name0) and every later stage not done: delete their Stage rows and the rows
+    they wrote (the caller commits, so it happens in one transaction)."""
+    start = (g0, STAGES.index(name0))
+    gone = [st for st in s.exec(select(Stage)) if (st.generation, STAGES.index(st.name)) >= start]
+    for g in sorted({st.generation for st in gone}):
+        names = {st.name for st in gone if st.generation == g}
+        ids = select(Candidate.id).where(Candidate.generation == g)
+        if "map" in names:
+            s.exec(delete(Zone).where(Zone.generation == g))
+        if "judge" in names or "sample" in names:
+            s.exec(delete(Score).where(Score.candidate_id.in_(ids)))
+        if "sample" in names:
+            s.exec(delete(Candidate).where(Candidate.generation == g))
+        else:
+            for c in s.exec(select(Candidate).where(Candidate.generation == g)):
+                if "decode" in names:
+                    c.text = None
+                if "judge" in names:
+                    c.verdict = c.fact_key = c.true_new = c.total = c.decision = c.reason = None
+                s.add(c)
+        if "evaluate" in names:
+            s.exec(delete(Metric).where(Metric.generation == g))
+    for st in gone:
+        s.delete(st)
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -131,17 +131,26 @@ def cmd_show(engine, args) -> int:
     print(f"zone: {zone}")
     print(f"latent: norm {_fmt(c['latent_norm'])}, dim {_fmt(c['latent_dim'])}; density score {_fmt(c['density_score'])}")
     print(f"verdict: {_fmt(c['verdict'])}  fact_key: {_fmt(c['fact_key'])}  true_new: {_fmt(c['true_new'])}")
-    print(f"decision: {c['decision'] or 'pending'}  total: {_fmt(c['total'])}  reason: {_fmt(c['reason'])}")
+    print(f"decision: {c['decision'] or 'pending'}  total: {_fmt(c['total'])}  reason: {_term(_fmt(c['reason']))}")
     if c["scores"]:
         print("scores:")
         w = max(len(s["judge"]) for s in c["scores"])
         for s in c["scores"]:
-            print(f"  {s['judge'].ljust(w)}  {_fmt(s['score']):>7}  {s['reason']}")
+            print(f"  {s['judge'].ljust(w)}  {_fmt(s['score']):>7}  {_term(s['reason'])}")
     else:
         print("scores: none yet")
     print("text:")
-    print(c["text"] if c["text"] is not None else "(not decoded yet)")
+    print(_term(c["text"]) if c["text"] is not None else "(not decoded yet)")
     return 0
+
+
+def _term(text: str) -> str:
+    """On a terminal, control characters escaped (a decoded text or a reason quoting one must not
+    drive it: ESC sequences, \r overwrites, bidi overrides); piped, the exact text, as data."""
+    if not sys.stdout.isatty():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 def _write_export(engine, args, fh) -> int:
@@ -200,6 +209,49 @@ def cmd_metrics(engine, args) -> int:
     return 0
 
 
+def _experiment_headline(e: dict) -> str:
+    r = e["result"]
+    if e["name"] == "discovery":
+        per = r.get("per_sampler", {})
+        ys = [f"{n} {a['true_new_per_1000']['mean']:.1f}" for n, a in per.items()
+              if a.get("true_new_per_1000", {}).get("mean") is not None]
+        return "true-new /1000: " + ", ".join(ys)
+    if e["name"] == "holdout":
+        g = r.get("groups", {})
+        if "topic" in g and "control" in g:
+            return (f"dark share in NN1's map: {g['topic']['topic']} {g['topic']['dark_share_nn2_in_nn1_map']:.1%}, "
+                    f"control {g['control']['topic']} {g['control']['dark_share_nn2_in_nn1_map']:.1%}")
+    return ""
+
+
+def cmd_experiments(engine, args) -> int:
+    if args.action == "show":
+        if args.id is None:
+            print("error: experiments show needs an ID; list them with `inspect RUN_DIR experiments`", file=sys.stderr)
+            return 2
+        e = queries.experiment(engine, args.id)
+        if e is None:
+            print(f"error: no experiment with id {args.id} in {args.run_dir}; list them with "
+                  f"`inspect {args.run_dir} experiments`", file=sys.stderr)
+            return 2
+        print(f"experiment {e['id']}  {e['name']}  created {e['created_at']:%Y-%m-%d %H:%M:%S}  "
+              f"{_fmt(e['seconds'])} s  {e['samples']} sample(s)")
+        print(e["table"])
+        if e["kinds"]:
+            print()
+            print(table(["kind", "samples", "true_new", "accepted"],
+                        [[k["kind"], k["samples"], k["true_new"], k["accepted"]] for k in e["kinds"]]))
+        for k, v in e["artifacts"].items():
+            print(f"{k}: {v}")
+        return 0
+    rows = [[e["id"], e["name"], f"{e['created_at']:%Y-%m-%d %H:%M}", e["seconds"], e["samples"],
+             _experiment_headline(e)] for e in queries.experiments(engine)]
+    print(table(["id", "name", "created", "seconds", "samples", "headline"], rows))
+    if not rows:
+        print("no experiments yet; run `python run.py experiment discovery --run RUN_DIR`")
+    return 0
+
+
 # -- parsing ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,12 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--generation", type=int)
 
     sub.add_parser("metrics", help="one row of metrics per generation")
+
+    x = sub.add_parser("experiments", help="experiment runs (python run.py experiment ...) and their tables")
+    x.add_argument("action", nargs="?", choices=("list", "show"), default="list", help="list (default) or show ID")
+    x.add_argument("id", nargs="?", type=int, help="experiment id, for show")
     return p
 
 
 COMMANDS = {
     None: cmd_summary, "summary": cmd_summary, "candidates": cmd_candidates, "show": cmd_show,
-    "export": cmd_export, "zones": cmd_zones, "metrics": cmd_metrics,
+    "export": cmd_export, "zones": cmd_zones, "metrics": cmd_metrics, "experiments": cmd_experiments,
 }
 
 

@@ -25,9 +25,11 @@ class SLLM(nn.Module):
         self.pos = nn.Embedding(cfg.max_tokens, d)
         layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
-        self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        # Several pooling queries (PMA, Lee et al. 2019 "Set Transformer"), concatenated: one
+        # softmax-weighted average cannot carry a whole sentence's tokens and their order.
+        self.query = nn.Parameter(torch.randn(1, cfg.pool_queries, d) * 0.02)
         self.pool = nn.MultiheadAttention(d, cfg.enc_heads, batch_first=True)
-        self.to_latent = nn.Linear(d, cfg.latent_dim)
+        self.to_latent = nn.Linear(cfg.pool_queries * d, cfg.latent_dim)
         # Standardise each latent dimension over the data (batch statistics in training, running
         # statistics after): at init a pooled transformer output barely varies between texts,
         # and the decoder then learns to ignore z (posterior collapse). Standardising makes the
@@ -45,9 +47,9 @@ class SLLM(nn.Module):
         h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
         pad = mask == 0
         h = self.encoder(h, src_key_padding_mask=pad)  # (B, T, d)
-        q = self.query.expand(h.shape[0], -1, -1)  # (B, 1, d)
-        pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, 1, d)
-        return self.norm(self.to_latent(pooled[:, 0]))  # (B, latent_dim)
+        q = self.query.expand(h.shape[0], -1, -1)  # (B, Q, d)
+        pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, Q, d)
+        return self.norm(self.to_latent(pooled.flatten(1)))  # (B, latent_dim)
 
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""

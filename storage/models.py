@@ -91,3 +91,37 @@ class Metric(SQLModel, table=True):
     dark_share: float | None  # share of samples whose density score marks them dark
     timings_json: str = "{}"
     line: str  # the printed metrics line
+
+
+class ExperimentRun(SQLModel, table=True):
+    """One `python run.py experiment NAME` invocation: its settings, result tables, artifacts."""
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)  # discovery, holdout
+    created_at: datetime = Field(default_factory=now)
+    seconds: float | None = None  # wall time of the experiment
+    settings_json: str = "{}"  # the experiment's own flags plus the run config snapshot
+    result_json: str = "{}"  # the figures: per-sampler (or per-group) means, CIs, yields
+    table: str = ""  # the printed table, as printed
+    artifacts_json: str = "{}"  # paths of the PNG / JSON written
+
+
+class ExperimentSample(SQLModel, table=True):
+    """One decoded text of an experiment: a sampler's candidate (discovery) or one decoder's
+    reconstruction of a topic text (holdout; `kind` is GROUP/DECODER, `source` the original)."""
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: int = Field(foreign_key="experimentrun.id", index=True)
+    kind: str = Field(index=True)  # sampler name (dark, prior, interpolate, lm) or e.g. topic/nn1
+    seed: int = 0
+    text: str | None = None
+    source: str | None = None  # holdout: the original text encoded
+    verdict: str | None = None  # verifier status: true / false / unparseable
+    fact_key: str | None = None
+    true_new: bool | None = None
+    accepted: bool | None = None
+    reason: str | None = None
+    novelty: float | None = None  # cosine distance to the nearest corpus text
+    density_score: float | None = None  # kNN distance / dark threshold (> 1 = dark)
+    dark: bool | None = None  # dark and inside the envelope
+    x: float | None = None  # 2-D projection (PCA of the corpus latents), for the picture
+    y: float | None = None
+    detail_json: str = "{}"

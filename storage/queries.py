@@ -250,3 +250,43 @@ def metrics(engine) -> list[dict]:
             d["timings"] = json.loads(d.pop("timings_json") or "{}")
             out.append(d)
         return out
+
+
+def _has_table(engine, name: str) -> bool:
+    from sqlalchemy import inspect as sa_inspect
+
+    with engine.connect() as conn:
+        return name in sa_inspect(conn).get_table_names()
+
+
+def experiments(engine) -> list[dict]:
+    """Experiment runs (`python run.py experiment ...`) in id order, with their result figures;
+    [] for a database made before the experiment tables existed."""
+    from storage.models import ExperimentRun, ExperimentSample
+
+    if not _has_table(engine, "experimentrun"):
+        return []
+    with Session(engine) as s:
+        counts = dict(s.exec(select(ExperimentSample.experiment_id, func.count(ExperimentSample.id))
+                             .group_by(ExperimentSample.experiment_id)).all())
+        return [{"id": e.id, "name": e.name, "created_at": e.created_at, "seconds": e.seconds,
+                 "samples": counts.get(e.id, 0), "settings": json.loads(e.settings_json or "{}"),
+                 "result": json.loads(e.result_json or "{}"), "table": e.table,
+                 "artifacts": json.loads(e.artifacts_json or "{}")}
+                for e in s.exec(select(ExperimentRun).order_by(ExperimentRun.id))]
+
+
+def experiment(engine, experiment_id: int) -> dict | None:
+    """One experiment run with its sample counts per kind (sampler or holdout group/decoder)."""
+    from storage.models import ExperimentSample
+
+    rows = [e for e in experiments(engine) if e["id"] == experiment_id]
+    if not rows:
+        return None
+    with Session(engine) as s:
+        q = (select(ExperimentSample.kind, func.count(ExperimentSample.id),
+                    func.sum(ExperimentSample.true_new), func.sum(ExperimentSample.accepted))
+             .where(ExperimentSample.experiment_id == experiment_id).group_by(ExperimentSample.kind))
+        rows[0]["kinds"] = [{"kind": k, "samples": n, "true_new": int(tn or 0), "accepted": int(a or 0)}
+                            for k, n, tn, a in s.exec(q)]
+    return rows[0]

@@ -1,0 +1,148 @@
+"""`python run.py experiment discovery|holdout` end to end on tiny settings, plus their statistics."""
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loop.experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
+    "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
+    "--set", "base.vocab_size=300",
+    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2",
+    "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "decode.max_new_tokens=12",
+    "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1", "-q",
+]
+
+
+def run_cli(args, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONHASHSEED="0")
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+# ------------------------------------------------------------------------- statistics
+def test_ci95_t_interval():
+    c = ci95([1.0, 2.0, 3.0])
+    assert c["mean"] == pytest.approx(2.0) and c["method"] == "t" and c["n"] == 3
+    # t(0.975, 2) = 4.303; sd = 1; half width = 4.303 / sqrt(3)
+    assert c["hi"] - c["mean"] == pytest.approx(4.3027 / math.sqrt(3), rel=1e-3)
+    assert ci95([5.0])["lo"] is None and ci95([])["mean"] is None
+
+
+def test_summary_headline_ratios():
+    fig = lambda tn: {"true_new_per_1000": tn, "decoded": 10}  # noqa: E731
+    res = summarise_discovery({"dark": [fig(30), fig(30)], "prior": [fig(10), fig(10)], "lm": [fig(20), fig(20)]},
+                              budget=100, seeds=2)
+    assert res["headline"]["dark_vs_lm"]["ratio"] == pytest.approx(1.5)
+    assert res["headline"]["dark_vs_lm"]["met"] is False  # target 3x
+    assert res["headline"]["dark_vs_prior"]["met"] is True  # 3x >= 1.5x
+    assert res["winner"] == ["dark"]
+
+
+# ------------------------------------------------------------------------- discovery
+@pytest.fixture(scope="module")
+def discovery_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("disc")
+    run_dir, png, js = d / "run", d / "pic.png", d / "disc.json"
+    p = run_cli(["experiment", "discovery", "--out", str(run_dir), "--budget", "6", "--seeds", "2",
+                 "--png", str(png), "--json", str(js), *TINY])
+    return run_dir, png, js, p
+
+
+def test_discovery_table_json_png_db(discovery_run):
+    run_dir, png, js, p = discovery_run
+    for _, header in DISCOVERY_COLUMNS:
+        assert header in p.stdout
+    for sampler in ("dark", "prior", "interpolate", "lm"):
+        assert sampler in p.stdout
+    assert "dark vs lm" in p.stdout and "false-dark rate" in p.stdout
+    res = json.loads(js.read_text())["result"]
+    per = res["per_sampler"]
+    assert set(per) == {"dark", "prior", "interpolate", "lm"}
+    for name, agg in per.items():
+        assert agg["decoded"]["n"] == 2 and agg["decoded"]["lo"] is not None  # CI over 2 seeds
+        assert agg["decoded"]["lo"] <= agg["decoded"]["mean"] <= agg["decoded"]["hi"]
+        assert 0 <= agg["true_new_per_1000"]["mean"] <= 1000
+    assert res["ci_method"] == "t"
+    assert 0 <= res["calibration"]["false_dark_rate"] <= 1
+    assert png.is_file() and png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    con = sqlite3.connect(run_dir / "runs.db")
+    (n_exp,) = con.execute("SELECT count(*) FROM experimentrun WHERE name='discovery'").fetchone()
+    per_kind = dict(con.execute("SELECT kind, count(*) FROM experimentsample GROUP BY kind").fetchall())
+    con.close()
+    assert n_exp == 1 and per_kind == {"dark": 12, "prior": 12, "interpolate": 12, "lm": 12}
+    # the map stage reports its false-dark rate too
+    detail = json.loads(sqlite3.connect(run_dir / "runs.db").execute(
+        "SELECT detail_json FROM stage WHERE name='map'").fetchone()[0])
+    assert "false_dark_rate" in detail
+
+
+def test_discovery_reuses_a_run_and_inspect_lists_it(discovery_run):
+    run_dir = discovery_run[0]
+    p = run_cli(["experiment", "discovery", "--run", str(run_dir), "--budget", "4", "--seeds", "1",
+                 "--only", "dark,lm", "--json", str(run_dir / "second.json"), "-q", "--set", "run.threads=1"])
+    assert "one seed: no interval" in p.stdout
+    out = run_cli(["inspect", str(run_dir), "experiments"]).stdout
+    assert out.count("discovery") == 2 and "true-new /1000" in out
+    show = run_cli(["inspect", str(run_dir), "experiments", "show", "2"]).stdout
+    assert "sampler" in show and "dark" in show and "lm" in show
+    bad = run_cli(["inspect", str(run_dir), "experiments", "show", "99"], check=False)
+    assert bad.returncode == 2 and "no experiment with id 99" in bad.stderr
+
+
+def test_discovery_bad_flags_are_one_line_errors(tmp_path):
+    p = run_cli(["experiment", "discovery", "--out", str(tmp_path / "r"), "--only", "dark,bogus", *TINY], check=False)
+    assert p.returncode == 2 and "bogus" in p.stderr
+    p = run_cli(["experiment", "discovery", "--run", str(tmp_path / "missing"), "-q"], check=False)
+    assert p.returncode == 2 and "no run database" in p.stderr
+
+
+# ------------------------------------------------------------------------- holdout
+@pytest.fixture(scope="module")
+def holdout_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hold")
+    js = d / "hold.json"
+    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--control", "addition", "--out", str(d / "h"),
+                 "--json", str(js), *TINY])
+    return d / "h", js, p
+
+
+def test_holdout_numbers_table_db(holdout_run):
+    out, js, p = holdout_run
+    assert "topic fractions (unseen by NN1)" in p.stdout and "control addition (seen)" in p.stdout
+    assert "share dark in NN1's map (kNN)" in p.stdout and "BLEU NN1 decode vs NN2 decode" in p.stdout
+    res = json.loads(js.read_text())["result"]
+    for g in ("topic", "control"):
+        grp = res["groups"][g]
+        for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share"):
+            assert 0 <= grp[k] <= 1
+        for k, v in grp["all"].items():
+            if k != "texts":
+                assert 0 <= v <= 1 + 1e-6, (g, k, v)
+        assert grp["all"]["texts"] == 8  # 4 facts x 2 phrasings
+    assert res["groups"]["control"]["seen_by_nn1"] and not res["groups"]["topic"]["seen_by_nn1"]
+    con = sqlite3.connect(out / "runs.db")
+    kinds = dict(con.execute("SELECT kind, count(*) FROM experimentsample GROUP BY kind").fetchall())
+    con.close()
+    assert kinds == {"topic/nn1": 8, "topic/nn2": 8, "control/nn1": 8, "control/nn2": 8}
+    assert "holdout" in run_cli(["inspect", str(out), "experiments"]).stdout
+
+
+def test_holdout_resumes_and_refuses_another_setup(holdout_run):
+    out = holdout_run[0]
+    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--control", "addition", "--out", str(out), *TINY])
+    assert "texts encoded by NN2" in p.stdout  # models reused, measured again
+    bad = run_cli(["experiment", "holdout", "--topic", "money", "--out", str(out), *TINY], check=False)
+    assert bad.returncode == 2 and "another holdout setup" in bad.stderr
