@@ -219,8 +219,12 @@ def _experiment_headline(e: dict) -> str:
     if e["name"] == "holdout":
         g = r.get("groups", {})
         if "topic" in g and "control" in g:
-            return (f"dark share in NN1's map: {g['topic']['topic']} {g['topic']['dark_share_nn2_in_nn1_map']:.1%}, "
+            line = (f"dark share in NN1's map: {g['topic']['topic']} {g['topic']['dark_share_nn2_in_nn1_map']:.1%}, "
                     f"control {g['control']['topic']} {g['control']['dark_share_nn2_in_nn1_map']:.1%}")
+            if "knn_dark_share_ignoring_envelope" in g["topic"]:
+                line += (f"; envelope ignored {g['topic']['knn_dark_share_ignoring_envelope']:.1%} vs "
+                         f"{g['control']['knn_dark_share_ignoring_envelope']:.1%}")
+            return line
     return ""
 
 
