@@ -224,7 +224,7 @@ PERF_KEYS = [
 ]
 
 
-def _coerce(value: Any, current: Any, where: str, ftype: str) -> Any:
+def _coerce(value: Any, where: str, ftype: str) -> Any:
     """Turn a string from the command line (or a file value) into the setting's type."""
     if isinstance(value, str) and "list" in ftype:
         return [v.strip() for v in value.split(",") if v.strip()]
@@ -282,7 +282,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if key not in fields:
             raise ConfigError(f"unknown setting {dotted!r}{_suggest(key, list(fields))}")
-        kwargs[section][key] = _coerce(value, None, dotted, str(fields[key].type))
+        kwargs[section][key] = _coerce(value, dotted, str(fields[key].type))
     try:
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
@@ -314,6 +314,3 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return data
     raise ConfigError(f"config file {p} must end in .toml, .yaml or .yml")
 
-
-def config_from_snapshot(d: dict[str, Any]) -> Config:
-    return build_config(d)

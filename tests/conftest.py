@@ -18,16 +18,20 @@ TINY_TEXTS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory):
-    """A tiny Llama LM + BPE tokenizer trained briefly, saved with save_pretrained."""
+def save_tiny_lm(out, hidden: int, heads: int = 2):
+    """Train a tiny Llama + BPE tokenizer briefly on TINY_TEXTS and save it to `out`."""
     from loop.base_model import train_small_base
     from loop.config import BaseConfig
 
-    out = tmp_path_factory.mktemp("tiny_lm")
-    cfg = BaseConfig(vocab_size=300, hidden=32, layers=2, heads=2, max_len=256, epochs=3, lr=5e-3)
+    cfg = BaseConfig(vocab_size=300, hidden=hidden, layers=2, heads=heads, max_len=256, epochs=3, lr=5e-3)
     train_small_base(TINY_TEXTS, cfg, out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny Llama LM + BPE tokenizer trained briefly, saved with save_pretrained."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"), hidden=32)
 
 
 @pytest.fixture

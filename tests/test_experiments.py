@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 
 from loop.experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
+from tests.test_loop import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
-    "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
-    "--set", "base.vocab_size=300",
-    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2",
-    "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "decode.max_new_tokens=12",
-    "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1", "-q",
-]
+TINY = TINY_MODELS + ["-q"]
 
 
 def run_cli(args, check=True):

@@ -11,16 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny but complete: every stage runs for real, in seconds.
-TINY = [
+TINY_MODELS = [
     "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
     "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
     "--set", "base.vocab_size=300",
     "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2",
-    "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "sample.samplers=dark,prior,interpolate,lm",
-    "--set", "decode.max_new_tokens=12", "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16",
+    "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "decode.max_new_tokens=12",
+    "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
+]
+TINY = TINY_MODELS + [
+    "--set", "sample.samplers=dark,prior,interpolate,lm",
     # accept whatever is coherent enough so the retrain stage has texts to learn from
     "--set", "judges.require_true=false", "--set", "judges.min_coherence=0", "--set", "judges.min_novelty=0",
-    "--set", "run.threads=1",
 ]
 
 

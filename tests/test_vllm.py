@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_TEXTS
+from tests.conftest import TINY_TEXTS, save_tiny_lm
 
 MAX_NEW = 12
 
@@ -40,13 +40,7 @@ def vllm_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
     """A tiny Llama (hidden 64, 2 heads of 32) + BPE tokenizer, briefly trained, saved with save_pretrained."""
-    from loop.base_model import train_small_base
-    from loop.config import BaseConfig
-
-    out = tmp_path_factory.mktemp("vllm_lm")
-    cfg = BaseConfig(vocab_size=300, hidden=64, layers=2, heads=2, max_len=256, epochs=3, lr=5e-3)
-    train_small_base(TINY_TEXTS, cfg, out, seed=0)
-    return out
+    return save_tiny_lm(tmp_path_factory.mktemp("vllm_lm"), hidden=64)
 
 
 @pytest.fixture(scope="module")
