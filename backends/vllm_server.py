@@ -59,7 +59,12 @@ class VllmServerBackend:
                 raw = r.read().decode()
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300].replace("\n", " ")
-            raise ServerError(f"{url} answered {e.code}: {detail}") from None
+            hint = ""
+            if e.code >= 500 and self.adapter:
+                hint = ("; with a LoRA adapter the server must run with --lora-target-modules naming the "
+                        "base model's linear layers (see README), or vLLM's LoRA embedding layer crashes "
+                        "on prompt embeddings")
+            raise ServerError(f"{url} answered {e.code}: {detail}{hint}") from None
         except (urllib.error.URLError, OSError) as e:
             raise ServerError(f"cannot reach the vLLM server at {self.base_url} ({getattr(e, 'reason', e)}); "
                               "start it (see README) or fix --base-url") from None
