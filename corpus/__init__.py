@@ -7,6 +7,7 @@ from .maths import (
     Text,
     Verdict,
     build_maths_corpus,
+    false_statements,
     verify,
 )
 
@@ -18,6 +19,7 @@ __all__ = [
     "Text",
     "Verdict",
     "build_maths_corpus",
+    "false_statements",
     "load_corpus",
     "verify",
 ]

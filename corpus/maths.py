@@ -599,3 +599,31 @@ def build_maths_corpus(cfg: MathsConfig) -> MathsCorpus:
         train_fact_keys=frozenset(t.fact_key for t in train),
         heldout_fact_keys=frozenset(t.fact_key for t in heldout),
     )
+
+
+def false_statements(cfg: MathsConfig, n: int, seed: int = 0) -> list[Text]:
+    """`n` false sentences of the domain: a random fact of a topic, a wrong claim, a random template.
+
+    The wrong claim is another fact's true answer in the same topic (so it looks like an answer
+    the topic gives), never this fact's. Every sentence is checked false by `verify`, so these
+    carry no true fact at all: training on them teaches the domain's language (any slot
+    combination) without revealing a held-out truth. Their fact_key is None (no true fact).
+    """
+    rng = random.Random(f"maths:{seed}:false")
+    out: list[Text] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise RuntimeError(f"could not draw {n} false statements from topics {cfg.topics}")
+        topic = _TOPICS[rng.choice(cfg.topics)]
+        space = _space(topic.name)
+        params = rng.choice(space)
+        claim = topic.answer(rng.choice(space))
+        if topic.holds(params, claim):
+            continue
+        text = _render(topic, rng.randrange(len(topic.templates)), params, claim)
+        if verify(text).status != "false":
+            continue
+        out.append(Text(text, topic.name, None))
+    return out

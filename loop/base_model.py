@@ -25,12 +25,18 @@ class ModelError(ValueError):
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE trained on the corpus: decodes back to the exact text, any input encodes."""
+    """Byte-level BPE trained on the corpus: decodes back to the exact text, any input encodes.
+
+    Numbers are split into single digits (as LLaMA's tokenizer does): BPE merges of digits are
+    arbitrary ("336" -> "33" + "6", "914" -> "9" + "14"), so a number never seen whole has no
+    regular form, while digits compose. The SLLM round trip of held-out texts depends on it.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.Digits(individual_digits=True)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

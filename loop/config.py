@@ -86,14 +86,19 @@ class SLLMConfig:
     meaning_weight: float = 1.0  # weight of the sentence-embedding prediction term
     paraphrase_weight: float = 0.0  # weight of the paraphrase contrastive term (needs fact keys)
     latent_l2: float = 1e-3  # keeps the latent cloud in a known envelope
-    epochs: int = 30
-    continue_epochs: int = 8  # epochs per later generation (continued training)
+    # Built-in domain only: verifier-checked FALSE sentences added to the SLLM's training texts.
+    # They teach the domain's language (any numbers in any template) and carry no true fact, so no
+    # held-out truth leaks; the corpus alone is too small to learn a round trip that generalises.
+    false_texts: int = 8000
+    epochs: int = 8
+    continue_epochs: int = 2  # epochs per later generation (continued training)
     lr: float = 2e-3
     batch_size: int = 64  # performance knob
 
     def __post_init__(self):
         for k in ("latent_dim", "n_prompt", "enc_layers", "enc_heads", "enc_dim", "pool_queries", "max_tokens", "epochs", "batch_size"):
             _check(getattr(self, k) >= 1, f"sllm.{k} must be >= 1, got {getattr(self, k)}")
+        _check(self.false_texts >= 0, f"sllm.false_texts must be >= 0, got {self.false_texts}")
         _check(self.continue_epochs >= 0, f"sllm.continue_epochs must be >= 0, got {self.continue_epochs}")
         _check(self.enc_dim % self.enc_heads == 0, f"sllm.enc_dim ({self.enc_dim}) must be divisible by sllm.enc_heads ({self.enc_heads})")
         for k in ("meaning_weight", "paraphrase_weight", "latent_l2"):

@@ -285,12 +285,14 @@ class Loop:
     def stage_sllm(self, s: Session, g: int, seed: int) -> dict:
         from judges import embed
         from sllm.model import SLLM, save_sllm
+        from loop.data import language_texts
         from sllm.train import train_sllm
 
         tok, model = self.model(self.adapter_for(s, g))
         accepted = self.accepted_texts(s, g - 1)
-        texts = self.data.train_texts + accepted
-        keys = [t.fact_key for t in self.data.train] + [None] * len(accepted)
+        extra = [t.text for t in language_texts(self.cfg)]  # false sentences (built-in domain)
+        texts = self.data.train_texts + accepted + extra
+        keys = [t.fact_key for t in self.data.train] + [None] * (len(accepted) + len(extra))
         targets = embed(texts) if self.cfg.sllm.meaning_weight > 0 else None
         if g == 0:
             sllm = SLLM(model.get_input_embeddings().weight.shape[1], self.cfg.sllm)
@@ -303,7 +305,8 @@ class Loop:
                           fact_keys=keys, desc=f"SLLM gen {g}")
         with atomic_dir(self.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
             save_sllm(sllm, tmp / "sllm.safetensors")
-        return {"texts": len(texts), "accepted_texts": len(accepted), "epochs": epochs, "final": info["final"]}
+        return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,
+                "final": info["final"]}
 
     def stage_map(self, s: Session, g: int, seed: int) -> dict:
         from loop.occupancy import OccupancyMap, find_zones

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from corpus import MathsConfig, Text, build_maths_corpus, load_corpus, verify
+from corpus import ALL_TOPICS, MathsConfig, Text, build_maths_corpus, false_statements, load_corpus, verify
 from loop.config import Config
 
 
@@ -41,3 +41,11 @@ def build_data(cfg: Config) -> RunData:
     ev = [t for k in keys[:n_eval] for t in groups[k]]
     train_keys = frozenset(t.fact_key for t in train if t.fact_key)
     return RunData(train=train, eval=ev, train_fact_keys=train_keys, verify=verify_fn)
+
+
+def language_texts(cfg: Config, topics: tuple[str, ...] = ALL_TOPICS) -> list[Text]:
+    """The SLLM's extra training texts: sllm.false_texts verifier-checked false sentences of the
+    built-in domain (of `topics`); none for a user corpus, which has no generator."""
+    if cfg.corpus.path is not None or cfg.sllm.false_texts == 0:
+        return []
+    return false_statements(MathsConfig(seed=cfg.run.seed, topics=topics), cfg.sllm.false_texts, cfg.run.seed)

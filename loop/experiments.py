@@ -385,10 +385,11 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     import sacrebleu
     import torch
 
-    from corpus import MathsConfig, build_maths_corpus, verify
+    from corpus import ALL_TOPICS, MathsConfig, build_maths_corpus, verify
     from judges import embed
     from loop.base_model import load_base_model, train_small_base
     from loop.controller import atomic_dir
+    from loop.data import language_texts
     from loop.occupancy import OccupancyMap
     from sllm.model import SLLM, load_sllm
     from sllm.train import encode, soft_prompts, train_sllm
@@ -424,22 +425,25 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
         dev = next(model.parameters()).device
         if not _ready(out / "nn1"):
             t1 = time.perf_counter()
-            texts = [t.text for t in without]
+            # false sentences of the other topics only: NN1 never sees the held-out topic's language
+            extra = language_texts(cfg, tuple(t for t in ALL_TOPICS if t != topic))
+            texts = [t.text for t in without + extra]
             torch.manual_seed(cfg.run.seed)
             nn1 = SLLM(E, cfg.sllm)
             train_sllm(nn1, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed,
-                       fact_keys=[t.fact_key for t in without], desc="NN1 (without topic)")
+                       fact_keys=[t.fact_key for t in without + extra], desc="NN1 (without topic)")
             _save_sllm_atomic(nn1, out / "nn1")
             timings["nn1_s"] = time.perf_counter() - t1
         nn1 = load_sllm(out / "nn1" / "sllm.safetensors", E, cfg.sllm, dev)
         if not _ready(out / "nn2"):
             t1 = time.perf_counter()
-            texts = [t.text for t in train_all]
+            extra = language_texts(cfg)
+            texts = [t.text for t in train_all + extra]
             nn2 = load_sllm(out / "nn1" / "sllm.safetensors", E, cfg.sllm, dev)
             train_sllm(nn2, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed + 1,
-                       fact_keys=[t.fact_key for t in train_all], desc="NN2 (continued with topic)")
+                       fact_keys=[t.fact_key for t in train_all + extra], desc="NN2 (continued with topic)")
             _save_sllm_atomic(nn2, out / "nn2")
             timings["nn2_s"] = time.perf_counter() - t1
         nn2 = load_sllm(out / "nn2" / "sllm.safetensors", E, cfg.sllm, dev)

@@ -117,6 +117,7 @@ def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) 
     from corpus import MathsConfig, build_maths_corpus, verify
     from judges import embed
     from loop.base_model import load_base_model, train_small_base
+    from loop.data import language_texts
     from sllm.model import SLLM
     from sllm.train import train_sllm
 
@@ -131,16 +132,18 @@ def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) 
         train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train])
         timings["base_s"] = time.perf_counter() - t0
     tok, model = load_base_model(str(base_dir), cfg.run.device)
-    texts = [t.text for t in train]
+    extra = language_texts(cfg)  # verifier-checked false sentences: no true fact, held out or not
+    texts = [t.text for t in train + extra]
     targets = embed(texts) if cfg.sllm.meaning_weight > 0 else None
     torch.manual_seed(cfg.run.seed)
     sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm)
     t0 = time.perf_counter()
     info = train_sllm(sllm, model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
-                      cfg.run.seed, fact_keys=[t.fact_key for t in train], desc="SLLM")
+                      cfg.run.seed, fact_keys=[t.fact_key for t in train + extra], desc="SLLM")
     timings["sllm_s"] = time.perf_counter() - t0
     res = evaluate(sllm, model, tok, heldout, train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res["train_texts"] = len(train)
+    res["false_texts"] = len(extra)
     res["final_losses"] = info["final"]
     res.update(timings)
     return res

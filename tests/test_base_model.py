@@ -14,6 +14,17 @@ def test_tiny_lm_roundtrip(tiny_lm, tiny_lm_dir):
     assert perplexity(model, tok, [text]) < len(tok)  # trained below uniform
 
 
+def test_tokenizer_splits_numbers_into_digits():
+    from loop.base_model import train_tokenizer
+
+    tok = train_tokenizer([f"{a} plus {b} equals {a + b}." for a in range(40) for b in range(40)], 300)
+    text = "There are 1080 days in 7 fortnights, 336 hours."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == list("10807336")  # one digit a token
+    assert tok.decode(ids) == text
+
+
 def test_generate_from_inputs_embeds(tiny_lm):
     tok, model = tiny_lm
     emb = model.get_input_embeddings()(torch.tensor([[tok.bos_token_id]]))

@@ -15,6 +15,7 @@ from corpus import (
     Text,
     Verdict,
     build_maths_corpus,
+    false_statements,
     load_corpus,
     verify,
 )
@@ -111,6 +112,21 @@ def test_phrasings_per_fact_distinct(corpus):
     # distinct templates, not just distinct strings
     for t in corpus.train[:60]:
         assert len(_parse_all(t.text)) == 1
+
+
+def test_false_statements_are_false_varied_and_seeded():
+    texts = false_statements(SMALL, 600, seed=1)
+    assert len(texts) == 600 and false_statements(SMALL, 600, seed=1) == texts
+    assert false_statements(SMALL, 600, seed=2) != texts
+    verdicts = [verify(t.text) for t in texts]
+    assert all(v.status == "false" for v in verdicts)  # no true fact, held out or not
+    assert all(t.fact_key is None for t in texts)
+    assert {t.topic for t in texts} == set(SMALL.topics)
+    assert len({t.text for t in texts}) > 550
+    for t, v in zip(texts, verdicts):  # each is a real sentence of its topic, with a wrong claim
+        assert v.topic == t.topic
+    only = false_statements(MathsConfig(topics=("parity", "addition")), 50)
+    assert {t.topic for t in only} == {"parity", "addition"}
 
 
 def test_every_corpus_text_verifies_true(corpus):

@@ -15,7 +15,7 @@ TINY_MODELS = [
     "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
     "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
     "--set", "base.vocab_size=300",
-    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2",
+    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2", "--set", "sllm.false_texts=32",
     "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "decode.max_new_tokens=12",
     "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
 ]
@@ -86,6 +86,10 @@ def test_full_loop_every_stage(reference_run):
     run = sqlite3.connect(out / "runs.db").execute("SELECT seed, config_json, versions_json FROM run").fetchone()
     assert run[0] == 0 and json.loads(run[1])["sllm"]["latent_dim"] == 32 and "torch" in json.loads(run[2])
     assert sqlite3.connect(out / "runs.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # the SLLM learned from the corpus plus sllm.false_texts verifier-checked false sentences
+    detail = json.loads(sqlite3.connect(out / "runs.db").execute(
+        "SELECT detail_json FROM stage WHERE generation = 0 AND name = 'sllm'").fetchone()[0])
+    assert detail["false_texts"] == 32 and detail["texts"] > 32
 
 
 def test_deterministic_same_seed(reference_run, tmp_path):
@@ -123,3 +127,17 @@ def test_incompatible_config_refused(reference_run):
     assert p.returncode == 2
     assert "sllm.latent_dim" in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert db_content(out) == before
+
+
+def test_language_texts_only_for_the_built_in_domain_and_its_topics(tmp_path):
+    from corpus import verify
+    from loop.config import build_config
+    from loop.data import language_texts
+
+    cfg = build_config({}, {"sllm.false_texts": 40})
+    texts = language_texts(cfg, ("parity", "shapes"))
+    assert len(texts) == 40 and {t.topic for t in texts} == {"parity", "shapes"}  # what the holdout NN1 gets
+    assert all(verify(t.text).status == "false" for t in texts)
+    (tmp_path / "c.txt").write_text("one text\nanother text\n")
+    assert language_texts(build_config({}, {"sllm.false_texts": 40, "corpus.path": str(tmp_path / "c.txt")})) == []
+    assert language_texts(build_config({}, {"sllm.false_texts": 0})) == []
