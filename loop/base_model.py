@@ -150,16 +150,18 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     losses = []
+    done = 0  # not bar.n: a disabled bar (TQDM_DISABLE) counts nothing
     with tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=2) as bar:
         for epoch in range(epochs):
-            if pack and epoch > 0:
+            if pack and epoch > 0:  # re-packing can give more rows than the first epoch's count
                 seqs = pack_sequences(tokenizer, texts, pack_groups, max_len, rng)
             order = list(range(len(seqs)))
             rng.shuffle(order)
             tot, n = 0.0, 0
             for i in range(0, len(order), batch_size):
-                if bar.n >= steps:
+                if done >= steps:
                     break
+                done += 1
                 ids, mask = pad_batch([seqs[j] for j in order[i : i + batch_size]], tokenizer.pad_token_id)
                 loss = lm_loss(model, ids.to(device), mask.to(device))
                 opt.zero_grad(set_to_none=True)

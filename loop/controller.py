@@ -301,8 +301,10 @@ class Loop:
             sllm = self.load_sllm(g - 1, model)
             epochs = self.cfg.sllm.continue_epochs
         torch.manual_seed(seed)
+        self.gen_dir(g).mkdir(parents=True, exist_ok=True)
         info = train_sllm(sllm, model, tok, texts, targets, epochs, self.cfg.sllm.lr, self.cfg.sllm.batch_size, seed,
-                          fact_keys=keys, desc=f"SLLM gen {g}")
+                          fact_keys=keys, desc=f"SLLM gen {g}",
+                          checkpoint=self.gen_dir(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
         with atomic_dir(self.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
             save_sllm(sllm, tmp / "sllm.safetensors")
         return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,

@@ -500,7 +500,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                 "density_score_median": float(np.median(dens2)),
                 "drift_nn1_to_nn2": float(np.median(drift)),
                 # the envelope test rejects most NN2 latents of the control too (encoder drift), so the
-                # subset uses the density criterion alone: darker than any text NN1 trained on
+                # subset uses the density criterion alone: kNN-darker than NN1's texts (sample.dark_quantile)
                 "all": figures(np.ones(len(orig), bool)), "dark_only": figures(dens2 > 1),
             }
             for i, o in enumerate(orig):
@@ -538,7 +538,7 @@ HOLDOUT_ROWS = [
     ("dark_share_nn2_in_nn1_map", "share dark in NN1's map (kNN)", "{:.1%}"),
     ("gmm_dark_share_nn2_in_nn1_map", "share dark in NN1's map (GMM)", "{:.1%}"),
     ("outside_envelope_share", "share outside NN1's envelope", "{:.1%}"),
-    ("knn_dark_share_ignoring_envelope", "share kNN-darker than any NN1 text, envelope ignored", "{:.1%}"),
+    ("knn_dark_share_ignoring_envelope", "share kNN-darker than NN1's texts, envelope ignored", "{:.1%}"),
     ("dark_share_nn1_own_encoding", "share dark, NN1's own encoding", "{:.1%}"),
     ("density_score_median", "median density score (NN2 latents)", "{:.2f}"),
     ("drift_nn1_to_nn2", "median |z_NN2 - z_NN1| / dark threshold", "{:.2f}"),
@@ -559,7 +559,7 @@ def holdout_table(result: dict) -> str:
     rows = []
     for key, label, fmt in HOLDOUT_ROWS:
         rows.append([label] + [fmt.format(g[n][key]) for n in ("topic", "control")])
-    for sub, title in (("all", "all texts"), ("dark_only", "only NN2 latents kNN-darker than any NN1 text")):
+    for sub, title in (("all", "all texts"), ("dark_only", "only NN2 latents kNN-darker than NN1's texts")):
         rows.append([f"-- decodes of {title}: n", *[str(g[n][sub]["texts"]) for n in ("topic", "control")]])
         for key, label in HOLDOUT_DECODE_ROWS:
             rows.append(["   " + label] + [("–" if key not in g[n][sub] else f"{g[n][sub][key]:.3f}")

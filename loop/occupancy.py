@@ -31,7 +31,7 @@ class OccupancyMap:
     latents: np.ndarray  # (N, D) corpus latents
     pca: PCA  # principal subspace of the corpus latents
     radius: float  # envelope: Mahalanobis radius (whitened PCA space) at envelope_quantile
-    threshold: float  # dark when k-NN distance > threshold
+    threshold: float  # dark when k-NN distance > threshold (a high quantile of the corpus texts' own)
     k: int
     nn: NearestNeighbors
     gmm: GaussianMixture | None = None  # density model on the whitened PCA coordinates
@@ -48,7 +48,7 @@ class OccupancyMap:
         radius = float(np.quantile(maha, cfg.envelope_quantile))
         nn = NearestNeighbors(n_neighbors=cfg.k + 1).fit(latents)
         dist, _ = nn.kneighbors(latents)  # column 0 is the point itself
-        threshold = float(dist[:, cfg.k].max())
+        threshold = float(np.quantile(dist[:, cfg.k], cfg.dark_quantile))
         gmm, gmm_threshold = fit_gmm(pca.transform(latents))
         return cls(latents, pca, radius, threshold, cfg.k, nn, gmm, gmm_threshold)
 
@@ -58,14 +58,14 @@ class OccupancyMap:
         return dist[:, -1]
 
     def density_score(self, points: np.ndarray) -> np.ndarray:
-        """kNN distance / dark threshold: > 1 means darker than any corpus text."""
+        """kNN distance / dark threshold: > 1 means darker than sample.dark_quantile of the corpus texts."""
         return self.knn_distance(points) / self.threshold
 
     def inside(self, points: np.ndarray) -> np.ndarray:
         return np.linalg.norm(self.pca.transform(points), axis=1) <= self.radius
 
     def is_dark(self, points: np.ndarray) -> np.ndarray:
-        """kNN view: darker than any corpus text, and inside the envelope (N,) bool."""
+        """kNN view: darker than the corpus texts (sample.dark_quantile), inside the envelope (N,) bool."""
         return (self.density_score(points) > 1) & self.inside(points)
 
     def gmm_loglik(self, points: np.ndarray) -> np.ndarray:

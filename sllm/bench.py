@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -149,6 +150,53 @@ def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) 
     return res
 
 
+def evaluate_run(run_dir: Path, generation: int | None = None) -> dict:
+    """The figures for a run's own SLLM (generation `generation`, default the latest trained) and
+    base model (wearing that generation's adapter). Held-out facts the run accepted before that
+    generation, and so trained on, are left out of the measure."""
+    from sqlmodel import Session, select
+
+    from corpus import MathsConfig, build_maths_corpus, verify
+    from loop.config import ConfigError
+    from loop.controller import Loop
+    from loop.experiments import _run_config
+    from storage.db import open_db
+    from storage.models import Candidate, Stage
+
+    if not (run_dir / "runs.db").is_file():
+        raise ConfigError(f"--run {run_dir}: no runs.db there; pass a run folder made by `python run.py --out DIR`")
+    cfg = _run_config(run_dir)
+    if cfg.corpus.path is not None:
+        raise ConfigError(f"--run {run_dir} was trained on a user corpus; bench sllm needs the built-in one's held-out facts")
+    engine = open_db(run_dir)
+    try:
+        with Session(engine) as s:
+            done = sorted(s.exec(select(Stage.generation).where(Stage.name == "sllm")).all())
+            if not done:
+                raise ConfigError(f"--run {run_dir} has no trained SLLM yet; run `python run.py --out {run_dir}` first")
+            g = done[-1] if generation is None else generation
+            if g not in done:
+                raise ConfigError(f"--generation {g}: run {run_dir} has SLLMs of generations {done}")
+            seen = set(s.exec(select(Candidate.fact_key).where(Candidate.generation < g,
+                                                               Candidate.decision == "accepted")).all())
+            loop = Loop(cfg)
+            adapter = loop.adapter_for(s, g)
+    finally:
+        engine.dispose()
+    c = cfg.corpus
+    mc = build_maths_corpus(MathsConfig(seed=cfg.run.seed, facts_per_topic=c.facts_per_topic,
+                                        phrasings_per_fact=c.phrasings_per_fact, holdout_share=c.holdout_share))
+    heldout = [t for t in mc.heldout if t.fact_key not in seen]
+    if not heldout:
+        raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (corpus.holdout_share="
+                          f"{c.holdout_share} of facts_per_topic={c.facts_per_topic}); nothing to measure")
+    tok, model = loop.model(adapter)
+    sllm = loop.load_sllm(g, model)
+    res = evaluate(sllm, model, tok, heldout, loop.data.train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res.update(run=str(run_dir), generation=g, heldout_left_out=len(mc.heldout) - len(heldout))
+    return res
+
+
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
            ("paraphrase_closer_than_other_fact", "{:.1%}"), ("interpolation_parseable", "{:.1%}"),
            ("interpolation_true", "{:.1%}"), ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"),
@@ -183,6 +231,8 @@ def main(argv: list[str]) -> int:
                                 description="SLLM round-trip benchmark on held-out texts")
     p.add_argument("--ablation", action="store_true", help="also train without each loss term and compare")
     p.add_argument("--json", default="bench-sllm.json", help="where to write the figures (JSON)")
+    p.add_argument("--run", help="measure this run folder's own SLLM and base model instead of training new ones")
+    p.add_argument("--generation", type=int, help="with --run: which generation's SLLM (default: the latest)")
     args = p.parse_args(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
@@ -192,6 +242,10 @@ def main(argv: list[str]) -> int:
         if args.corpus:
             raise ConfigError("bench sllm measures on the built-in maths corpus (it needs held-out facts); drop --corpus")
         base_cfg = build_from_args(args)
+        c = base_cfg.corpus
+        if math.floor(c.holdout_share * c.facts_per_topic + 1e-9) < 1:
+            raise ConfigError(f"corpus.holdout_share={c.holdout_share} of corpus.facts_per_topic={c.facts_per_topic} "
+                              "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -199,6 +253,18 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(base_cfg.run.threads)
+    if args.run:
+        try:
+            if args.ablation:
+                raise ConfigError("--ablation trains new SLLMs; it does not combine with --run")
+            rows = {f"{args.run} gen {args.generation if args.generation is not None else 'latest'}":
+                    evaluate_run(Path(args.run), args.generation)}
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        from loop.experiments import _run_config
+
+        return _report(rows, _run_config(Path(args.run)), args.json)
     base_dir = Path(tempfile.mkdtemp(prefix="bench-base-"))
     variants = ABLATIONS if args.ablation else {"full": {}}
     rows = {}
@@ -208,10 +274,14 @@ def main(argv: list[str]) -> int:
         cfg = build_config(base_cfg.to_dict(), extra)
         print(f"training: {name}", file=sys.stderr, flush=True)
         rows[name] = train_and_evaluate(cfg, base_dir)
+    return _report(rows, base_cfg, args.json)
+
+
+def _report(rows: dict[str, dict], cfg, json_path: str) -> int:
     print(table(rows))
     print("\nexamples (held-out text -> decoded):")
-    for ex in rows["full"]["examples"][:5]:
+    for ex in next(iter(rows.values()))["examples"][:5]:
         print(f"  {ex['text']!r} -> {ex['decoded']!r}")
-    Path(args.json).write_text(json.dumps({"settings": base_cfg.to_dict(), "results": rows}, indent=2))
-    print(f"\nwrote {args.json}")
+    Path(json_path).write_text(json.dumps({"settings": cfg.to_dict(), "results": rows}, indent=2))
+    print(f"\nwrote {json_path}")
     return 0

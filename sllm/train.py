@@ -1,8 +1,12 @@
 """SLLM training (reconstruction through the frozen base model + meaning term) and encoding."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +15,8 @@ from tqdm.auto import tqdm
 
 from loop.base_model import encode_texts, pad_batch
 from sllm.model import SLLM, decoder_inputs
+
+log = logging.getLogger(__name__)
 
 
 def _token_batch(model, tokenizer, seqs, device):
@@ -87,8 +93,13 @@ def _batches(n: int, batch_size: int, rng: random.Random, groups: list[int] | No
 
 def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: np.ndarray | None,
                epochs: int, lr: float, batch_size: int, seed: int, fact_keys: list[str | None] | None = None,
-               desc: str = "sllm") -> dict:
-    """Train the SLLM (base model frozen: gradients flow through it to the soft prompts only)."""
+               desc: str = "sllm", checkpoint: str | Path | None = None) -> dict:
+    """Train the SLLM (base model frozen: gradients flow through it to the soft prompts only).
+
+    Batched; bfloat16 autocast on CUDA. With `checkpoint`, the state (weights, optimiser,
+    schedule, data order) is saved after every epoch and a killed training resumes from its last
+    epoch, to the same result as an uninterrupted one; the file is removed when training ends.
+    """
     device = next(model.parameters()).device
     sllm.to(device).train()
     torch.manual_seed(seed)
@@ -103,17 +114,33 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     steps = max(1, epochs * math.ceil(len(seqs) / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     history = []
-    with tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=2) as bar:
-        for _ in range(epochs):
+    ckpt = Path(checkpoint) if checkpoint else None
+    fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed]
+    start = 0
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            sllm.load_state_dict(state["sllm"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            rng.setstate(state["rng"])
+            history, start = state["history"], state["epoch"]
+            log.info("%s: resuming from epoch %d of %d (%s)", desc, start, epochs, ckpt)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    done = min(steps, start * math.ceil(len(seqs) / batch_size))  # steps taken; not bar.n (TQDM_DISABLE)
+    with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2) as bar:
+        for epoch in range(start, epochs):
             sums: dict[str, float] = {}
             nb = 0
             for batch in _batches(len(seqs), batch_size, rng, groups):
-                if bar.n >= steps:
+                if done >= steps:
                     break
+                done += 1
                 ids, mask, emb = _token_batch(model, tokenizer, [seqs[j] for j in batch], device)
                 tgt = None if targets is None else targets[batch].to(device)
                 fid = None if groups is None else torch.tensor([groups[j] for j in batch], device=device)
-                total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid)
+                with amp:
+                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
@@ -125,8 +152,18 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 bar.update(1)
                 bar.set_postfix(rec=f"{terms['rec'].item():.3f}")
             history.append({k: v / max(nb, 1) for k, v in sums.items()})
+            log.info("%s epoch %d/%d | %s", desc, epoch + 1, epochs,
+                     " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
+            if ckpt is not None and epoch + 1 < epochs:
+                tmp = ckpt.with_name(ckpt.name + ".tmp")
+                torch.save({"fingerprint": fingerprint, "sllm": sllm.state_dict(), "opt": opt.state_dict(),
+                            "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
+                            "epoch": epoch + 1}, tmp)
+                os.replace(tmp, ckpt)
     recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device)
     sllm.eval()
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     return {"epochs": epochs, "history": history, "final": history[-1] if history else {}}
 
 

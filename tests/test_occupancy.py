@@ -38,7 +38,10 @@ def test_gap_is_dark_and_inside(occ):
 
 
 def test_corpus_points_are_not_dark(occ):
-    assert not occ.is_dark(occ.latents).any()
+    assert occ.is_dark(occ.latents).mean() <= 0.01  # sample.dark_quantile=0.99: the sparsest 1% at most
+    strict = OccupancyMap.fit(occ.latents, SampleConfig(dark_quantile=1.0))
+    assert not strict.is_dark(strict.latents).any()  # 1.0: darker than every corpus text
+    assert strict.threshold > occ.threshold
     assert not occ.gmm_dark(occ.latents).any()  # the GMM threshold is the lowest corpus likelihood
 
 

@@ -1,0 +1,116 @@
+"""The SLLM: training resumes from its checkpoint, the bench's figures, `run.py bench sllm`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_TEXTS
+from tests.test_loop import TINY_MODELS, run_cli
+
+
+def _fresh(tiny_lm):
+    from loop.config import SLLMConfig
+    from sllm.model import SLLM
+
+    tok, model = tiny_lm
+    torch.manual_seed(0)
+    return SLLM(model.get_input_embeddings().weight.shape[1], SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1))
+
+
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch):
+    import sllm.train as T
+
+    tok, model = tiny_lm
+    texts = TINY_TEXTS[:40]
+    args = (model, tok, texts, None, 3, 2e-3, 8, 0)
+    ref = _fresh(tiny_lm)
+    T.train_sllm(ref, *args)
+
+    ckpt = tmp_path / "sllm.ckpt"
+    real, calls = T.sllm_losses, []
+
+    def dies_in_epoch_3(*a, **k):  # 5 batches an epoch: the 12th call is in the third epoch
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "sllm_losses", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_sllm(_fresh(tiny_lm), *args, checkpoint=ckpt)
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    monkeypatch.setattr(T, "sllm_losses", real)
+    resumed = _fresh(tiny_lm)
+    info = T.train_sllm(resumed, *args, checkpoint=ckpt)
+    assert not ckpt.exists() and len(info["history"]) == 3
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_a_checkpoint_of_other_training_is_ignored(tiny_lm, tmp_path):
+    import sllm.train as T
+
+    tok, model = tiny_lm
+    ckpt = tmp_path / "sllm.ckpt"
+    torch.save({"fingerprint": [1, 2, 3], "epoch": 99}, ckpt)
+    info = T.train_sllm(_fresh(tiny_lm), model, tok, TINY_TEXTS[:16], None, 1, 2e-3, 8, 0, checkpoint=ckpt)
+    assert len(info["history"]) == 1 and not ckpt.exists()
+
+
+def test_bench_figures():
+    from sllm.bench import effective_dimension, paraphrase_closeness, token_f1
+
+    assert token_f1("3 plus 4 equals 7.", "3 plus 4 equals 7.") == 1.0
+    assert token_f1("3 plus 4 equals 7.", "9 minus 2") == 0.0
+    assert token_f1("a b c d", "a b x y") == pytest.approx(0.5)
+    z = np.random.default_rng(0).normal(size=(2000, 8))
+    assert effective_dimension(z) == pytest.approx(8, rel=0.05)  # isotropic: every dimension counts
+    assert effective_dimension(z * [1, 0, 0, 0, 0, 0, 0, 0]) == pytest.approx(1)
+    pts = np.array([[0, 0], [0.1, 0], [5, 5], [5.1, 5], [10, 0]])
+    assert paraphrase_closeness(pts, ["a", "a", "b", "b", "c"]) == 1.0
+    assert paraphrase_closeness(pts, ["a", "b", "a", "b", None]) == 0.0
+    assert paraphrase_closeness(pts, ["a", "b", "c", "d", "e"]) is None
+
+
+def test_bench_sllm_command_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    p = run_cli(["bench", "sllm", "-q", "--json", str(out), *TINY_MODELS, "--set", "corpus.facts_per_topic=5"])
+    assert "exact_match" in p.stdout and "examples (held-out text -> decoded)" in p.stdout
+    res = json.loads(out.read_text())["results"]["full"]
+    assert res["heldout_texts"] > 0 and res["false_texts"] == 32
+    for k in ("exact_match", "token_f1", "interpolation_parseable", "paraphrase_closer_than_other_fact"):
+        assert 0 <= res[k] <= 1, k
+    assert 0 <= res["bleu"] <= 100 and res["effective_dimension"] >= 1 and res["latent_norm_std"] >= 0
+    assert len(res["examples"]) > 0 and all(set(e) == {"text", "decoded"} for e in res["examples"])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--corpus", "{tmp}/c.txt"], "built-in maths corpus"),
+    (["--set", "corpus.facts_per_topic=4"], "holds out no fact"),
+])
+def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment):
+    (tmp_path / "c.txt").write_text("a text\n")
+    p = run_cli(["bench", "sllm", "-q", *[a.format(tmp=tmp_path) for a in args]], check=False)
+    assert p.returncode == 2 and fragment in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bench_sllm_on_a_runs_own_models(tmp_path):
+    run = tmp_path / "run"
+    run_cli(["--generations", "2", "--out", str(run), *TINY_MODELS, "--set", "corpus.facts_per_topic=5",
+             "--set", "judges.require_true=false", "--set", "judges.min_coherence=0", "--set", "judges.min_novelty=0"])
+    out = tmp_path / "bench.json"
+    p = run_cli(["bench", "sllm", "-q", "--run", str(run), "--json", str(out)])
+    assert "exact_match" in p.stdout
+    data = json.loads(out.read_text())
+    res = next(iter(data["results"].values()))
+    assert res["generation"] == 1 and res["heldout_texts"] + res["heldout_left_out"] == 12 * 2  # 1 fact a topic, 2 phrasings
+    assert data["settings"]["corpus"]["facts_per_topic"] == 5  # the run's own settings
+    p = run_cli(["bench", "sllm", "-q", "--run", str(run), "--generation", "0", "--json", str(out)])
+    assert next(iter(json.loads(out.read_text())["results"].values()))["heldout_left_out"] == 0
+    for args, fragment in ((["--generation", "7"], "has SLLMs of generations [0, 1]"),
+                           (["--ablation"], "does not combine with --run")):
+        p = run_cli(["bench", "sllm", "-q", "--run", str(run), *args], check=False)
+        assert p.returncode == 2 and fragment in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cli(["bench", "sllm", "-q", "--run", str(tmp_path / "nothing")], check=False)
+    assert p.returncode == 2 and "no runs.db" in p.stderr
