@@ -574,6 +574,11 @@ class MathsCorpus:
     heldout_fact_keys: frozenset[str]
 
 
+def heldout_per_topic(cfg: MathsConfig) -> int:
+    """Facts each topic holds out: the holdout share of its facts, keeping >= 1 fact to train on."""
+    return min(math.floor(cfg.holdout_share * cfg.facts_per_topic + 1e-9), cfg.facts_per_topic - 1)
+
+
 def build_maths_corpus(cfg: MathsConfig) -> MathsCorpus:
     train: list[Text] = []
     heldout: list[Text] = []
@@ -583,8 +588,7 @@ def build_maths_corpus(cfg: MathsConfig) -> MathsCorpus:
         # leaves the others' facts unchanged
         rng = random.Random(f"maths:{cfg.seed}:{name}")
         facts = rng.sample(_space(name), cfg.facts_per_topic)  # uniform, without replacement
-        # the first n_hold of a random sample are a random subset; keep >= 1 fact to train on
-        n_hold = min(math.floor(cfg.holdout_share * len(facts) + 1e-9), len(facts) - 1)
+        n_hold = heldout_per_topic(cfg)  # the first n_hold of a random sample are a random subset
         for i, params in enumerate(facts):
             claim = topic.answer(params)
             key = topic.key(params, claim)

@@ -284,8 +284,8 @@ class Loop:
 
     def stage_sllm(self, s: Session, g: int, seed: int) -> dict:
         from judges import embed
-        from sllm.model import SLLM, save_sllm
         from loop.data import language_texts
+        from sllm.model import SLLM, save_sllm
         from sllm.train import train_sllm
 
         tok, model = self.model(self.adapter_for(s, g))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -150,8 +149,8 @@ def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) 
     return res
 
 
-def evaluate_run(run_dir: Path, generation: int | None = None) -> dict:
-    """The figures for a run's own SLLM (generation `generation`, default the latest trained) and
+def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, object]:
+    """(figures, the run's settings) for a run's own SLLM (generation `generation`, default the latest trained) and
     base model (wearing that generation's adapter). Held-out facts the run accepted before that
     generation, and so trained on, are left out of the measure."""
     from sqlmodel import Session, select
@@ -194,7 +193,7 @@ def evaluate_run(run_dir: Path, generation: int | None = None) -> dict:
     sllm = loop.load_sllm(g, model)
     res = evaluate(sllm, model, tok, heldout, loop.data.train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res.update(run=str(run_dir), generation=g, heldout_left_out=len(mc.heldout) - len(heldout))
-    return res
+    return res, cfg
 
 
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
@@ -224,6 +223,8 @@ ABLATIONS = {
 
 
 def main(argv: list[str]) -> int:
+    from corpus import MathsConfig
+    from corpus.maths import heldout_per_topic
     from loop.cli import build_from_args, parser as run_parser
     from loop.config import ConfigError
 
@@ -243,10 +244,10 @@ def main(argv: list[str]) -> int:
             raise ConfigError("bench sllm measures on the built-in maths corpus (it needs held-out facts); drop --corpus")
         base_cfg = build_from_args(args)
         c = base_cfg.corpus
-        if math.floor(c.holdout_share * c.facts_per_topic + 1e-9) < 1:
+        if heldout_per_topic(MathsConfig(facts_per_topic=c.facts_per_topic, holdout_share=c.holdout_share)) < 1:
             raise ConfigError(f"corpus.holdout_share={c.holdout_share} of corpus.facts_per_topic={c.facts_per_topic} "
                               "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
-    except ConfigError as e:
+    except ValueError as e:  # ConfigError, or MathsConfig's own check of the corpus settings
         print(f"error: {e}", file=sys.stderr)
         return 2
     if base_cfg.run.threads:
@@ -257,14 +258,11 @@ def main(argv: list[str]) -> int:
         try:
             if args.ablation:
                 raise ConfigError("--ablation trains new SLLMs; it does not combine with --run")
-            rows = {f"{args.run} gen {args.generation if args.generation is not None else 'latest'}":
-                    evaluate_run(Path(args.run), args.generation)}
+            res, run_cfg = evaluate_run(Path(args.run), args.generation)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        from loop.experiments import _run_config
-
-        return _report(rows, _run_config(Path(args.run)), args.json)
+        return _report({f"{args.run} gen {res['generation']}": res}, run_cfg, args.json)
     base_dir = Path(tempfile.mkdtemp(prefix="bench-base-"))
     variants = ABLATIONS if args.ablation else {"full": {}}
     rows = {}

@@ -116,18 +116,17 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     history = []
     ckpt = Path(checkpoint) if checkpoint else None
     fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed]
-    start = 0
+    start = done = 0  # epochs and steps taken; not bar.n, which a disabled bar (TQDM_DISABLE) leaves at 0
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         if state.get("fingerprint") == fingerprint:
             sllm.load_state_dict(state["sllm"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             rng.setstate(state["rng"])
-            history, start = state["history"], state["epoch"]
+            history, start, done = state["history"], state["epoch"], state["steps"]
             log.info("%s: resuming from epoch %d of %d (%s)", desc, start, epochs, ckpt)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    done = min(steps, start * math.ceil(len(seqs) / batch_size))  # steps taken; not bar.n (TQDM_DISABLE)
     with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2) as bar:
         for epoch in range(start, epochs):
             sums: dict[str, float] = {}
@@ -158,7 +157,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 tmp = ckpt.with_name(ckpt.name + ".tmp")
                 torch.save({"fingerprint": fingerprint, "sllm": sllm.state_dict(), "opt": opt.state_dict(),
                             "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
-                            "epoch": epoch + 1}, tmp)
+                            "epoch": epoch + 1, "steps": done}, tmp)
                 os.replace(tmp, ckpt)
     recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device)
     sllm.eval()

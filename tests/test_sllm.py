@@ -39,7 +39,7 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm
     monkeypatch.setattr(T, "sllm_losses", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         T.train_sllm(_fresh(tiny_lm), *args, checkpoint=ckpt)
-    assert ckpt.is_file() and torch.load(ckpt, weights_only=False)["epoch"] == 2
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] == 2
     monkeypatch.setattr(T, "sllm_losses", real)
     resumed = _fresh(tiny_lm)
     info = T.train_sllm(resumed, *args, checkpoint=ckpt)
