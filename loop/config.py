@@ -77,7 +77,10 @@ class BaseConfig:
 @dataclass
 class SLLMConfig:
     latent_dim: int = 256  # larger than the base model's hidden size by default, as the idea asks
-    n_prompt: int = 4  # K soft-prompt vectors the decoder emits
+    # K soft-prompt vectors the decoder emits from the one latent. More slots give the frozen base
+    # model one to attend to per output position (ICAE, Ge et al. 2023, uses 128): 32 instead of 4
+    # took held-out exact match from 8% to 20% for +60% SLLM time (README, "How it got there").
+    n_prompt: int = 32
     enc_layers: int = 2
     enc_heads: int = 4
     enc_dim: int = 128
@@ -92,7 +95,7 @@ class SLLMConfig:
     false_texts: int = 8000
     epochs: int = 8
     continue_epochs: int = 2  # epochs per later generation (continued training)
-    lr: float = 2e-3
+    lr: float = 1e-3  # 2e-3 fitted worse in the same epochs, 5e-3 diverged (README)
     batch_size: int = 64  # performance knob
 
     def __post_init__(self):

@@ -15,7 +15,7 @@ def _fresh(tiny_lm):
 
     tok, model = tiny_lm
     torch.manual_seed(0)
-    return SLLM(model.get_input_embeddings().weight.shape[1], SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1))
+    return SLLM(model.get_input_embeddings().weight.shape[1], SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4))
 
 
 def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch):
