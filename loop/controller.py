@@ -284,6 +284,7 @@ class Loop:
 
     def stage_sllm(self, s: Session, g: int, seed: int) -> dict:
         from judges import embed
+        from judges.embedder import embed_cached
         from loop.data import language_texts
         from sllm.model import SLLM, save_sllm
         from sllm.train import train_sllm
@@ -293,7 +294,11 @@ class Loop:
         extra = [t.text for t in language_texts(self.cfg)]  # false sentences (built-in domain)
         texts = self.data.train_texts + accepted + extra
         keys = [t.fact_key for t in self.data.train] + [None] * (len(accepted) + len(extra))
-        targets = embed(texts) if self.cfg.sllm.meaning_weight > 0 else None
+        targets = None
+        if self.cfg.sllm.meaning_weight > 0:  # corpus + false sentences are the same every generation: cached
+            fixed = embed_cached(self.data.train_texts + extra, self.out / "cache")
+            n = len(self.data.train_texts)
+            targets = np.concatenate([fixed[:n], embed(accepted), fixed[n:]])
         if g == 0:
             sllm = SLLM(model.get_input_embeddings().weight.shape[1], self.cfg.sllm)
             epochs = self.cfg.sllm.epochs

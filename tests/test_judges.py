@@ -118,6 +118,28 @@ def test_novelty_with_minilm():
     assert para.detail["nearest"] == "A triangle has 3 sides."
 
 
+def test_embed_cache_reuses_and_recomputes_a_damaged_file(tmp_path, monkeypatch, caplog):
+    import judges.embedder as E
+
+    texts = ["3 plus 4 equals 7.", "A square has 4 corners.", "7 times 6 is 42."]
+    z = E.embed_cached(texts, tmp_path)
+    assert np.array_equal(z, E.embed(texts))
+    (path,) = tmp_path.glob("embed-*.npz")
+    calls = []
+    real = E.embed
+    monkeypatch.setattr(E, "embed", lambda t: calls.append(list(t)) or real(t))
+    assert np.array_equal(E.embed_cached(texts, tmp_path), z) and calls == []  # read back, not recomputed
+    assert E.embed_cached(texts[:2], tmp_path).shape == (2, 384) and calls == [texts[:2]]  # other texts, other key
+    raw = bytearray(path.read_bytes())
+    raw[-200] ^= 0xFF  # flip a byte inside the array data
+    path.write_bytes(bytes(raw))
+    calls.clear()
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(E.embed_cached(texts, tmp_path), z)
+    assert calls == [texts] and "damaged" in caplog.text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 # -- critic -----------------------------------------------------------------------------------
 CANDIDATES = ["3 plus 4 equals 7.", "A square has 4 corners.", "", "7 times 6 is 42. " * 5,
               "There are 60 minutes in an hour and 24 hours in a day, so a day has 1440 minutes.", "x"]
