@@ -271,6 +271,7 @@ class Loop:
     # ----------------------------------------------------------------- stages
     def stage_base(self, s: Session, g: int, seed: int) -> dict:
         from loop.base_model import train_small_base
+        from loop.data import language_texts
 
         if self.cfg.base.model:
             tok, model = self.model(None)  # validates the folder through the same loading code
@@ -278,7 +279,9 @@ class Loop:
                     "params": sum(p.numel() for p in model.parameters())}
         d = self.data
         with atomic_dir(self.out / "base", (g, "base")) as tmp:
-            info = train_small_base(d.train_texts, self.cfg.base, tmp, seed, groups=[t.fact_key for t in d.train])
+            copy = [t.text for t in language_texts(self.cfg)] or None  # copy units (None: the corpus)
+            info = train_small_base(d.train_texts, self.cfg.base, tmp, seed, groups=[t.fact_key for t in d.train],
+                                    copy_texts=copy)
         return {"path": str(self.out / "base"), "trained": True, "params": info["params"],
                 "final_loss": info["final_loss"]}
 

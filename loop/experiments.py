@@ -416,9 +416,11 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
         base_texts = train_all if base_sees_topic else without
         if not _ready(out / "base"):
             t1 = time.perf_counter()
+            # copy units: false sentences of the topics the base model may see
+            copy = language_texts(cfg, ALL_TOPICS if base_sees_topic else tuple(t for t in ALL_TOPICS if t != topic))
             with atomic_dir(out / "base") as tmp:
                 train_small_base([t.text for t in base_texts], cfg.base, tmp, cfg.run.seed,
-                                 groups=[t.fact_key for t in base_texts])
+                                 groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy] or None)
             timings["base_s"] = time.perf_counter() - t1
         tok, model = load_base_model(str(out / "base"), cfg.run.device)
         E = model.get_input_embeddings().weight.shape[1]

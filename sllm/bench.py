@@ -110,8 +110,9 @@ def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int 
     return res
 
 
-def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) -> dict:
-    """Build the data, train (or reuse) the base model, train an SLLM, evaluate it."""
+def train_and_evaluate(cfg, base_dir: Path) -> dict:
+    """Build the data, train the base model into `base_dir` (or reuse the one there), train an
+    SLLM, evaluate it."""
     import torch
 
     from corpus import MathsConfig, build_maths_corpus, verify
@@ -126,13 +127,13 @@ def train_and_evaluate(cfg, base_dir: Path | None = None, verbose: bool = True) 
                                         phrasings_per_fact=c.phrasings_per_fact, holdout_share=c.holdout_share))
     train, heldout = list(mc.train), list(mc.heldout)
     timings = {}
-    if base_dir is None or not (base_dir / "config.json").is_file():
-        base_dir = base_dir or Path(tempfile.mkdtemp(prefix="bench-base-"))
+    extra = language_texts(cfg)  # verifier-checked false sentences: no true fact, held out or not
+    if not (base_dir / "config.json").is_file():
         t0 = time.perf_counter()
-        train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train])
+        train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train],
+                         copy_texts=[t.text for t in extra] or None)
         timings["base_s"] = time.perf_counter() - t0
     tok, model = load_base_model(str(base_dir), cfg.run.device)
-    extra = language_texts(cfg)  # verifier-checked false sentences: no true fact, held out or not
     texts = [t.text for t in train + extra]
     targets = embed(texts) if cfg.sllm.meaning_weight > 0 else None
     torch.manual_seed(cfg.run.seed)
@@ -263,15 +264,16 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return _report({f"{args.run} gen {res['generation']}": res}, run_cfg, args.json)
-    base_dir = Path(tempfile.mkdtemp(prefix="bench-base-"))
     variants = ABLATIONS if args.ablation else {"full": {}}
     rows = {}
     from loop.config import build_config
 
-    for name, extra in variants.items():
-        cfg = build_config(base_cfg.to_dict(), extra)
-        print(f"training: {name}", file=sys.stderr, flush=True)
-        rows[name] = train_and_evaluate(cfg, base_dir)
+    # One base model for every variant, removed when the bench ends (it is ~1 MB a run).
+    with tempfile.TemporaryDirectory(prefix="bench-base-") as tmp:
+        for name, extra in variants.items():
+            cfg = build_config(base_cfg.to_dict(), extra)
+            print(f"training: {name}", file=sys.stderr, flush=True)
+            rows[name] = train_and_evaluate(cfg, Path(tmp))
     return _report(rows, base_cfg, args.json)
 
 

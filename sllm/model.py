@@ -1,9 +1,10 @@
 """The SLLM: a sentence-level autoencoder on top of a frozen base language model.
 
-Encoder: the base model's input embeddings of a text -> small transformer -> attention
-pooling -> ONE latent vector z. Decoder: z -> K soft-prompt vectors in the base model's
-embedding space; the frozen base model reconstructs the text after them (as in prompt
-tuning, Lester et al. 2021, and ICAE, Ge et al. 2023, but with a single vector).
+Encoder: the base model's input embeddings of a text (with its last hidden states, by
+default) -> small transformer -> attention pooling -> ONE latent vector z. Decoder: z -> K
+soft-prompt vectors in the base model's embedding space; the frozen base model reconstructs
+the text after them (as in prompt tuning, Lester et al. 2021, and ICAE, Ge et al. 2023, but
+with a single vector).
 A meaning head maps z to the sentence embedding of a sentence-transformers model, so that
 nearby latents mean nearby meanings (the idea's "restore the meaning, not the tokens").
 """
@@ -21,7 +22,7 @@ class SLLM(nn.Module):
         self.cfg = cfg
         self.embed_dim = embed_dim
         d = cfg.enc_dim
-        self.in_proj = nn.Linear(embed_dim, d)
+        self.in_proj = nn.Linear(embed_dim * (2 if cfg.encoder_input == "hidden" else 1), d)
         self.pos = nn.Embedding(cfg.max_tokens, d)
         layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
@@ -42,7 +43,7 @@ class SLLM(nn.Module):
         self.meaning_head = nn.Sequential(nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, meaning_dim))
 
     def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tok_emb (B, T, E) base-model input embeddings, mask (B, T) -> z (B, latent_dim)."""
+        """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim)."""
         T = tok_emb.shape[1]
         h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
         pad = mask == 0

@@ -19,18 +19,24 @@ from sllm.model import SLLM, decoder_inputs
 log = logging.getLogger(__name__)
 
 
-def _token_batch(model, tokenizer, seqs, device):
+def _token_batch(model, tokenizer, seqs, device, encoder_input: str = "embeddings"):
+    """-> ids, mask, input embeddings (B, T, E), encoder input (B, T, E or 2E)."""
     ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    with torch.no_grad():
-        emb = model.get_input_embeddings()(ids)  # (B, T, E), the base model stays frozen
-    return ids, mask, emb
+    with torch.no_grad():  # the base model stays frozen
+        emb = model.get_input_embeddings()(ids)
+        enc_in = emb
+        if encoder_input == "hidden":
+            hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+            enc_in = torch.cat([emb, hidden.to(emb.dtype)], dim=-1)
+    return ids, mask, emb, enc_in
 
 
-def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids=None, cfg=None):
-    """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2, paraphrase InfoNCE."""
+def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids=None, cfg=None, enc_in=None):
+    """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2, paraphrase InfoNCE.
+    `emb` are the text's input embeddings (teacher forcing), `enc_in` what the encoder reads."""
     cfg = cfg or sllm.cfg
-    z = sllm.encode(emb, mask)  # (B, latent)
+    z = sllm.encode(emb if enc_in is None else enc_in, mask)  # (B, latent)
     prompts = sllm.prompts(z)  # (B, K, E)
     K = prompts.shape[1]
     inputs = torch.cat([prompts, emb], dim=1)  # (B, K+T, E)
@@ -135,11 +141,12 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 if done >= steps:
                     break
                 done += 1
-                ids, mask, emb = _token_batch(model, tokenizer, [seqs[j] for j in batch], device)
                 tgt = None if targets is None else targets[batch].to(device)
                 fid = None if groups is None else torch.tensor([groups[j] for j in batch], device=device)
                 with amp:
-                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid)
+                    ids, mask, emb, enc_in = _token_batch(model, tokenizer, [seqs[j] for j in batch], device,
+                                                          sllm.cfg.encoder_input)
+                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid, enc_in=enc_in)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
@@ -175,9 +182,9 @@ def recalibrate_norm(sllm: SLLM, model, tokenizer, seqs, batch_size: int, device
     momentum, norm.momentum = norm.momentum, None  # None = cumulative average
     sllm.train()
     for i in range(0, len(seqs), batch_size):
-        _, mask, emb = _token_batch(model, tokenizer, seqs[i : i + batch_size], device)
+        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input)
         if len(seqs[i : i + batch_size]) > 1:
-            sllm.encode(emb, mask)
+            sllm.encode(enc_in, mask)
     norm.momentum = momentum
     sllm.eval()
 
@@ -190,8 +197,8 @@ def encode(sllm: SLLM, model, tokenizer, texts: list[str], batch_size: int = 128
     seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
     out = []
     for i in range(0, len(seqs), batch_size):
-        _, mask, emb = _token_batch(model, tokenizer, seqs[i : i + batch_size], device)
-        out.append(sllm.encode(emb, mask).float().cpu())
+        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input)
+        out.append(sllm.encode(enc_in, mask).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, sllm.cfg.latent_dim), np.float32)
 
 

@@ -36,3 +36,27 @@ def test_generate_from_inputs_embeds(tiny_lm):
 def test_bad_model_folder(bad, tmp_path):
     with pytest.raises(ModelError):
         load_base_model(bad if bad != "." else str(tmp_path))
+
+
+def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
+    import random
+
+    from loop.base_model import encode_texts, pack_sequences, train_tokenizer
+
+    corpus = [f"{a} plus {b} equals {a + b}." for a in range(12) for b in range(12)]
+    tok = train_tokenizer(corpus, 300)
+    copy_texts = ["7 plus 7 equals 15.", "9 minus 2 equals 3.", "2 times 6 equals 11."]
+    rows = pack_sequences(tok, corpus[:6], None, 200, random.Random(0), repeat_share=0.0,
+                          copy_texts=copy_texts, copy_units=2)
+    ids = [t for r in rows for t in r[0]]
+    masked = [t for r in rows for t, lab in zip(*r) if lab == -100]
+    copies = [x for x in encode_texts(tok, copy_texts, 200) if any(x == ids[i : i + len(x)] for i in range(len(ids)))]
+    assert len(copies) == 2  # copy_units texts, each packed
+    for x in copies:
+        at = next(i for i in range(len(ids)) if ids[i : i + 2 * len(x)] == x + x)  # text, then its verbatim repeat
+        labels = [lab for r in rows for lab in r[1]]
+        assert labels[at : at + len(x)] == [-100] * len(x)  # no loss on the first copy
+        assert labels[at + len(x) : at + 2 * len(x)] == x  # the loss is on the repeat
+    assert len(masked) == sum(map(len, copies))  # corpus texts keep their loss everywhere
+    for r in rows:
+        assert len(r[0]) == len(r[1]) <= 200

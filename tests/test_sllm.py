@@ -58,6 +58,27 @@ def test_a_checkpoint_of_other_training_is_ignored(tiny_lm, tmp_path):
     assert len(info["history"]) == 1 and not ckpt.exists()
 
 
+def test_hidden_state_encoder_trains_encodes_and_decodes(tiny_lm):
+    from loop.config import SLLMConfig
+    from sllm.model import SLLM
+    from sllm.train import encode, soft_prompts, train_sllm
+
+    tok, model = tiny_lm
+    E = model.get_input_embeddings().weight.shape[1]
+    torch.manual_seed(0)
+    sllm = SLLM(E, SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=8, encoder_input="hidden"))
+    assert sllm.in_proj.in_features == 2 * E  # input embeddings and last hidden states side by side
+    info = train_sllm(sllm, model, tok, TINY_TEXTS[:32], None, 6, 3e-3, 8, 0)
+    assert info["history"][-1]["rec"] < info["history"][0]["rec"]
+    z = encode(sllm, model, tok, TINY_TEXTS[:5])
+    assert z.shape == (5, 16) and np.isfinite(z).all()
+    # padding does not leak into the hidden states: a latent is the same whatever the batch
+    z1 = encode(sllm, model, tok, TINY_TEXTS[:1] + TINY_TEXTS[20:24])
+    assert np.allclose(z[0], z1[0], atol=1e-4)
+    emb, mask = soft_prompts(sllm, model, tok, z)
+    assert emb.shape == (5, 8 + 1, E) and mask.shape == (5, 9)
+
+
 def test_bench_figures():
     from sllm.bench import effective_dimension, paraphrase_closeness, token_f1
 
