@@ -106,7 +106,7 @@ class SLLMConfig:
     # held-out truth leaks; the corpus alone is too small to learn a round trip that generalises.
     false_texts: int = 8000
     epochs: int = 8
-    continue_epochs: int = 2  # epochs per later generation (continued training)
+    continue_epochs: int = 1  # epochs per later generation (continued training)
     lr: float = 1e-3  # 2e-3 fitted worse in the same epochs, 5e-3 diverged (README)
     batch_size: int = 64  # performance knob
 

@@ -60,3 +60,9 @@ def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
     assert len(masked) == sum(map(len, copies))  # corpus texts keep their loss everywhere
     for r in rows:
         assert len(r[0]) == len(r[1]) <= 200
+    # a text whose repeat would not fit in a row is not used: it could carry no loss
+    long_text = " ".join(["7 plus 7 equals 14."] * 6)
+    assert len(encode_texts(tok, [long_text], 200)[0]) > 30
+    rows = pack_sequences(tok, corpus[:2], None, 60, random.Random(0), repeat_share=0.0,
+                          copy_texts=[long_text], copy_units=1)
+    assert all(lab != -100 for r in rows for lab in r[1])

@@ -79,9 +79,10 @@ def test_bad_corpus(name, content, needle, tmp_path):
     _bad(["--corpus", str(path)], tmp_path, needle)
 
 
-def test_bad_input_leaves_database_untouched(tmp_path):
-    out = tmp_path / "run"
-    run_cli(["--generations", "1", "--out", str(out), *TINY])
+def test_bad_input_leaves_database_untouched(one_generation_run, tmp_path):
+    from tests.conftest import copy_run
+
+    out = copy_run(one_generation_run, tmp_path / "run")
     before = (out / "runs.db").read_bytes()
     p = run_cli(["--generations", "1", "--out", str(out), *TINY, "--set", "sllm.latnt_dim=3"], check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
@@ -122,9 +123,8 @@ def test_second_run_on_same_folder_refused(tmp_path):
             RunLock(out).__enter__()
 
 
-def test_inspect_on_real_run(tmp_path):
-    out = tmp_path / "run"
-    run_cli(["--generations", "1", "--out", str(out), *TINY])
+def test_inspect_on_real_run(one_generation_run):
+    out = one_generation_run
     p = run_cli(["inspect", str(out)])
     assert "generation 0" in p.stdout and "metrics: gen 0" in p.stdout
     p = run_cli(["inspect", str(out), "export", "--all", "--format", "jsonl"])

@@ -111,10 +111,11 @@ def test_resume_after_kill_equals_uninterrupted(reference_run, tmp_path, point):
     assert db_content(out) == db_content(ref)
 
 
-def test_more_generations_continue_a_finished_run(reference_run, tmp_path):
+def test_more_generations_continue_a_finished_run(reference_run, one_generation_run, tmp_path):
+    from tests.conftest import copy_run
+
     ref, _ = reference_run
-    out = tmp_path / "run"
-    run_cli(["--generations", "1", "--out", str(out), *TINY])
+    out = copy_run(one_generation_run, tmp_path / "run")  # a finished 1-generation run
     assert len(db_content(out)["metrics"]) == 1
     run_cli(["--generations", "2", "--out", str(out), *TINY])
     assert db_content(out) == db_content(ref)
