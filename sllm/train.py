@@ -28,6 +28,12 @@ def _token_batch(model, tokenizer, seqs, device, encoder_input: str = "embedding
         enc_in = emb
         if encoder_input == "hidden":
             hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+            if hidden.shape[-1] != emb.shape[-1]:  # e.g. a model that projects its embeddings in and out
+                from loop.config import ConfigError
+
+                raise ConfigError(f"sllm.encoder_input=hidden needs a base model whose hidden states match its "
+                                  f"embeddings ({hidden.shape[-1]} vs {emb.shape[-1]}): "
+                                  "use --set sllm.encoder_input=embeddings")
             enc_in = torch.cat([emb, hidden.to(emb.dtype)], dim=-1)
     return ids, mask, emb, enc_in
 

@@ -79,6 +79,29 @@ def test_hidden_state_encoder_trains_encodes_and_decodes(tiny_lm):
     assert emb.shape == (5, 8 + 1, E) and mask.shape == (5, 9)
 
 
+def test_hidden_state_encoder_refuses_a_model_whose_hidden_size_differs():
+    from types import SimpleNamespace
+
+    from loop.config import ConfigError
+    from sllm.train import _token_batch
+
+    class ProjectingModel(torch.nn.Module):  # embeddings of 4, hidden states of 6 (as OPT-350m: 512 vs 1024)
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def forward(self, inputs_embeds, attention_mask, output_hidden_states):
+            return SimpleNamespace(hidden_states=[torch.zeros(*inputs_embeds.shape[:2], 6)])
+
+    tok = SimpleNamespace(pad_token_id=0)
+    assert _token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "embeddings")[3].shape == (1, 3, 4)
+    with pytest.raises(ConfigError, match="use --set sllm.encoder_input=embeddings"):
+        _token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "hidden")
+
+
 def test_bench_figures():
     from sllm.bench import effective_dimension, paraphrase_closeness, token_f1
 
