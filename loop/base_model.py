@@ -91,11 +91,11 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def pack_sequences(tokenizer, texts: list[str], groups: list[str | None] | None, max_len: int,
-                   rng: random.Random, repeat_share: float = 0.5, copy_texts: list[str] | None = None,
+def pack_sequences(enc: list[list[int]], groups: list[str | None] | None, max_len: int,
+                   rng: random.Random, repeat_share: float = 0.5, copy_enc: list[list[int]] | None = None,
                    copy_units: int = 0) -> list[tuple[list[int], list[int]]]:
     """Packed pretraining sequences in which related texts sit side by side: (ids, labels) rows,
-    labels -100 where no loss is taken.
+    labels -100 where no loss is taken. `enc` and `copy_enc` are token ids (`encode_texts`).
 
     A model trained on isolated sentences never learns to read context before a sentence,
     and then no soft prompt can steer it (measured here: even free per-text prompts stayed at
@@ -103,16 +103,15 @@ def pack_sequences(tokenizer, texts: list[str], groups: list[str | None] | None,
     of one fact are packed together, and a share of texts is followed by a verbatim repeat,
     which trains the copy (induction) mechanism that soft prompts later drive.
 
-    `copy_units` more units are drawn from `copy_texts` (at most one each): a text and its verbatim
+    `copy_units` more units are drawn from `copy_enc` (at most one each): a text and its verbatim
     repeat, with the loss on the repeat only. They teach the copy mechanism on many more numbers
     and phrasings than the corpus has, without teaching the texts themselves (the built-in domain
     passes verifier-checked false sentences here). Measured on the built-in corpus: verbatim
     copies of held-out texts went from 0% (paraphrase units alone) to 95% (README).
     """
     by_group: dict[str, list[int]] = {}
-    for i, g in enumerate(groups if groups is not None else [None] * len(texts)):
+    for i, g in enumerate(groups if groups is not None else [None] * len(enc)):
         by_group.setdefault(g if g is not None else f"#{i}", []).append(i)
-    enc = encode_texts(tokenizer, texts, max_len)
     units: list[tuple[list[int], list[int]]] = []
     for members in by_group.values():
         members = members[:]
@@ -121,9 +120,9 @@ def pack_sequences(tokenizer, texts: list[str], groups: list[str | None] | None,
             members.append(members[0])
         ids = [t for i in members for t in enc[i]]
         units.append((ids, ids))
-    if copy_texts and copy_units > 0:
-        picked = rng.sample(range(len(copy_texts)), min(copy_units, len(copy_texts)))
-        for x in encode_texts(tokenizer, [copy_texts[i] for i in picked], max_len):
+    if copy_enc and copy_units > 0:
+        for i in rng.sample(range(len(copy_enc)), min(copy_units, len(copy_enc))):
+            x = copy_enc[i]
             if 2 * len(x) <= max_len:  # a repeat that does not fit would be a unit with no loss
                 units.append((x + x, [-100] * len(x) + x))
     rng.shuffle(units)
@@ -156,12 +155,13 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
     """
     device = next(model.parameters()).device
     rng = random.Random(seed)
+    enc = encode_texts(tokenizer, texts, max_len)  # once: packing re-draws units every epoch
+    copy_enc = encode_texts(tokenizer, copy_texts, max_len) if pack and copy_texts and copy_units > 0 else []
 
     def rows():
         if pack:
-            return pack_sequences(tokenizer, texts, pack_groups, max_len, rng, copy_texts=copy_texts,
-                                  copy_units=copy_units)
-        return [(ids, ids) for ids in encode_texts(tokenizer, texts, max_len)]
+            return pack_sequences(enc, pack_groups, max_len, rng, copy_enc=copy_enc, copy_units=copy_units)
+        return [(ids, ids) for ids in enc]
 
     seqs = rows()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -224,13 +224,13 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 64, max_len
 def train_small_base(texts: list[str], cfg: BaseConfig, out_dir: Path, seed: int,
                      groups: list[str | None] | None = None, copy_texts: list[str] | None = None) -> dict:
     """The embedded default: tokenizer + small LM from scratch on packed texts, saved to `out_dir`.
-    `copy_texts` feed the copy-only units (`pack_sequences`); None uses `texts` themselves."""
+    `copy_texts` feed the copy-only units (`pack_sequences`); None or empty uses `texts` themselves."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_small_lm(tokenizer, cfg, seed)
     losses = train_lm(model, tokenizer, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed, desc="base LM",
                       max_len=cfg.pack_len, pack_groups=groups, pack=True,
-                      copy_texts=texts if copy_texts is None else copy_texts, copy_units=cfg.copy_units)
+                      copy_texts=copy_texts or texts, copy_units=cfg.copy_units)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -279,9 +279,8 @@ class Loop:
                     "params": sum(p.numel() for p in model.parameters())}
         d = self.data
         with atomic_dir(self.out / "base", (g, "base")) as tmp:
-            copy = [t.text for t in language_texts(self.cfg)] or None  # copy units (None: the corpus)
             info = train_small_base(d.train_texts, self.cfg.base, tmp, seed, groups=[t.fact_key for t in d.train],
-                                    copy_texts=copy)
+                                    copy_texts=[t.text for t in language_texts(self.cfg)])
         return {"path": str(self.out / "base"), "trained": True, "params": info["params"],
                 "final_loss": info["final_loss"]}
 

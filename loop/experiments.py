@@ -420,7 +420,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             copy = language_texts(cfg, ALL_TOPICS if base_sees_topic else tuple(t for t in ALL_TOPICS if t != topic))
             with atomic_dir(out / "base") as tmp:
                 train_small_base([t.text for t in base_texts], cfg.base, tmp, cfg.run.seed,
-                                 groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy] or None)
+                                 groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy])
             timings["base_s"] = time.perf_counter() - t1
         tok, model = load_base_model(str(out / "base"), cfg.run.device)
         E = model.get_input_embeddings().weight.shape[1]

@@ -131,7 +131,7 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     if not (base_dir / "config.json").is_file():
         t0 = time.perf_counter()
         train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train],
-                         copy_texts=[t.text for t in extra] or None)
+                         copy_texts=[t.text for t in extra])
         timings["base_s"] = time.perf_counter() - t0
     tok, model = load_base_model(str(base_dir), cfg.run.device)
     texts = [t.text for t in train + extra]

@@ -45,17 +45,9 @@ def tiny_lm(tiny_lm_dir):
 @pytest.fixture(scope="session")
 def one_generation_run(tmp_path_factory):
     """A finished 1-generation run of the tiny settings (tests/test_loop.py TINY), made once.
-    Tests that change a run work on a copy (`copy_run`)."""
+    Tests that change a run work on a copy (`shutil.copytree`)."""
     from tests.test_loop import TINY, run_cli
 
     out = tmp_path_factory.mktemp("one_gen") / "run"
     run_cli(["--generations", "1", "--out", str(out), *TINY])
     return out
-
-
-def copy_run(run_dir, dest):
-    """A copy of a finished run folder to change freely."""
-    import shutil
-
-    shutil.copytree(run_dir, dest)
-    return dest

@@ -46,8 +46,8 @@ def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
     corpus = [f"{a} plus {b} equals {a + b}." for a in range(12) for b in range(12)]
     tok = train_tokenizer(corpus, 300)
     copy_texts = ["7 plus 7 equals 15.", "9 minus 2 equals 3.", "2 times 6 equals 11."]
-    rows = pack_sequences(tok, corpus[:6], None, 200, random.Random(0), repeat_share=0.0,
-                          copy_texts=copy_texts, copy_units=2)
+    rows = pack_sequences(encode_texts(tok, corpus[:6], 200), None, 200, random.Random(0), repeat_share=0.0,
+                          copy_enc=encode_texts(tok, copy_texts, 200), copy_units=2)
     ids = [t for r in rows for t in r[0]]
     masked = [t for r in rows for t, lab in zip(*r) if lab == -100]
     copies = [x for x in encode_texts(tok, copy_texts, 200) if any(x == ids[i : i + len(x)] for i in range(len(ids)))]
@@ -63,6 +63,6 @@ def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
     # a text whose repeat would not fit in a row is not used: it could carry no loss
     long_text = " ".join(["7 plus 7 equals 14."] * 6)
     assert len(encode_texts(tok, [long_text], 200)[0]) > 30
-    rows = pack_sequences(tok, corpus[:2], None, 60, random.Random(0), repeat_share=0.0,
-                          copy_texts=[long_text], copy_units=1)
+    rows = pack_sequences(encode_texts(tok, corpus[:2], 60), None, 60, random.Random(0), repeat_share=0.0,
+                          copy_enc=encode_texts(tok, [long_text], 60), copy_units=1)
     assert all(lab != -100 for r in rows for lab in r[1])

@@ -1,5 +1,6 @@
 """Command line: config files and overrides, user corpora and models, and one-line errors for bad input."""
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -80,9 +81,7 @@ def test_bad_corpus(name, content, needle, tmp_path):
 
 
 def test_bad_input_leaves_database_untouched(one_generation_run, tmp_path):
-    from tests.conftest import copy_run
-
-    out = copy_run(one_generation_run, tmp_path / "run")
+    out = shutil.copytree(one_generation_run, tmp_path / "run")
     before = (out / "runs.db").read_bytes()
     p = run_cli(["--generations", "1", "--out", str(out), *TINY, "--set", "sllm.latnt_dim=3"], check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1

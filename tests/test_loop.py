@@ -1,6 +1,7 @@
 """The whole loop on tiny settings: every stage, resume after kills, bad input."""
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -112,10 +113,8 @@ def test_resume_after_kill_equals_uninterrupted(reference_run, tmp_path, point):
 
 
 def test_more_generations_continue_a_finished_run(reference_run, one_generation_run, tmp_path):
-    from tests.conftest import copy_run
-
     ref, _ = reference_run
-    out = copy_run(one_generation_run, tmp_path / "run")  # a finished 1-generation run
+    out = shutil.copytree(one_generation_run, tmp_path / "run")  # a finished 1-generation run
     assert len(db_content(out)["metrics"]) == 1
     run_cli(["--generations", "2", "--out", str(out), *TINY])
     assert db_content(out) == db_content(ref)
