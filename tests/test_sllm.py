@@ -79,6 +79,34 @@ def test_hidden_state_encoder_trains_encodes_and_decodes(tiny_lm):
     assert emb.shape == (5, 8 + 1, E) and mask.shape == (5, 9)
 
 
+def test_cached_hidden_states_and_kept_logits_give_the_same_loss(tiny_lm, monkeypatch):
+    """Training computes the base model's hidden states once and only the text's logits; both
+    shortcuts must leave the loss as the plain computation gives it."""
+    import sllm.train as T
+    from loop.base_model import encode_texts
+    from loop.config import SLLMConfig
+    from sllm.model import SLLM
+
+    tok, model = tiny_lm
+    E = model.get_input_embeddings().weight.shape[1]
+    torch.manual_seed(0)
+    sllm = SLLM(E, SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4, encoder_input="hidden")).eval()
+    seqs = encode_texts(tok, TINY_TEXTS[:12], 48)
+    cache = T._hidden_cache(model, tok, seqs, 5, "cpu", "hidden")  # batches of 5 pad differently from the 4 below
+    assert cache.shape == (12, max(map(len, seqs)), E)
+    batch = [7, 2, 11, 0]
+    plain = T._token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden")
+    cached = T._token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden", cache[batch])
+    assert torch.allclose(plain[3], cached[3], atol=1e-5)
+    kept = T.sllm_losses(sllm, model, *plain[:3], enc_in=plain[3])[0]
+    monkeypatch.setattr(T, "_keeps_logits", lambda m: False)
+    full = T.sllm_losses(sllm, model, *plain[:3], enc_in=plain[3])[0]
+    assert torch.allclose(kept, full, atol=1e-5) and kept > 0
+    monkeypatch.setattr(T, "HIDDEN_CACHE_BYTES", 100)  # over budget: computed per batch instead
+    assert T._hidden_cache(model, tok, seqs, 5, "cpu", "hidden") is None
+    assert T._hidden_cache(model, tok, seqs, 5, "cpu", "embeddings") is None
+
+
 def test_hidden_state_encoder_refuses_a_model_whose_hidden_size_differs():
     from types import SimpleNamespace
 
