@@ -224,13 +224,14 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 64, max_len
 def train_small_base(texts: list[str], cfg: BaseConfig, out_dir: Path, seed: int,
                      groups: list[str | None] | None = None, copy_texts: list[str] | None = None) -> dict:
     """The embedded default: tokenizer + small LM from scratch on packed texts, saved to `out_dir`.
-    `copy_texts` feed the copy-only units (`pack_sequences`); None or empty uses `texts` themselves."""
+    `copy_texts` feed the copy-only units (`pack_sequences`), the first `cfg.copy_pool` of them;
+    None or empty uses `texts` themselves."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_small_lm(tokenizer, cfg, seed)
     losses = train_lm(model, tokenizer, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed, desc="base LM",
                       max_len=cfg.pack_len, pack_groups=groups, pack=True,
-                      copy_texts=copy_texts or texts, copy_units=cfg.copy_units)
+                      copy_texts=(copy_texts or texts)[: cfg.copy_pool or None], copy_units=cfg.copy_units)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

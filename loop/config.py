@@ -69,6 +69,9 @@ class BaseConfig:
     # copying that pretrained LMs have and that soft prompts drive (see pack_sequences): with 2,000
     # a held-out text is copied verbatim 95% of the time, 0% without (README).
     copy_units: int = 2000
+    # The copy units are drawn from the first copy_pool of those texts (0: all of them). 8,000 with
+    # 16,000 SLLM language texts gave a better SLLM round trip than all 16,000 (README).
+    copy_pool: int = 8000
     lr: float = 3e-3
     batch_size: int = 32  # performance knob
 
@@ -76,6 +79,7 @@ class BaseConfig:
         for k in ("vocab_size", "hidden", "layers", "heads", "max_len", "pack_len", "epochs", "batch_size"):
             _check(getattr(self, k) >= 1, f"base.{k} must be >= 1, got {getattr(self, k)}")
         _check(self.copy_units >= 0, f"base.copy_units must be >= 0, got {self.copy_units}")
+        _check(self.copy_pool >= 0, f"base.copy_pool must be >= 0, got {self.copy_pool}")
         _check(self.hidden % self.heads == 0, f"base.hidden ({self.hidden}) must be divisible by base.heads ({self.heads})")
         _check(self.lr > 0, f"base.lr must be > 0, got {self.lr}")
 
@@ -104,8 +108,8 @@ class SLLMConfig:
     # Built-in domain only: verifier-checked FALSE sentences added to the SLLM's training texts.
     # They teach the domain's language (any numbers in any template) and carry no true fact, so no
     # held-out truth leaks; the corpus alone is too small to learn a round trip that generalises.
-    false_texts: int = 8000
-    epochs: int = 8
+    false_texts: int = 16000
+    epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
     lr: float = 1e-3  # 2e-3 fitted worse in the same epochs, 5e-3 diverged (README)
     batch_size: int = 64  # performance knob

@@ -66,3 +66,20 @@ def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
     rows = pack_sequences(encode_texts(tok, corpus[:2], 60), None, 60, random.Random(0), repeat_share=0.0,
                           copy_enc=encode_texts(tok, [long_text], 60), copy_units=1)
     assert all(lab != -100 for r in rows for lab in r[1])
+
+
+@pytest.mark.parametrize("pool, expected", [(2, ["a 1.", "b 2."]), (0, ["a 1.", "b 2.", "c 3."])])
+def test_copy_units_are_drawn_from_the_first_copy_pool_texts(tmp_path, monkeypatch, pool, expected):
+    import loop.base_model as B
+    from loop.config import BaseConfig
+
+    seen = {}
+
+    def spy_train_lm(model, tok, texts, *a, copy_texts=None, **k):
+        seen["copy"] = copy_texts
+        return [1.0]
+
+    monkeypatch.setattr(B, "train_lm", spy_train_lm)
+    cfg = BaseConfig(vocab_size=300, hidden=16, layers=1, heads=2, epochs=1, copy_pool=pool)
+    B.train_small_base(["1 plus 1 equals 2."] * 20, cfg, tmp_path / "m", 0, copy_texts=["a 1.", "b 2.", "c 3."])
+    assert seen["copy"] == expected
