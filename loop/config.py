@@ -108,6 +108,7 @@ class SLLMConfig:
     # Built-in domain only: verifier-checked FALSE sentences added to the SLLM's training texts.
     # They teach the domain's language (any numbers in any template) and carry no true fact, so no
     # held-out truth leaks; the corpus alone is too small to learn a round trip that generalises.
+    # At equal steps, 16,000 for 5 epochs beat 8,000 for 10: 93.8% vs 86.1% held-out exact match.
     false_texts: int = 16000
     epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
