@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -71,7 +72,12 @@ def _hidden_cache(model, tokenizer, seqs, batch_size: int, device, encoder_input
 def _keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not every step
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids=None, cfg=None, enc_in=None):
@@ -215,7 +221,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                             "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
                             "epoch": epoch + 1, "steps": done}, tmp)
                 os.replace(tmp, ckpt)
-    recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device)
+    recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device, hidden)
     sllm.eval()
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
@@ -223,15 +229,17 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
 
 
 @torch.no_grad()
-def recalibrate_norm(sllm: SLLM, model, tokenizer, seqs, batch_size: int, device) -> None:
+def recalibrate_norm(sllm: SLLM, model, tokenizer, seqs, batch_size: int, device, hidden=None) -> None:
     """Exact latent statistics over the final encoder ("precise BN", Wu & Johnson 2021):
-    running averages taken while the encoder still moved would misplace every latent at eval."""
+    running averages taken while the encoder still moved would misplace every latent at eval.
+    `hidden`: the training's `_hidden_cache`, so the base model does not run over the texts again."""
     norm = sllm.norm
     norm.reset_running_stats()
     momentum, norm.momentum = norm.momentum, None  # None = cumulative average
     sllm.train()
     for i in range(0, len(seqs), batch_size):
-        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input)
+        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input,
+                                          None if hidden is None else hidden[i : i + batch_size])
         if len(seqs[i : i + batch_size]) > 1:
             sllm.encode(enc_in, mask)
     norm.momentum = momentum
