@@ -103,7 +103,11 @@ class SLLMConfig:
     pool_queries: int = 8  # attention-pooling queries concatenated into the latent
     max_tokens: int = 48  # texts longer than this are truncated for the SLLM
     meaning_weight: float = 1.0  # weight of the sentence-embedding prediction term
-    paraphrase_weight: float = 0.0  # weight of the paraphrase contrastive term (needs fact keys)
+    # Paraphrase InfoNCE (needs fact keys): phrasings of one fact against look-alike texts, in
+    # batches of their own (sllm.train.HardNegatives). Weight 0.01 at temperature 0.05 kept the
+    # round trip at 90% exact match and brought paraphrase closeness from 67.5% to 91% (README).
+    paraphrase_weight: float = 0.01
+    paraphrase_tau: float = 0.05  # InfoNCE temperature (cosine similarities / tau)
     latent_l2: float = 1e-3  # keeps the latent cloud in a known envelope
     # Built-in domain only: verifier-checked FALSE sentences added to the SLLM's training texts.
     # They teach the domain's language (any numbers in any template) and carry no true fact, so no
@@ -126,6 +130,7 @@ class SLLMConfig:
         for k in ("meaning_weight", "paraphrase_weight", "latent_l2"):
             _check(getattr(self, k) >= 0, f"sllm.{k} must be >= 0, got {getattr(self, k)}")
         _check(self.lr > 0, f"sllm.lr must be > 0, got {self.lr}")
+        _check(self.paraphrase_tau > 0, f"sllm.paraphrase_tau must be > 0, got {self.paraphrase_tau}")
 
 
 SAMPLERS = ("dark", "prior", "interpolate", "lm")

@@ -11,6 +11,7 @@ nearby latents mean nearby meanings (the idea's "restore the meaning, not the to
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from loop.config import SLLMConfig
@@ -42,15 +43,19 @@ class SLLM(nn.Module):
         )
         self.meaning_head = nn.Sequential(nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, meaning_dim))
 
-    def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim)."""
+    def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False) -> torch.Tensor:
+        """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim).
+        `running_stats`: standardise with the running statistics even in training (and leave them)."""
         T = tok_emb.shape[1]
         h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
         pad = mask == 0
         h = self.encoder(h, src_key_padding_mask=pad)  # (B, T, d)
         q = self.query.expand(h.shape[0], -1, -1)  # (B, Q, d)
         pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, Q, d)
-        return self.norm(self.to_latent(pooled.flatten(1)))  # (B, latent_dim)
+        x = self.to_latent(pooled.flatten(1))
+        if running_stats:
+            return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
+        return self.norm(x)  # (B, latent_dim)
 
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""

@@ -80,9 +80,10 @@ def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not eve
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids=None, cfg=None, enc_in=None):
-    """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2, paraphrase InfoNCE.
-    `emb` are the text's input embeddings (teacher forcing), `enc_in` what the encoder reads."""
+def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None, enc_in=None):
+    """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2 (the paraphrase
+    term has batches of its own: `HardNegatives`). `emb` are the text's input embeddings
+    (teacher forcing), `enc_in` what the encoder reads."""
     cfg = cfg or sllm.cfg
     z = sllm.encode(emb if enc_in is None else enc_in, mask)  # (B, latent)
     prompts = sllm.prompts(z)  # (B, K, E)
@@ -102,17 +103,13 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, fact_ids
     terms = {"rec": rec, "l2": z.pow(2).mean()}
     if target_meaning is not None and cfg.meaning_weight > 0:
         terms["meaning"] = (1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).mean()
-    if fact_ids is not None and cfg.paraphrase_weight > 0:
-        terms["para"] = paraphrase_loss(z, fact_ids)
     total = rec + cfg.latent_l2 * terms["l2"]
     if "meaning" in terms:
         total = total + cfg.meaning_weight * terms["meaning"]
-    if "para" in terms:
-        total = total + cfg.paraphrase_weight * terms["para"]
     return total, terms
 
 
-def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
     """InfoNCE pulling together latents of phrasings of one fact (SimCSE-style, Gao et al. 2021)."""
     zn = F.normalize(z, dim=-1)
     sim = zn @ zn.T / tau  # (B, B)
@@ -128,26 +125,61 @@ def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float = 0.1) -
     return per_row[has_pos].mean()
 
 
-def _batches(n: int, batch_size: int, rng: random.Random, groups: list[int] | None):
-    """Shuffled batches; with fact groups, phrasings of one fact stay in the same batch."""
-    if groups is None:
-        order = list(range(n))
-        rng.shuffle(order)
-        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    by_group: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g if g >= 0 else -(i + 1), []).append(i)
-    keys = list(by_group)
-    rng.shuffle(keys)
-    out, cur = [], []
-    for k in keys:
-        cur.extend(by_group[k])
-        if len(cur) >= batch_size:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+def _batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of the training texts."""
+    order = list(range(n))
+    rng.shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+class HardNegatives:
+    """Batches for the paraphrase term: phrasings of a few facts plus texts that look like them.
+
+    In a batch of random texts, the nearest other text of a fact's phrasing is almost never a
+    near miss (the same template, another number), so InfoNCE learns little that the nearest
+    different fact would test. Here every batch comes from one cluster of the texts' sentence
+    embeddings (k-means, the texts' meaning targets): `per_batch` facts with all their phrasings,
+    filled with other texts of the cluster (clustered "topic-aware" sampling, Hofstaetter et al.
+    2021). Batches are drawn with `rng`, so a resumed training draws the same ones.
+    """
+
+    def __init__(self, groups: list[int], meaning_targets: np.ndarray | None, batch_size: int, seed: int,
+                 per_batch: int = 8, texts_per_cluster: int = 1000):
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            if g >= 0:
+                members.setdefault(g, []).append(i)
+        self.members = {g: m for g, m in members.items() if len(m) > 1}  # a fact needs two phrasings
+        k = max(1, min(len(groups) // texts_per_cluster, len(groups)))
+        if meaning_targets is None or k == 1:
+            labels = np.zeros(len(groups), dtype=int)
+        else:
+            from sklearn.cluster import KMeans
+
+            labels = KMeans(k, n_init=1, random_state=seed).fit_predict(np.asarray(meaning_targets, np.float32))
+        self.groups, self.batch_size, self.per_batch = groups, batch_size, per_batch
+        self.cluster_texts: dict[int, list[int]] = {}
+        for i, c in enumerate(labels):
+            self.cluster_texts.setdefault(int(c), []).append(i)
+        self.cluster_facts: dict[int, list[int]] = {}
+        for g, m in self.members.items():  # a fact's cluster: that of its first phrasing
+            self.cluster_facts.setdefault(int(labels[m[0]]), []).append(g)
+        self.clusters = sorted(self.cluster_facts)
+        self.weights = [len(self.cluster_facts[c]) for c in self.clusters]
+
+    def __bool__(self) -> bool:
+        return bool(self.members)
+
+    def sample(self, rng: random.Random) -> tuple[list[int], list[int]]:
+        """-> text indices, fact ids (-1: no fact key)."""
+        c = rng.choices(self.clusters, self.weights)[0]
+        facts = rng.sample(self.cluster_facts[c], min(self.per_batch, len(self.cluster_facts[c])))
+        idx = [i for g in facts for i in self.members[g]]
+        taken = set(idx)
+        pool = self.cluster_texts[c]
+        fill = [i for i in rng.sample(pool, min(len(pool), self.batch_size)) if i not in taken]
+        idx += fill[: max(0, self.batch_size - len(idx))]
+        return idx, [self.groups[i] for i in idx]
 
 
 def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: np.ndarray | None,
@@ -164,10 +196,11 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
-    groups = None
+    hard = None
     if fact_keys is not None and sllm.cfg.paraphrase_weight > 0:
         index: dict[str, int] = {}
         groups = [index.setdefault(k, len(index)) if k else -1 for k in fact_keys]
+        hard = HardNegatives(groups, meaning_targets, batch_size, seed) or None
     targets = None if meaning_targets is None else torch.as_tensor(meaning_targets, dtype=torch.float32)
     opt = torch.optim.AdamW(sllm.parameters(), lr=lr, weight_decay=0.01)
     steps = max(1, epochs * math.ceil(len(seqs) / batch_size))
@@ -192,16 +225,24 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
         for epoch in range(start, epochs):
             sums: dict[str, float] = {}
             nb = 0
-            for batch in _batches(len(seqs), batch_size, rng, groups):
+            for batch in _batches(len(seqs), batch_size, rng):
                 if done >= steps:
                     break
                 done += 1
                 tgt = None if targets is None else targets[batch].to(device)
-                fid = None if groups is None else torch.tensor([groups[j] for j in batch], device=device)
                 with amp:
                     ids, mask, emb, enc_in = _token_batch(model, tokenizer, [seqs[j] for j in batch], device,
                                                           sllm.cfg.encoder_input, None if hidden is None else hidden[batch])
-                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, fid, enc_in=enc_in)
+                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, enc_in=enc_in)
+                    if hard is not None:
+                        idx, fid = hard.sample(rng)
+                        _, hmask, _, henc = _token_batch(model, tokenizer, [seqs[j] for j in idx], device,
+                                                         sllm.cfg.encoder_input, None if hidden is None else hidden[idx])
+                        # Normalised by the running statistics, as at eval: a batch of look-alikes
+                        # has its own statistics, and the geometry that counts is the eval one.
+                        terms["para"] = paraphrase_loss(sllm.encode(henc, hmask, running_stats=True),
+                                                        torch.tensor(fid, device=device), sllm.cfg.paraphrase_tau)
+                        total = total + sllm.cfg.paraphrase_weight * terms["para"]
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)

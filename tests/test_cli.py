@@ -32,6 +32,7 @@ def test_config_file_and_overrides(tmp_path):
     ({"run.generations": "0"}, "run.generations must be >= 1"),
     ({"sample.n_candidates": "-4"}, "sample.n_candidates must be >= 1"),
     ({"sample.samplers": "dark,magic"}, "unknown sampler 'magic'"),
+    ({"sllm.paraphrase_tau": "0"}, "sllm.paraphrase_tau must be > 0, got 0"),
 ])
 def test_bad_settings(overrides, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -1,4 +1,5 @@
 """The SLLM: training resumes from its checkpoint, the bench's figures, `run.py bench sllm`."""
+import contextlib
 import json
 
 import numpy as np
@@ -18,6 +19,25 @@ def _fresh(tiny_lm):
     return SLLM(model.get_input_embeddings().weight.shape[1], SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4))
 
 
+@contextlib.contextmanager
+def _killed_at_step(monkeypatch, n: int):
+    """Training inside the block is killed (KeyboardInterrupt) at its n-th step."""
+    import sllm.train as T
+
+    real, calls = T.sllm_losses, []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "sllm_losses", dies)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(T, "sllm_losses", real)
+
+
 def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch):
     import sllm.train as T
 
@@ -28,24 +48,82 @@ def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm
     T.train_sllm(ref, *args)
 
     ckpt = tmp_path / "sllm.ckpt"
-    real, calls = T.sllm_losses, []
-
-    def dies_in_epoch_3(*a, **k):  # 5 batches an epoch: the 12th call is in the third epoch
-        calls.append(1)
-        if len(calls) == 12:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "sllm_losses", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with _killed_at_step(monkeypatch, 12):  # 5 batches an epoch: the 12th step is in the third epoch
         T.train_sllm(_fresh(tiny_lm), *args, checkpoint=ckpt)
     assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] == 2
-    monkeypatch.setattr(T, "sllm_losses", real)
     resumed = _fresh(tiny_lm)
     info = T.train_sllm(resumed, *args, checkpoint=ckpt)
     assert not ckpt.exists() and len(info["history"]) == 3
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resume_with_the_paraphrase_term_draws_the_same_hard_negative_batches(tiny_lm, tmp_path, monkeypatch):
+    """The paraphrase term's batches are drawn from the training's own generator: a resumed
+    training must draw the same ones as an uninterrupted one."""
+    import dataclasses
+
+    import sllm.train as T
+
+    tok, model = tiny_lm
+    texts, keys = TINY_TEXTS[:40], [f"fact{i // 2}" if i < 16 else None for i in range(40)]
+
+    def fresh():
+        sllm = _fresh(tiny_lm)
+        sllm.cfg = dataclasses.replace(sllm.cfg, paraphrase_weight=0.5)
+        return sllm
+
+    args = (model, tok, texts, None, 3, 2e-3, 8, 0)
+    ref = fresh()
+    info = T.train_sllm(ref, *args, fact_keys=keys)
+    assert all(h["para"] > 0 for h in info["history"])
+    with _killed_at_step(monkeypatch, 7):  # in the second epoch
+        T.train_sllm(fresh(), *args, fact_keys=keys, checkpoint=tmp_path / "c.ckpt")
+    resumed = fresh()
+    T.train_sllm(resumed, *args, fact_keys=keys, checkpoint=tmp_path / "c.ckpt")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_hard_negative_batches_hold_whole_facts_and_their_look_alikes():
+    """Each paraphrase batch: all phrasings of a few facts, filled with texts of the same cluster
+    of meaning targets, never with texts of another cluster."""
+    import random
+
+    from sllm.train import HardNegatives
+
+    rng = np.random.default_rng(0)
+    # two far-apart clouds of 1000 texts each; facts 0-29 in cloud A, 30-59 in cloud B, 3 phrasings each
+    centres = np.zeros((2, 8), np.float32)
+    centres[1, 0] = 100
+    cloud = np.repeat([0, 1], 1000)
+    targets = centres[cloud] + rng.normal(size=(2000, 8)).astype(np.float32)
+    groups = [-1] * 2000
+    for f in range(60):
+        for p in range(3):
+            groups[(0 if f < 30 else 1000) + 3 * (f % 30) + p] = f
+    hn = HardNegatives(groups, targets, batch_size=32, seed=0, per_batch=4, texts_per_cluster=1000)
+    assert hn and len(hn.clusters) == 2
+    r = random.Random(0)
+    for _ in range(20):
+        idx, fid = hn.sample(r)
+        assert len(idx) == 32 and len(set(idx)) == 32 and fid == [groups[i] for i in idx]
+        assert len({cloud[i] for i in idx}) == 1  # one cluster: look-alikes only
+        facts = {f for f in fid[:12]}
+        assert len(facts) == 4 and all(fid.count(f) == 3 for f in facts)  # every phrasing of each fact
+    assert not HardNegatives([-1, -1, 0, 1], None, 8, 0)  # no fact with two phrasings: no paraphrase batches
+
+
+def test_encoding_with_running_statistics_matches_eval_and_leaves_them(tiny_lm):
+    tok, model = tiny_lm
+    sllm = _fresh(tiny_lm)
+    x, mask = torch.randn(6, 5, 2 * model.get_input_embeddings().weight.shape[1]), torch.ones(6, 5, dtype=torch.long)
+    sllm.norm.running_mean.normal_()
+    sllm.norm.running_var.uniform_(0.5, 2)
+    before = sllm.norm.running_mean.clone()
+    z_train = sllm.train().encode(x, mask, running_stats=True)
+    assert torch.equal(sllm.norm.running_mean, before)
+    assert torch.allclose(z_train, sllm.eval().encode(x, mask), atol=1e-5)
 
 
 def test_a_checkpoint_of_other_training_is_ignored(tiny_lm, tmp_path):
