@@ -1,4 +1,4 @@
-"""SLLM training (reconstruction through the frozen base model + meaning term) and encoding."""
+"""SLLM training (reconstruction through the frozen base model + meaning term + paraphrase term) and encoding."""
 from __future__ import annotations
 
 import contextlib
@@ -150,7 +150,7 @@ class HardNegatives:
             if g >= 0:
                 members.setdefault(g, []).append(i)
         self.members = {g: m for g, m in members.items() if len(m) > 1}  # a fact needs two phrasings
-        k = max(1, min(len(groups) // texts_per_cluster, len(groups)))
+        k = max(1, len(groups) // texts_per_cluster)
         if meaning_targets is None or k == 1:
             labels = np.zeros(len(groups), dtype=int)
         else:
