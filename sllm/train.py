@@ -109,7 +109,7 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     return total, terms
 
 
-def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
+def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float) -> torch.Tensor:
     """InfoNCE pulling together latents of phrasings of one fact (SimCSE-style, Gao et al. 2021)."""
     zn = F.normalize(z, dim=-1)
     sim = zn @ zn.T / tau  # (B, B)
@@ -221,6 +221,10 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with amp:
         hidden = _hidden_cache(model, tokenizer, seqs, batch_size, device, sllm.cfg.encoder_input)
+
+    def inputs(idx: list[int]):  # ids, mask, embeddings, encoder input of these training texts
+        return _token_batch(model, tokenizer, [seqs[j] for j in idx], device, sllm.cfg.encoder_input,
+                            None if hidden is None else hidden[idx])
     with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2) as bar:
         for epoch in range(start, epochs):
             sums: dict[str, float] = {}
@@ -231,13 +235,11 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 done += 1
                 tgt = None if targets is None else targets[batch].to(device)
                 with amp:
-                    ids, mask, emb, enc_in = _token_batch(model, tokenizer, [seqs[j] for j in batch], device,
-                                                          sllm.cfg.encoder_input, None if hidden is None else hidden[batch])
+                    ids, mask, emb, enc_in = inputs(batch)
                     total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, enc_in=enc_in)
                     if hard is not None:
                         idx, fid = hard.sample(rng)
-                        _, hmask, _, henc = _token_batch(model, tokenizer, [seqs[j] for j in idx], device,
-                                                         sllm.cfg.encoder_input, None if hidden is None else hidden[idx])
+                        _, hmask, _, henc = inputs(idx)
                         # Normalised by the running statistics, as at eval: a batch of look-alikes
                         # has its own statistics, and the geometry that counts is the eval one.
                         terms["para"] = paraphrase_loss(sllm.encode(henc, hmask, running_stats=True),

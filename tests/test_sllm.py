@@ -38,49 +38,34 @@ def _killed_at_step(monkeypatch, n: int):
     monkeypatch.setattr(T, "sllm_losses", real)
 
 
-def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch):
-    import sllm.train as T
-
-    tok, model = tiny_lm
-    texts = TINY_TEXTS[:40]
-    args = (model, tok, texts, None, 3, 2e-3, 8, 0)
-    ref = _fresh(tiny_lm)
-    T.train_sllm(ref, *args)
-
-    ckpt = tmp_path / "sllm.ckpt"
-    with _killed_at_step(monkeypatch, 12):  # 5 batches an epoch: the 12th step is in the third epoch
-        T.train_sllm(_fresh(tiny_lm), *args, checkpoint=ckpt)
-    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] == 2
-    resumed = _fresh(tiny_lm)
-    info = T.train_sllm(resumed, *args, checkpoint=ckpt)
-    assert not ckpt.exists() and len(info["history"]) == 3
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
-
-
-def test_resume_with_the_paraphrase_term_draws_the_same_hard_negative_batches(tiny_lm, tmp_path, monkeypatch):
-    """The paraphrase term's batches are drawn from the training's own generator: a resumed
-    training must draw the same ones as an uninterrupted one."""
+@pytest.mark.parametrize("paraphrase", [False, True], ids=["plain", "paraphrase term"])
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch, paraphrase):
+    """With the paraphrase term on, its batches are drawn from the training's own generator: a
+    resumed training must draw the same ones as an uninterrupted one."""
     import dataclasses
 
     import sllm.train as T
 
     tok, model = tiny_lm
-    texts, keys = TINY_TEXTS[:40], [f"fact{i // 2}" if i < 16 else None for i in range(40)]
+    keys = [f"fact{i // 2}" if i < 16 else None for i in range(40)] if paraphrase else None
 
     def fresh():
         sllm = _fresh(tiny_lm)
-        sllm.cfg = dataclasses.replace(sllm.cfg, paraphrase_weight=0.5)
+        sllm.cfg = dataclasses.replace(sllm.cfg, paraphrase_weight=0.5 if paraphrase else 0.0)
         return sllm
 
-    args = (model, tok, texts, None, 3, 2e-3, 8, 0)
+    args = (model, tok, TINY_TEXTS[:40], None, 3, 2e-3, 8, 0)
     ref = fresh()
     info = T.train_sllm(ref, *args, fact_keys=keys)
-    assert all(h["para"] > 0 for h in info["history"])
-    with _killed_at_step(monkeypatch, 7):  # in the second epoch
-        T.train_sllm(fresh(), *args, fact_keys=keys, checkpoint=tmp_path / "c.ckpt")
+    assert all(h["para"] > 0 for h in info["history"]) if paraphrase else "para" not in info["final"]
+
+    ckpt = tmp_path / "sllm.ckpt"
+    with _killed_at_step(monkeypatch, 12):  # 5 batches an epoch: the 12th step is in the third epoch
+        T.train_sllm(fresh(), *args, fact_keys=keys, checkpoint=ckpt)
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] == 2
     resumed = fresh()
-    T.train_sllm(resumed, *args, fact_keys=keys, checkpoint=tmp_path / "c.ckpt")
+    info = T.train_sllm(resumed, *args, fact_keys=keys, checkpoint=ckpt)
+    assert not ckpt.exists() and len(info["history"]) == 3
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
