@@ -5,7 +5,7 @@ import gc
 
 import torch
 
-from loop.base_model import load_base_model
+from lm.base_model import load_base_model
 
 
 class TransformersBackend:

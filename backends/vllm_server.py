@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from backends.vllm_backend import load_tokenizer, lora_id
-from loop.base_model import ModelError
+from lm.base_model import ModelError
 
 
 class ServerError(ModelError):

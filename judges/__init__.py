@@ -3,11 +3,10 @@ from judges.base import Judge, JudgeScore, safe_score, validate
 from judges.coherence import CoherenceJudge, token_nll
 from judges.combiner import Decision, decide
 from judges.critic import DEFAULT_RUBRIC, CriticJudge, sanitise
-from judges.embedder import embed, load_sentence_embedder
 from judges.novelty import NoveltyJudge
 from judges.verifier import VerifierJudge
 
 __all__ = [
     "Judge", "JudgeScore", "safe_score", "validate", "CoherenceJudge", "token_nll", "Decision", "decide",
-    "DEFAULT_RUBRIC", "CriticJudge", "sanitise", "embed", "load_sentence_embedder", "NoveltyJudge", "VerifierJudge",
+    "DEFAULT_RUBRIC", "CriticJudge", "sanitise", "NoveltyJudge", "VerifierJudge",
 ]

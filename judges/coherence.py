@@ -10,7 +10,7 @@ import bisect
 import torch
 
 from judges.base import JudgeScore
-from loop.base_model import encode_texts, pad_batch
+from lm.base_model import encode_texts, pad_batch
 
 
 @torch.no_grad()

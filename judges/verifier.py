@@ -11,7 +11,7 @@ class VerifierJudge:
 
     def __init__(self, verify_fn: Callable | None = None):
         if verify_fn is None:
-            from corpus import verify as verify_fn  # lazy: corpus is only needed when verifying
+            from domains import verify as verify_fn  # lazy: corpus is only needed when verifying
         self.verify_fn = verify_fn
 
     def score(self, texts: list[str]) -> list[JudgeScore]:

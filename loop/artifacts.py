@@ -7,9 +7,13 @@ it is redone (see `Loop.verify_artifacts`) instead of its output being silently 
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
 from pathlib import Path
 
 from storage.db import StorageError
@@ -104,3 +108,57 @@ def fault(spot: str) -> str | None:
     if ":".join(parts[:3]) != spot:
         return None
     return parts[3] if len(parts) > 3 else "kill"
+
+
+def crash_point(g: int, name: str, when: str) -> None:
+    """Fault injection for the resume tests: DARKZONES_CRASH_AT=GEN:STAGE:WHEN kills the process
+    with SIGKILL (as kill -9 would) at that point; GEN:STAGE:WHEN:sigint sends it SIGINT (Ctrl-C)
+    instead, and GEN:STAGE:WHEN:enospc raises "no space left on device" there.
+
+    WHEN: before_commit (the stage's rows are flushed inside its open transaction),
+    after_commit, and, for stages writing an artifact, mid_artifact (files written to the temp
+    folder, not yet fsynced or renamed) and artifact_renamed (in place, not yet committed)."""
+    kind = fault(f"{g}:{name}:{when}")
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "sigint":
+        os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here
+    elif kind == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{name} artifact of generation {g}")
+
+
+def fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")) + [path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, point: tuple[int, str] | None = None):
+    """Yield a temp folder; on success write its MANIFEST.json (sha256 of every file), fsync it and
+    rename it to `final` (replacing a stale one). `point` = (generation, stage) names its fault points."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if point:
+            crash_point(*point, "mid_artifact")
+        write_manifest(tmp)
+        fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fd = os.open(final.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full, Ctrl-C) leaves no temp folder
+        raise
+    if point:
+        crash_point(*point, "artifact_renamed")

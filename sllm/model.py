@@ -10,18 +10,29 @@ nearby latents mean nearby meanings (the idea's "restore the meaning, not the to
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loop.config import SLLMConfig
+from sllm.config import SLLMConfig
+
+
+WEIGHTS, CONFIG = "sllm.safetensors", "config.json"
+FORMAT = 1  # bump when the saved layout changes
 
 
 class SLLM(nn.Module):
     def __init__(self, embed_dim: int, cfg: SLLMConfig, meaning_dim: int = 384):
+        """embed_dim: the base model's embedding width; meaning_dim: the width of the domain's
+        meaning embedder (the meaning head predicts its embeddings)."""
         super().__init__()
         self.cfg = cfg
         self.embed_dim = embed_dim
+        self.meaning_dim = meaning_dim
         d = cfg.enc_dim
         self.in_proj = nn.Linear(embed_dim * (2 if cfg.encoder_input == "hidden" else 1), d)
         self.pos = nn.Embedding(cfg.max_tokens, d)
@@ -74,16 +85,32 @@ def decoder_inputs(model, tokenizer, prompts: torch.Tensor) -> tuple[torch.Tenso
     return emb, torch.ones(emb.shape[:2], dtype=torch.long, device=prompts.device)
 
 
-def save_sllm(sllm: SLLM, path) -> None:
-    """Weights as safetensors, written atomically by the caller's folder rename."""
+def save_sllm(sllm: SLLM, folder) -> None:
+    """A self-describing checkpoint in `folder` (as `save_pretrained` does): the weights as
+    safetensors and, beside them, config.json with the SLLM's settings and sizes. The caller
+    makes the folder atomic (loop.artifacts)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in sllm.state_dict().items()}, str(path))
+    folder = Path(folder)
+    save_file({k: v.detach().contiguous().cpu() for k, v in sllm.state_dict().items()}, str(folder / WEIGHTS))
+    meta = {"format": FORMAT, "embed_dim": sllm.embed_dim, "meaning_dim": sllm.meaning_dim,
+            "sllm": dataclasses.asdict(sllm.cfg)}
+    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def load_sllm(path, embed_dim: int, cfg: SLLMConfig, device="cpu") -> SLLM:
+def load_sllm(folder, device="cpu") -> SLLM:
+    """The SLLM saved in `folder` by save_sllm, built from its own config.json: one call."""
     from safetensors.torch import load_file
 
-    sllm = SLLM(embed_dim, cfg)
-    sllm.load_state_dict(load_file(str(path), device="cpu"))
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"SLLM checkpoint {folder} has no readable {CONFIG} ({e}); "
+                         "it was saved by an older version: rerun its sllm stage") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"SLLM checkpoint {folder} has format {meta.get('format')!r}, this version reads {FORMAT}; "
+                         "rerun its sllm stage")
+    sllm = SLLM(meta["embed_dim"], SLLMConfig(**meta["sllm"]), meta["meaning_dim"])
+    sllm.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
     return sllm.to(device).eval()

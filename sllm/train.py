@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from loop.base_model import encode_texts, pad_batch
+from lm.base_model import encode_texts, pad_batch
 from sllm.model import SLLM, decoder_inputs
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _token_batch(model, tokenizer, seqs, device, encoder_input: str = "embedding
 def _last_hidden(model, emb, mask):
     hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     if hidden.shape[-1] != emb.shape[-1]:  # e.g. a model that projects its embeddings in and out
-        from loop.config import ConfigError
+        from common.errors import ConfigError
 
         raise ConfigError(f"sllm.encoder_input=hidden needs a base model whose hidden states match its "
                           f"embeddings ({hidden.shape[-1]} vs {emb.shape[-1]}): "

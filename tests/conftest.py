@@ -20,7 +20,7 @@ TINY_TEXTS = [
 
 def save_tiny_lm(out, hidden: int, heads: int = 2):
     """Train a tiny Llama + BPE tokenizer briefly on TINY_TEXTS and save it to `out`."""
-    from loop.base_model import train_small_base
+    from lm.base_model import train_small_base
     from loop.config import BaseConfig
 
     cfg = BaseConfig(vocab_size=300, hidden=hidden, layers=2, heads=heads, max_len=256, epochs=3, lr=5e-3)
@@ -37,7 +37,7 @@ def tiny_lm_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_lm(tiny_lm_dir):
     """(tokenizer, model) loaded through the same code path as a user's model."""
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
 
     return load_base_model(str(tiny_lm_dir))
 

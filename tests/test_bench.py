@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from backends import bench
+from bench import backends as bench
 
 TINY = ["--backends", "transformers", "--n", "4", "--single", "2", "--repeats", "1", "--threads", "1"]
 

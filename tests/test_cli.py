@@ -2,8 +2,6 @@
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +55,9 @@ def _bad(args, tmp_path, needle):
     (["--generations", "-2"], "run.generations must be >= 1"),
     (["--config", "/nonexistent.toml"], "not found"),
     (["--set", "novalue"], "SECTION.KEY=VALUE"),
+    (["--domain", "poems"], "corpus.domain 'poems' is not a domain"),
+    (["--domain", "text"], "the text domain needs a corpus"),
+    (["--rubric", "/nonexistent/rubric.txt"], "rubric file /nonexistent/rubric.txt not found"),
 ])
 def test_bad_input_one_line(args, needle, tmp_path):
     _bad(args, tmp_path, needle)
@@ -101,6 +102,33 @@ def test_user_corpus_and_user_model(tmp_path, tiny_lm_dir):
     # a user corpus has no verifier: no verifier scores, no truth verdicts
     assert con.execute("SELECT count(*) FROM score WHERE judge='verifier'").fetchone()[0] == 0
     assert not (out / "base").exists()  # the user's model is used in place, never retrained from scratch
+
+
+def test_text_domain_on_the_fallback_model_says_so(tmp_path):
+    """`--domain text --corpus FILE` on the self-trained model: a note up front and in the metrics
+    line; the critic reads a rubric with no maths in it (here a user's --rubric file)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"The {c} fox number {i} jumps over the {d} dog." for i in range(12)
+                                for c, d in (("quick", "lazy"), ("red", "sleepy"), ("old", "young"))) + "\n")
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("You judge short animal stories from 1 to 5: 5 = vivid and complete, 1 = nonsense.\n")
+    out = tmp_path / "run"
+    p = run_cli(["--generations", "1", "--out", str(out), "--domain", "text", "--corpus", str(corpus),
+                 "--rubric", str(rubric), *TINY])
+    note = [line for line in p.stdout.splitlines() if line.startswith("note:")]
+    assert note and "fallback base model" in note[0] and "--base-model" in note[0], p.stdout
+    con = sqlite3.connect(out / "runs.db")
+    line = con.execute("SELECT line FROM metric").fetchone()[0]
+    assert "FALLBACK base model" in line and "truth n/a" in line
+    assert con.execute("SELECT count(*) FROM score WHERE judge='critic'").fetchone()[0] == 8
+    assert con.execute("SELECT count(*) FROM score WHERE judge='verifier'").fetchone()[0] == 0
+    cfg = json.loads(con.execute("SELECT config_json FROM run").fetchone()[0])
+    assert cfg["corpus"]["domain"] == "text" and cfg["judges"]["rubric"] == str(rubric)
+
+
+def test_maths_domain_on_its_own_model_has_no_fallback_note(one_generation_run):
+    line = sqlite3.connect(one_generation_run / "runs.db").execute("SELECT line FROM metric").fetchone()[0]
+    assert "FALLBACK" not in line
 
 
 def test_txt_corpus(tmp_path):

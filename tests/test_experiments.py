@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loop.experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
+from experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
 from tests.test_loop import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]

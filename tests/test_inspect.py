@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from sqlmodel import Session
 
-from loop.inspect import main
+from cli.inspect import main
 from storage import queries
 from storage.db import open_db
 from storage.models import Candidate, Metric, Run, Score, Stage, Zone

@@ -10,6 +10,7 @@ import torch
 
 from judges import (CoherenceJudge, CriticJudge, Decision, JudgeScore, NoveltyJudge, VerifierJudge, decide,
                     safe_score, sanitise)
+from domains import verify
 from judges.critic import CLOSE, OPEN
 from loop.config import JudgeConfig
 
@@ -107,7 +108,7 @@ def test_novelty_with_fake_embedder():
 
 
 def test_novelty_with_minilm():
-    from judges import embed
+    from lm.embedder import embed
 
     z = embed(["one", "two plus two equals four."])
     assert z.shape == (2, 384) and z.dtype == np.float32 and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
@@ -119,7 +120,7 @@ def test_novelty_with_minilm():
 
 
 def test_embed_cache_reuses_and_recomputes_a_damaged_file(tmp_path, monkeypatch, caplog):
-    import judges.embedder as E
+    import lm.embedder as E
 
     texts = ["3 plus 4 equals 7.", "A square has 4 corners.", "7 times 6 is 42."]
     z = E.embed_cached(texts, tmp_path)
@@ -321,3 +322,50 @@ def test_combiner_rule_order_and_skips():
     assert decide({}, JudgeConfig()).accepted
     assert not decide({}, JudgeConfig(accept_score=0.5)).accepted
     assert math.isclose(decide(GOOD, JudgeConfig(critic_weight=0, novelty_weight=0)).total, 0.64)
+
+
+# --- the panel: one builder for the loop and the experiments ---------------------------------
+
+@pytest.mark.parametrize("domain_name", ["maths", "text"])
+def test_panel_follows_the_domain(tiny_lm, domain_name):
+    from domains import Text, get_domain
+    from judges.panel import build_panel, judge_texts
+
+    tok, model = tiny_lm
+    domain = get_domain(domain_name)
+    train = [Text(t, "x", verify(t).fact_key if verify(t).status == "true" else None) for t in CANDIDATES[:2] * 3]
+    panel = build_panel(domain, JudgeConfig(), model, tok, train, [], seed=0)
+    names = [j.name for j in panel]
+    assert names == ["coherence", "novelty", "critic"] + (["verifier"] if domain_name == "maths" else [])
+    prompt = tok.decode(panel[2].prefix_ids).lower()
+    assert ("math" in prompt) == (domain_name == "maths")  # a text corpus is never judged as maths
+    assert prompt.rstrip().endswith(OPEN.lower())
+    out = judge_texts(panel, ["3 plus 4 equals 7.", "3 plus 4 equals 7.", "9 plus 9 equals 1."],
+                      JudgeConfig(require_true=False, min_coherence=0, min_novelty=0), frozenset())
+    assert len(out) == 3 and all(set(j.scores) == set(names) for j in out)
+    if domain_name == "maths":
+        assert [j.verdict for j in out] == ["true", "true", "false"] and out[0].true_new is True
+    else:
+        assert all(j.verdict is None and j.true_new is None for j in out)
+    if out[0].accepted:  # the same text twice in a batch: the second is a duplicate
+        assert not out[1].accepted and "duplicate of text 0" in out[1].reason
+
+
+def test_rubric_file_is_used_and_checked(tiny_lm, tmp_path):
+    from domains import Text, get_domain
+    from judges.critic import load_rubric
+    from judges.panel import build_panel
+    from loop.config import ConfigError
+
+    tok, model = tiny_lm
+    f = tmp_path / "r.txt"
+    f.write_text("Rate the poem from 1 to 5.\n")
+    panel = build_panel(get_domain("text"), JudgeConfig(rubric=str(f)), model, tok, [Text("a b c", "x")] * 4, [], 0)
+    prompt = tok.decode(panel[2].prefix_ids)
+    assert "Rate the poem" in prompt and "never an instruction" in prompt and prompt.count(OPEN) == 1
+    for content, needle in (("", "is empty"), (f"hi {OPEN}", "data marker")):
+        f.write_text(content)
+        with pytest.raises(ConfigError, match=needle):
+            load_rubric(f)
+    with pytest.raises(ConfigError, match="not found"):
+        load_rubric(tmp_path / "missing.txt")

@@ -130,9 +130,12 @@ def test_incompatible_config_refused(reference_run):
 
 
 def test_language_texts_only_for_the_built_in_domain_and_its_topics(tmp_path):
-    from corpus import verify
+    from domains import verify
     from loop.config import build_config
-    from loop.data import language_texts
+    from loop.runner import Loop
+
+    def language_texts(cfg, topics=None):
+        return Loop(cfg).language_texts(topics)
 
     cfg = build_config({}, {"sllm.false_texts": 40})
     texts = language_texts(cfg, ("parity", "shapes"))

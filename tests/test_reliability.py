@@ -1,7 +1,7 @@
 """Reliability (issue 6): crash-consistent resume, bad input, hostile candidate text, concurrent use.
 
-Runs go through `loop.crashtest.Zygote`: one process imports torch and the loop once, and every
-run is a fresh child forked from it executing `loop.cli.main(argv)`, exactly what `python run.py`
+Runs go through `cli.crashtest.Zygote`: one process imports torch and the loop once, and every
+run is a fresh child forked from it executing `cli.main.main(argv)`, exactly what `python run.py`
 does. A SIGKILL then costs only the work it interrupts, so the suite affords dozens of kills. One
 resume goes through the real `python run.py` (test_disk_full...), which also checks that a forked
 child and a fresh interpreter produce the same database.
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from loop.crashtest import Zygote, db_content, differences, run_harness
+from cli.crashtest import Zygote, db_content, differences, run_harness
 from storage.models import SCHEMA_VERSION
 from tests.test_loop import TINY, run_cli
 
@@ -225,7 +225,7 @@ def test_read_only_run_folder(reference, tmp_path, monkeypatch, capsys):
     """Tests run as root, where chmod does not stop writes; so this simulates the folder's
     unwritability through os.access (what the loop checks before writing anything). Without root,
     a real chmod 0o555 is tested as well."""
-    from loop.cli import main
+    from cli.main import main
 
     out = copy_run(reference[0], tmp_path)
     before = (out / "runs.db").read_bytes()
@@ -339,7 +339,7 @@ HOSTILE_TEXTS = [
 def test_any_text_is_stored_and_exported_safely(tmp_path, monkeypatch, capsys):
     from sqlmodel import Session
 
-    from loop.inspect import main as inspect_main
+    from cli.inspect import main as inspect_main
     from storage.db import open_db
     from storage.models import Candidate, Run, Score
 

@@ -146,7 +146,7 @@ def test_cached_hidden_states_and_kept_logits_give_the_same_loss(tiny_lm, monkey
     """Training computes the base model's hidden states once and only the text's logits; both
     shortcuts must leave the loss as the plain computation gives it."""
     import sllm.train as T
-    from loop.base_model import encode_texts
+    from lm.base_model import encode_texts
     from loop.config import SLLMConfig
     from sllm.model import SLLM
 
@@ -194,7 +194,7 @@ def test_hidden_state_encoder_refuses_a_model_whose_hidden_size_differs():
 
 
 def test_bench_figures():
-    from sllm.bench import effective_dimension, paraphrase_closeness, token_f1
+    from bench.sllm import effective_dimension, paraphrase_closeness, token_f1
 
     assert token_f1("3 plus 4 equals 7.", "3 plus 4 equals 7.") == 1.0
     assert token_f1("3 plus 4 equals 7.", "9 minus 2") == 0.0
@@ -242,7 +242,7 @@ def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
     assert res["generation"] == 1 and res["heldout_texts"] + res["heldout_left_out"] == 12 * 2  # 1 fact a topic, 2 phrasings
     assert data["settings"]["corpus"]["facts_per_topic"] == 5  # the run's own settings
     # the rest in process (the command line's own path is covered above): no interpreter start-ups
-    from sllm.bench import main
+    from bench.sllm import main
 
     assert main(["sllm", "-q", "--run", str(run), "--generation", "0", "--json", str(out)]) == 0
     assert next(iter(json.loads(out.read_text())["results"].values()))["heldout_left_out"] == 0
@@ -253,3 +253,24 @@ def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
         assert main(["sllm", "-q", *args]) == 2
         err = capsys.readouterr().err
         assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_describes_itself(tiny_lm, tmp_path):
+    """save_sllm writes config.json (settings and sizes) beside the weights; load_sllm needs nothing else."""
+    from sllm.model import SLLM, load_sllm, save_sllm
+    from sllm.config import SLLMConfig
+
+    tok, model = tiny_lm
+    E = model.get_input_embeddings().weight.shape[1]
+    torch.manual_seed(0)
+    sllm = SLLM(E, SLLMConfig(latent_dim=24, enc_dim=32, enc_layers=1, n_prompt=3, pool_queries=2), meaning_dim=7)
+    save_sllm(sllm, tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["embed_dim"] == E and meta["meaning_dim"] == 7 and meta["sllm"]["latent_dim"] == 24
+    back = load_sllm(tmp_path)
+    assert back.cfg == sllm.cfg and back.meaning_head[-1].out_features == 7
+    for (k, a), (k2, b) in zip(sllm.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match="no readable config.json.*rerun its sllm stage"):
+        load_sllm(tmp_path)

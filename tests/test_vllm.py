@@ -48,7 +48,7 @@ def adapter_dir(lm_dir, tmp_path_factory):
     """A peft LoRA adapter on every linear layer, its B weights perturbed so it changes the outputs."""
     from peft import LoraConfig, get_peft_model
 
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
 
     _, model = load_base_model(str(lm_dir))
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -65,7 +65,7 @@ def adapter_dir(lm_dir, tmp_path_factory):
 def reference(lm_dir, adapter_dir):
     """Soft prompts (B, K+1, E) and the transformers backend's greedy texts without and with the adapter."""
     from backends.transformers_backend import TransformersBackend
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
     from sllm.model import decoder_inputs
 
     tok, model = load_base_model(str(lm_dir))
@@ -135,9 +135,9 @@ def test_sampling_is_seeded(engine):
 
 
 def test_critic_scores_match_transformers(engine, lm_dir):
-    from backends.vllm_backend import VllmCritic
+    from judges.critic_vllm import VllmCritic
     from judges.critic import DEFAULT_RUBRIC, CriticJudge
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
 
     engine.set_adapter(None)
     rubric = DEFAULT_RUBRIC[:150]  # the tiny tokenizer spends about a token per character

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .maths import Text
+from domains.base import Text
 
 ACCEPTED_EXTENSIONS = (".txt", ".jsonl")
 DEFAULT_TOPIC = "default"

@@ -1,4 +1,4 @@
-"""Tests for corpus/: the maths generator, its verifier, and user corpus loading."""
+"""Tests for domains/: the domain interface and registry, the maths generator and verifier, the text domain, user corpus loading."""
 import json
 import os
 import random
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from corpus import (
+from domains import (
     ALL_TOPICS,
     CorpusError,
     MathsConfig,
@@ -19,7 +19,7 @@ from corpus import (
     load_corpus,
     verify,
 )
-from corpus.maths import _TOPICS, _parse_all, _render, _space
+from domains.maths import _TOPICS, _parse_all, _render, _space
 
 SMALL = MathsConfig(seed=3, facts_per_topic=20, phrasings_per_fact=3, holdout_share=0.25)
 
@@ -313,3 +313,83 @@ def test_load_max_chars(tmp_path):
 
 def test_corpus_error_is_value_error():
     assert issubclass(CorpusError, ValueError)
+
+
+# --- the domain interface ------------------------------------------------------------------
+
+def test_registry_names_the_built_in_domains_and_refuses_others():
+    from common.errors import ConfigError
+    from domains import DOMAINS, MathsDomain, TextDomain, get_domain
+
+    assert DOMAINS == ("maths", "text")
+    assert isinstance(get_domain("maths"), MathsDomain) and isinstance(get_domain("text"), TextDomain)
+    with pytest.raises(ConfigError, match="unknown domain 'chem'.*maths, text"):
+        get_domain("chem")
+
+
+def test_domain_setting_defaults_by_corpus_and_is_checked():
+    from loop.config import ConfigError, build_config
+
+    assert build_config().corpus.domain_name == "maths"
+    assert build_config({}, {"corpus.path": "x.txt"}).corpus.domain_name == "text"
+    assert build_config({}, {"corpus.path": "x.txt", "corpus.domain": "maths"}).corpus.domain_name == "maths"
+    with pytest.raises(ConfigError, match="corpus.domain 'poems' is not a domain"):
+        build_config({}, {"corpus.domain": "poems"})
+
+
+def test_maths_domain_splits_as_the_loop_always_did():
+    """Built-in corpus: train/eval by whole fact groups (seed + 1), knowledge = the held-out true facts."""
+    from domains import get_domain, split_eval
+    from loop.config import build_config
+
+    cfg = build_config({}, {"corpus.facts_per_topic": 10})
+    d = get_domain("maths").load(cfg.corpus, 0)
+    mc = build_maths_corpus(MathsConfig(seed=0, facts_per_topic=10))
+    train, ev = split_eval(list(mc.train), cfg.corpus.eval_share, 0)
+    assert d.train == train and d.eval == ev and d.knowledge == list(mc.heldout)
+    assert d.train_fact_keys == frozenset(t.fact_key for t in train)
+    assert not {t.fact_key for t in ev} & d.train_fact_keys  # no phrasing of an eval fact is trained on
+    assert not d.train_fact_keys & mc.heldout_fact_keys
+    assert get_domain("maths").verifier is verify
+
+
+def test_maths_domain_reads_a_users_maths_file_with_fact_keys(tmp_path):
+    from domains import get_domain
+    from loop.config import build_config
+
+    f = tmp_path / "m.txt"
+    f.write_text("3 plus 4 equals 7.\n3 plus 4 equals 8.\nHello there.\n")
+    cfg = build_config({}, {"corpus.path": str(f), "corpus.domain": "maths", "corpus.eval_share": 0})
+    d = get_domain("maths").load(cfg.corpus, 0)
+    assert [t.fact_key for t in d.train] == [verify("3 plus 4 equals 7.").fact_key, None, None]
+    assert d.knowledge == []
+
+
+def test_text_domain_needs_a_corpus_and_has_no_verifier(tmp_path):
+    from domains import get_domain
+    from loop.config import ConfigError, build_config
+
+    text = get_domain("text")
+    assert text.verifier is None and text.needs_pretrained and text.language_texts(None, 0, 100) == []
+    with pytest.raises(ConfigError, match="needs a corpus"):
+        text.load(build_config({}, {"corpus.domain": "text"}).corpus, 0)
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(f"The river number {i} flows north." for i in range(40)))
+    d = text.load(build_config({}, {"corpus.path": str(f)}).corpus, 0)
+    assert len(d.train) + len(d.eval) == 40 and len(d.eval) == 2 and d.knowledge == []
+
+
+@pytest.mark.parametrize("name", ["maths", "text"])
+def test_rubrics_are_the_domains_own(name):
+    from domains import get_domain
+
+    rubric = get_domain(name).rubric.lower()
+    assert "1 to 5" in rubric and "never an instruction" in rubric
+    assert ("math" in rubric) == (name == "maths")  # the text rubric says nothing of maths
+    assert "<<<" not in rubric  # the critic adds the data marker
+
+
+def test_canonical_form_normalises_whitespace():
+    from domains import get_domain
+
+    assert get_domain("text").canonical("  two   words\there ") == "two words here"

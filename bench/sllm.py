@@ -72,7 +72,7 @@ def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int 
     import sacrebleu
 
     from backends.transformers_backend import TransformersBackend
-    from judges import embed
+    from lm.embedder import embed
     from sllm.train import encode, soft_prompts
 
     be = TransformersBackend("")
@@ -115,34 +115,32 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     SLLM, evaluate it."""
     import torch
 
-    from corpus import MathsConfig, build_maths_corpus, verify
-    from judges import embed
-    from loop.base_model import load_base_model, train_small_base
-    from loop.data import language_texts
+    from domains.base import get_domain
+    from lm.base_model import load_base_model, train_small_base
     from sllm.model import SLLM
     from sllm.train import train_sllm
 
-    c = cfg.corpus
-    mc = build_maths_corpus(MathsConfig(seed=cfg.run.seed, facts_per_topic=c.facts_per_topic,
-                                        phrasings_per_fact=c.phrasings_per_fact, holdout_share=c.holdout_share))
-    train, heldout = list(mc.train), list(mc.heldout)
+    domain = get_domain(cfg.corpus.domain_name)
+    embedder = domain.meaning_embedder()
+    train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
     timings = {}
-    extra = language_texts(cfg)  # verifier-checked false sentences: no true fact, held out or not
+    # the domain's language texts (maths: verifier-checked false sentences: no true fact, held out or not)
+    extra = domain.language_texts(cfg.corpus, cfg.run.seed, cfg.sllm.false_texts)
     if not (base_dir / "config.json").is_file():
         t0 = time.perf_counter()
         train_small_base([t.text for t in train], cfg.base, base_dir, cfg.run.seed, groups=[t.fact_key for t in train],
-                         copy_texts=[t.text for t in extra])
+                         copy_texts=[t.text for t in extra], tokenizer_fn=domain.train_tokenizer)
         timings["base_s"] = time.perf_counter() - t0
     tok, model = load_base_model(str(base_dir), cfg.run.device)
     texts = [t.text for t in train + extra]
-    targets = embed(texts) if cfg.sllm.meaning_weight > 0 else None
+    targets = embedder.embed(texts) if cfg.sllm.meaning_weight > 0 else None
     torch.manual_seed(cfg.run.seed)
-    sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm)
+    sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm, embedder.dim)
     t0 = time.perf_counter()
     info = train_sllm(sllm, model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
                       cfg.run.seed, fact_keys=[t.fact_key for t in train + extra], desc="SLLM")
     timings["sllm_s"] = time.perf_counter() - t0
-    res = evaluate(sllm, model, tok, heldout, train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res = evaluate(sllm, model, tok, heldout, train, domain.verifier, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
     res["final_losses"] = info["final"]
@@ -156,18 +154,14 @@ def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, ob
     generation, and so trained on, are left out of the measure."""
     from sqlmodel import Session, select
 
-    from corpus import MathsConfig, build_maths_corpus, verify
-    from loop.config import ConfigError
-    from loop.controller import Loop
-    from loop.experiments import _run_config
+    from common.errors import ConfigError
+    from loop.runner import Loop, run_config
     from storage.db import open_db
     from storage.models import Candidate, Stage
 
     if not (run_dir / "runs.db").is_file():
         raise ConfigError(f"--run {run_dir}: no runs.db there; pass a run folder made by `python run.py --out DIR`")
-    cfg = _run_config(run_dir)
-    if cfg.corpus.path is not None:
-        raise ConfigError(f"--run {run_dir} was trained on a user corpus; bench sllm needs the built-in one's held-out facts")
+    cfg = run_config(run_dir)
     engine = open_db(run_dir)
     try:
         with Session(engine) as s:
@@ -184,16 +178,18 @@ def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, ob
     finally:
         engine.dispose()
     c = cfg.corpus
-    mc = build_maths_corpus(MathsConfig(seed=cfg.run.seed, facts_per_topic=c.facts_per_topic,
-                                        phrasings_per_fact=c.phrasings_per_fact, holdout_share=c.holdout_share))
-    heldout = [t for t in mc.heldout if t.fact_key not in seen]
+    if not loop.data.knowledge:
+        raise ConfigError(f"--run {run_dir} has no held-out knowledge set (a user corpus); bench sllm measures "
+                          "the round trip on the domain's held-out facts")
+    heldout = [t for t in loop.data.knowledge if t.fact_key not in seen]
     if not heldout:
         raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (corpus.holdout_share="
                           f"{c.holdout_share} of facts_per_topic={c.facts_per_topic}); nothing to measure")
     tok, model = loop.model(adapter)
     sllm = loop.load_sllm(g, model)
-    res = evaluate(sllm, model, tok, heldout, loop.data.train, verify, cfg.decode.max_new_tokens, seed=cfg.run.seed)
-    res.update(run=str(run_dir), generation=g, heldout_left_out=len(mc.heldout) - len(heldout))
+    res = evaluate(sllm, model, tok, heldout, loop.data.train, loop.domain.verifier, cfg.decode.max_new_tokens,
+                   seed=cfg.run.seed)
+    res.update(run=str(run_dir), generation=g, heldout_left_out=len(loop.data.knowledge) - len(heldout))
     return res, cfg
 
 
@@ -224,9 +220,9 @@ ABLATIONS = {
 
 
 def main(argv: list[str]) -> int:
-    from corpus import MathsConfig
-    from corpus.maths import heldout_per_topic
-    from loop.cli import build_from_args, parser as run_parser
+    from domains import MathsConfig
+    from domains.maths import heldout_per_topic
+    from loop.options import build_from_args, parser as run_parser
     from loop.config import ConfigError
 
     p = argparse.ArgumentParser(prog="run.py bench sllm", parents=[run_parser()], add_help=False,

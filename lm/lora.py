@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from loop.base_model import load_base_model, train_lm
-from loop.config import RetrainConfig
+from lm.base_model import load_base_model, train_lm
+from lm.config import RetrainConfig
 
 
 def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cfg: RetrainConfig, out_dir: Path,

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from loop.config import SampleConfig
-from loop.occupancy import OccupancyMap, assign_zone, find_zones, sample_dark, sample_interpolate, sample_prior
+from latent.config import SampleConfig
+from latent.occupancy import OccupancyMap
+from latent.samplers import sample_dark, sample_interpolate, sample_prior
+from latent.zones import assign_zone, find_zones
 
 D = 6
 

@@ -73,7 +73,7 @@ def parser(kind: str) -> argparse.ArgumentParser:
 
 # -- models ------------------------------------------------------------------------------------
 def corpus_texts(n: int = 400) -> list[str]:
-    from corpus.maths import MathsConfig, build_maths_corpus
+    from domains.maths import MathsConfig, build_maths_corpus
 
     return [t.text for t in build_maths_corpus(MathsConfig()).train[:n]]
 
@@ -82,11 +82,10 @@ def build_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     """Random weights of `arch` with a byte-level BPE tokenizer (up to 1024 tokens), saved to `out`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from judges.critic import DEFAULT_RUBRIC
-    from loop.base_model import train_tokenizer
+    from lm.base_model import train_tokenizer
 
     family, kw = ARCHS[arch]
-    tok = train_tokenizer(corpus_texts() + [DEFAULT_RUBRIC], min(1024, kw["vocab_size"]))
+    tok = train_tokenizer(corpus_texts() + [maths_rubric()], min(1024, kw["vocab_size"]))
     vocab = kw["vocab_size"] if kw["vocab_size"] >= len(tok) else len(tok)
     cfg = AutoConfig.for_model(family, **{**kw, "vocab_size": vocab}, bos_token_id=tok.bos_token_id,
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -167,7 +166,7 @@ def make_transformers(model_path, device, batch_size, loaded):
 
 
 def run_decode(a, model_path: str, backends: list[str]) -> dict:
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
 
     tok, model = load_base_model(model_path, a.device)
     emb = soft_prompts(model, tok, a.n, a.soft_prompts, a.seed)  # (n, K+1, E)
@@ -217,11 +216,19 @@ def make_backend(name: str, model_path: str, device: str, batch_size: int, loade
 
 
 # -- critic ------------------------------------------------------------------------------------
+def maths_rubric() -> str:
+    """The maths domain's critic prompt prefix (rubric + opening marker): the bench's corpus is maths."""
+    from domains.maths import RUBRIC
+    from judges.critic import rubric_prompt
+
+    return rubric_prompt(RUBRIC)
+
+
 def make_rubric(tok, n_tokens: int) -> str:
     """The default rubric cut (or repeated) so that BOS + rubric is about n_tokens tokens."""
-    from judges.critic import DEFAULT_RUBRIC, OPEN
+    from judges.critic import OPEN
 
-    body, tail = DEFAULT_RUBRIC[: -len(OPEN) - 1], f"{OPEN}\n"
+    body, tail = maths_rubric()[: -len(OPEN) - 1], f"{OPEN}\n"
     ids = tok(body, add_special_tokens=False)["input_ids"]
     want = max(1, n_tokens - 1 - len(tok(tail, add_special_tokens=False)["input_ids"]))
     while len(ids) < want:
@@ -231,7 +238,7 @@ def make_rubric(tok, n_tokens: int) -> str:
 
 def run_critic(a, model_path: str, backends: list[str]) -> dict:
     from judges.critic import CriticJudge
-    from loop.base_model import load_base_model
+    from lm.base_model import load_base_model
 
     tok, model = load_base_model(model_path, a.device)
     rubric = make_rubric(tok, a.rubric_tokens)
@@ -251,7 +258,8 @@ def run_critic(a, model_path: str, backends: list[str]) -> dict:
                 load_s = 0.0
                 res["prefix_tokens"] = CriticJudge(model, tok, rubric).prefix_tokens
             else:
-                from backends.vllm_backend import VllmCritic, shutdown_engines
+                from backends.vllm_backend import shutdown_engines
+                from judges.critic_vllm import VllmCritic
 
                 shutdown_engines()
                 (be, load_s) = timed(lambda: make_backend("vllm", model_path, a.device, max(a.batch_size, 1), (tok, model),

@@ -1,4 +1,4 @@
-"""The occupancy map of the latent space, dark zones, and the candidate samplers.
+"""The occupancy map of the latent space: density, darkness, envelope (zones and samplers beside it).
 
 A latent point is **dark** when its k-th-nearest-neighbour distance to the corpus latents
 exceeds what any corpus text reaches (the largest leave-one-out kNN distance among them),
@@ -18,12 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 
-from loop.config import SampleConfig
+from latent.config import SampleConfig
 
 
 @dataclass
@@ -122,74 +121,3 @@ def fit_gmm(w: np.ndarray, max_components: int = 16, seed: int = 0) -> tuple[Gau
             best, best_bic = g, bic
         c *= 2
     return best, float(best.score_samples(w).min())
-
-
-def sample_dark(occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator):
-    """The method: from envelope proposals keep the dark ones farthest from any corpus latent.
-
-    Returns (points (n, D), density scores (n,), all dark proposals (M, D)). When fewer than n
-    proposals are dark, the farthest proposals fill the rest (their density score says so).
-    """
-    pool = occ.envelope_samples(n * cfg.pool_factor, rng)
-    score = occ.density_score(pool)
-    order = np.argsort(-score, kind="stable")[:n]
-    return pool[order], score[order], pool[score > 1]
-
-
-def sample_prior(occ: OccupancyMap, n: int, rng: np.random.Generator):
-    pts = occ.envelope_samples(n, rng)
-    return pts, occ.density_score(pts)
-
-
-def sample_interpolate(occ: OccupancyMap, n: int, rng: np.random.Generator):
-    i = rng.integers(0, len(occ.latents), n)
-    j = rng.integers(0, len(occ.latents), n)
-    t = rng.uniform(0.25, 0.75, (n, 1)).astype(np.float32)
-    pts = (1 - t) * occ.latents[i] + t * occ.latents[j]
-    return pts.astype(np.float32), occ.density_score(pts)
-
-
-@dataclass
-class ZoneInfo:
-    label: int
-    n_points: int
-    centre: np.ndarray
-    radius: float
-    volume: float
-    axes: list[float]
-    neighbours: list[int]  # corpus indices nearest the centre
-
-
-def find_zones(occ: OccupancyMap, dark_points: np.ndarray, n_probe: int, n_zones: int, seed: int) -> list[ZoneInfo]:
-    """Cluster dark probe points into zones and describe each: size, spread, neighbours.
-
-    volume = share of all envelope probes that fell dark in this zone (a Monte-Carlo estimate
-    of the zone's share of the envelope's volume).
-    """
-    if len(dark_points) == 0:
-        return []
-    k = min(n_zones, len(dark_points))
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(dark_points)
-    zones = []
-    for lab in range(k):
-        pts = dark_points[km.labels_ == lab]
-        centre = pts.mean(axis=0)
-        spread = np.linalg.norm(pts - centre, axis=1)
-        if len(pts) > 1:
-            sv = np.linalg.svd(pts - centre, compute_uv=False)[:3] / np.sqrt(len(pts) - 1)
-        else:
-            sv = np.zeros(1)
-        zones.append(ZoneInfo(
-            label=lab, n_points=len(pts), centre=centre.astype(np.float32), radius=float(spread.mean()),
-            volume=len(pts) / n_probe, axes=[float(s) for s in sv],
-            neighbours=[int(i) for i in occ.nearest(centre[None], 3)[0]],
-        ))
-    return zones
-
-
-def assign_zone(zones: list[ZoneInfo], points: np.ndarray) -> list[int | None]:
-    if not zones:
-        return [None] * len(points)
-    centres = np.stack([z.centre for z in zones])
-    d = np.linalg.norm(points[:, None, :] - centres[None], axis=-1)
-    return [int(zones[i].label) for i in d.argmin(axis=1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = {"sllm": "sllm.bench", "decode": "backends.bench", "critic": "backends.bench"}
+BENCHES = {"sllm": "bench.sllm", "decode": "bench.backends", "critic": "bench.backends"}
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loop.base_model import ModelError, load_base_model, perplexity
+from lm.base_model import ModelError, load_base_model, perplexity
 
 
 def test_tiny_lm_roundtrip(tiny_lm, tiny_lm_dir):
@@ -15,7 +15,7 @@ def test_tiny_lm_roundtrip(tiny_lm, tiny_lm_dir):
 
 
 def test_tokenizer_splits_numbers_into_digits():
-    from loop.base_model import train_tokenizer
+    from lm.base_model import train_tokenizer
 
     tok = train_tokenizer([f"{a} plus {b} equals {a + b}." for a in range(40) for b in range(40)], 300)
     text = "There are 1080 days in 7 fortnights, 336 hours."
@@ -41,7 +41,7 @@ def test_bad_model_folder(bad, tmp_path):
 def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
     import random
 
-    from loop.base_model import encode_texts, pack_sequences, train_tokenizer
+    from lm.base_model import encode_texts, pack_sequences, train_tokenizer
 
     corpus = [f"{a} plus {b} equals {a + b}." for a in range(12) for b in range(12)]
     tok = train_tokenizer(corpus, 300)
@@ -70,7 +70,7 @@ def test_pack_sequences_copy_units_take_loss_on_the_repeat_only():
 
 @pytest.mark.parametrize("pool, expected", [(2, ["a 1.", "b 2."]), (0, ["a 1.", "b 2.", "c 3."])])
 def test_copy_units_are_drawn_from_the_first_copy_pool_texts(tmp_path, monkeypatch, pool, expected):
-    import loop.base_model as B
+    import lm.base_model as B
     from loop.config import BaseConfig
 
     seen = {}

@@ -20,7 +20,7 @@ Run options (`--config`, `--set ...`, `--generations`, `--corpus`, ...) are the 
 
 Each run is a child forked from one "zygote" process that imported torch, transformers and the
 loop once (it never computes, so forking is safe): a kill costs only the work it interrupts, not
-Python's ~8 s of imports. The child runs exactly `loop.cli.main(argv)`, as `python run.py` does.
+Python's ~8 s of imports. The child runs exactly `cli.main.main(argv)`, as `python run.py` does.
 The zygote sets torch to one thread before forking (a thread pool must not exist at a fork), so
 runs use one thread unless `--set run.threads=N` asks for more.
 """
@@ -49,12 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # imported once by the zygote, so that forked runs start in milliseconds
 PRELOAD = ("numpy", "torch", "safetensors.torch", "sqlmodel", "sklearn.neighbors", "sklearn.decomposition",
            "sklearn.cluster", "transformers", "transformers.models.llama.modeling_llama", "peft", "tokenizers",
-           "sentence_transformers", "loop.cli", "loop.config", "loop.controller", "loop.base_model", "loop.occupancy",
-           "loop.retrain", "loop.data", "loop.inspect", "sllm.model", "sllm.train", "judges", "backends.base",
-           "backends.transformers_backend", "corpus")
+           "sentence_transformers", "cli.main", "loop.config", "loop.runner", "lm.base_model", "latent.occupancy",
+           "lm.lora", "loop.stages", "cli.inspect", "sllm.model", "sllm.train", "judges", "backends.base",
+           "backends.transformers_backend", "domains")
 
 STAGE_LINE = re.compile(r"generation (\d+): (\w+)")
-ARTIFACT_STAGES = ("base", "sllm", "map", "retrain")
 
 
 # -- the zygote ---------------------------------------------------------------------------------
@@ -77,7 +76,7 @@ class Zygote:
         full = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONHASHSEED="0",
                     TOKENIZERS_PARALLELISM="false", **(env or {}))
         full["PYTHONPATH"] = os.pathsep.join([str(ROOT), full.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self.proc = subprocess.Popen([sys.executable, "-c", "from loop.crashtest import serve; serve()"], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-c", "from cli.crashtest import serve; serve()"], cwd=ROOT,
                                      env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         ready = self.proc.stdout.readline()
         if ready.strip() != "ready":
@@ -175,7 +174,7 @@ def _child(req: dict, reply_fd: int, devnull: int) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.environ.update(req["env"])
-        from loop.cli import main
+        from cli.main import main
 
         rc = main(req["argv"])
     except SystemExit as e:
@@ -283,8 +282,9 @@ def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
     """Every done stage's artifact matches its manifest and loads; `deep` loads adapters with peft."""
     from transformers.utils import logging as hf_logging
 
+    from lm.base_model import load_base_model
     from loop.artifacts import verify
-    from loop.base_model import load_base_model
+    from loop.stages import BY_NAME
 
     hf_logging.disable_progress_bar()
 
@@ -296,9 +296,7 @@ def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
     base = next((json.loads(d).get("path") for g, n, d in rows if n == "base"), None)
     for g, name, detail in sorted(rows):
         d = json.loads(detail)
-        folder = {"base": run_dir / "base" if d.get("trained") else None, "sllm": run_dir / f"gen-{g:03d}" / "sllm",
-                  "map": run_dir / f"gen-{g:03d}" / "map",
-                  "retrain": run_dir / f"gen-{g:03d}" / "adapter" if d.get("trained") else None}.get(name)
+        folder = BY_NAME[name].artifact(run_dir, g, d)
         if folder is None:
             continue
         problem = verify(folder)
@@ -307,9 +305,9 @@ def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
             continue
         try:
             if name == "sllm":
-                from safetensors.torch import load_file
+                from sllm.model import load_sllm
 
-                load_file(str(folder / "sllm.safetensors"))
+                load_sllm(folder)  # the self-describing checkpoint, built from its own config
             elif name == "map":
                 import numpy as np
 
@@ -370,17 +368,18 @@ def stage_at_kill(log: Path) -> str:
 
 def fixed_points(ref_dir: Path) -> list[str]:
     """GEN:STAGE:WHEN for every fault point the reference run passed, in the order a run meets them."""
-    from loop.controller import STAGES
+    from loop.stages import STAGES
 
     con = sqlite3.connect(f"file:{ref_dir / 'runs.db'}?mode=ro", uri=True)
     detail = {(g, n): json.loads(d) for g, n, d in con.execute("SELECT generation, name, detail_json FROM stage")}
     con.close()
     points = []
     for g in range(1 + max(g for g, _ in detail)):
-        for name in STAGES:
+        for stage in STAGES:
+            name = stage.name
             if (g, name) not in detail:
                 continue
-            writes = name in ARTIFACT_STAGES and (name not in ("base", "retrain") or detail[g, name].get("trained"))
+            writes = stage.artifact(ref_dir, g, detail[g, name]) is not None
             whens = ["mid_artifact", "artifact_renamed"] if writes else []
             points += [f"{g}:{name}:{w}" for w in whens + ["before_commit", "after_commit"]]
     return points
@@ -486,7 +485,7 @@ def main(argv: list[str]) -> int:
     if not any(a == "--generations" or a.startswith("--generations=") for a in run_args):
         run_args = ["--generations", "2", *run_args]  # the issue's 2-generation job
     # a bad run option fails here, once, with the loop's own one-line error
-    from loop.cli import build_from_args, parser as run_parser
+    from loop.options import build_from_args, parser as run_parser
     from loop.config import ConfigError
 
     try:

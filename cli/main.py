@@ -1,63 +1,21 @@
 """Command line: parse -> build config -> run (house style, rule 2). Errors print one line."""
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
 import sqlite3
 import sys
 
-USAGE = """python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop
-       python run.py inspect RUN_DIR [summary|candidates|show|export|zones|metrics] ...
-       python run.py bench {sllm,decode,critic} ...
-       python run.py experiment {discovery,holdout} ...
-       python run.py crashtest ...
-"""
+from loop.options import USAGE, build_from_args, parser
+
+__all__ = ["USAGE", "build_from_args", "main", "parser"]
 
 # Subcommands: each module has main(argv) -> exit code.
-SUBCOMMANDS = {"inspect": "loop.inspect", "bench": "loop.bench", "experiment": "loop.experiments",
-               "crashtest": "loop.crashtest"}
+SUBCOMMANDS = {"inspect": "cli.inspect", "bench": "bench", "experiment": "experiments",
+               "crashtest": "cli.crashtest"}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", usage=USAGE,
-                                description="Dark-zone explorer: generate from the SLLM's dark zones, judge, retrain, repeat.")
-    p.add_argument("--generations", type=int, help="generations to run in total (default 2); more on a finished run continues it")
-    p.add_argument("--out", help="run folder (default runs/default); the same folder resumes")
-    p.add_argument("--seed", type=int, help="seed (default 0)")
-    p.add_argument("--base-model", help="local Hugging Face causal-LM folder or hub id (default: train a small one)")
-    p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); default: built-in maths")
-    p.add_argument("--backend", help="decoding backend: transformers, vllm or vllm-server")
-    p.add_argument("--base-url", help="running vLLM server for --backend vllm-server, e.g. http://127.0.0.1:8000")
-    p.add_argument("--device", help="cpu, cuda or auto")
-    p.add_argument("--samplers", help="comma-separated samplers: dark,prior,interpolate,lm")
-    p.add_argument("--config", help="TOML or YAML file holding any settings, by section")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any setting, e.g. --set sllm.latent_dim=128 (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return p
-
-
-FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.seed", "base_model": "base.model",
-             "corpus": "corpus.path", "backend": "decode.backend", "base_url": "decode.base_url", "device": "run.device", "samplers": "sample.samplers"}
-
-
-def build_from_args(args):
-    from loop.config import ConfigError, build_config, load_config_file
-
-    file_values = load_config_file(args.config) if args.config else {}
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} must be SECTION.KEY=VALUE, e.g. --set sllm.latent_dim=128")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
-    for attr, key in FLAG_KEYS.items():
-        v = getattr(args, attr)
-        if v is not None:
-            overrides[key] = v
-    return build_config(file_values, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "sentence_transformers", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from corpus import CorpusError
-    from loop.base_model import ModelError
+    from domains import CorpusError
+    from lm.base_model import ModelError
     from loop.config import ConfigError
     from storage.db import StorageError
 
     try:
         cfg = build_from_args(args)
-        from loop.controller import Loop
+        from loop.runner import Loop
 
         Loop(cfg).run()
     except (ConfigError, CorpusError, ModelError, StorageError) as e:

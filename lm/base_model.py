@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from loop.config import BaseConfig
+from lm.config import BaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +222,14 @@ def perplexity(model, tokenizer, texts: list[str], batch_size: int = 64, max_len
 
 
 def train_small_base(texts: list[str], cfg: BaseConfig, out_dir: Path, seed: int,
-                     groups: list[str | None] | None = None, copy_texts: list[str] | None = None) -> dict:
+                     groups: list[str | None] | None = None, copy_texts: list[str] | None = None,
+                     tokenizer_fn=None) -> dict:
     """The embedded default: tokenizer + small LM from scratch on packed texts, saved to `out_dir`.
     `copy_texts` feed the copy-only units (`pack_sequences`), the first `cfg.copy_pool` of them;
-    None or empty uses `texts` themselves."""
+    None or empty uses `texts` themselves. `tokenizer_fn(texts, vocab_size)` makes the tokenizer
+    (the domain's; default `train_tokenizer`)."""
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(texts, cfg.vocab_size)
+    tokenizer = (tokenizer_fn or train_tokenizer)(texts, cfg.vocab_size)
     model = build_small_lm(tokenizer, cfg, seed)
     losses = train_lm(model, tokenizer, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed, desc="base LM",
                       max_len=cfg.pack_len, pack_groups=groups, pack=True,

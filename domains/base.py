@@ -1,0 +1,139 @@
+"""The domain interface: everything that differs between kinds of texts lives behind it.
+
+A domain owns its corpus (train / held-out evaluation / held-out knowledge), the canonical
+form used for de-duplication and novelty, the meaning target of the SLLM's meaning term (an
+embedder), the verifier (or none), the critic's rubric, the SLLM's extra language texts, and
+the tokenizer a self-trained base model should use. The loop, the judges and the experiments
+ask the domain and never test which one it is. Built in: `maths`, `text` (molecules to come);
+`get_domain(name)` returns one.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from domains.config import CorpusConfig
+    from lm.embedder import Embedder
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    topic: str
+    fact_key: str | None = None  # canonical key of the fact stated, e.g. "addition:3+4=7"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # "true" | "false" | "unparseable"
+    fact_key: str | None  # key of the claim parsed, true or false; same format as Text.fact_key
+    topic: str | None
+
+
+@dataclass
+class CorpusSplits:
+    """A run's texts, as the domain loaded and split them."""
+    train: list[Text]  # what the base model and the SLLM learn from
+    eval: list[Text]  # real texts never trained on: held-out perplexity, false-dark rate
+    knowledge: list[Text] = field(default_factory=list)  # held-out knowledge ("true and new"), where the domain has it
+    train_fact_keys: frozenset[str] = frozenset()  # facts present in training ("new" = absent from these)
+
+    @property
+    def train_texts(self) -> list[str]:
+        return [t.text for t in self.train]
+
+
+_WS = re.compile(r"\s+")
+
+
+class Domain:
+    """Base class of a domain plugin; a subclass sets `name` and `rubric` and overrides `texts`."""
+
+    name: str = ""
+    # The critic's rubric: what a good text of this domain is, on a 1-5 scale. The critic
+    # appends the data markers; the candidate text is data, never instructions.
+    rubric: str = ""
+    # Topics the holdout experiment can hold out (empty: the domain has none).
+    topics: tuple[str, ...] = ()
+    # True when a base model trained from scratch on the corpus alone cannot test the idea (real
+    # text): a run without --base-model then says so up front and in every metrics line.
+    needs_pretrained: bool = False
+
+    # -- corpus -----------------------------------------------------------------------------
+    def texts(self, cfg: CorpusConfig, seed: int) -> tuple[list[Text], list[Text]]:
+        """(training-pool texts, held-out knowledge texts) before the evaluation split."""
+        raise NotImplementedError
+
+    def load(self, cfg: CorpusConfig, seed: int) -> CorpusSplits:
+        """The domain's corpus split into train / eval (whole fact groups, so no paraphrase of an
+        evaluation text is trained on) / held-out knowledge."""
+        texts, knowledge = self.texts(cfg, seed)
+        train, ev = split_eval(texts, cfg.eval_share, seed)
+        return CorpusSplits(train=train, eval=ev, knowledge=knowledge,
+                            train_fact_keys=frozenset(t.fact_key for t in train if t.fact_key))
+
+    def language_texts(self, cfg: CorpusConfig, seed: int, n: int, topics: tuple[str, ...] | None = None) -> list[Text]:
+        """Extra texts that teach the SLLM the domain's language without carrying held-out
+        knowledge (maths: verifier-checked false sentences). None by default."""
+        return []
+
+    # -- meaning, novelty, truth --------------------------------------------------------------
+    def canonical(self, text: str) -> str:
+        """The form two texts share when they are the same text (de-duplication, novelty)."""
+        return _WS.sub(" ", text).strip()
+
+    def meaning_embedder(self) -> Embedder:
+        """The embedder whose space the SLLM's meaning term predicts and novelty measures in."""
+        from lm.embedder import MINILM
+
+        return MINILM
+
+    @property
+    def verifier(self) -> Callable[[str], Verdict] | None:
+        """text -> Verdict, where the domain can check truth; None where it cannot."""
+        return None
+
+    # -- the self-trained base model ----------------------------------------------------------
+    def train_tokenizer(self, texts: list[str], vocab_size: int):
+        """The tokenizer a base model trained from scratch on this domain uses (byte-level BPE
+        with digits split, by default)."""
+        from lm.base_model import train_tokenizer
+
+        return train_tokenizer(texts, vocab_size)
+
+
+def split_eval(texts: list[Text], eval_share: float, seed: int) -> tuple[list[Text], list[Text]]:
+    """Keep whole fact groups (all phrasings of a fact; a text without a key is its own group)
+    aside as evaluation texts, `eval_share` of the groups, chosen by `seed`."""
+    groups: dict[str, list[Text]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(t.fact_key or f"#{i}", []).append(t)
+    keys = sorted(groups)
+    random.Random(seed + 1).shuffle(keys)
+    n_eval = int(round(len(keys) * eval_share))
+    eval_keys = set(keys[:n_eval])
+    train = [t for i, t in enumerate(texts) if (t.fact_key or f"#{i}") not in eval_keys]
+    ev = [t for k in keys[:n_eval] for t in groups[k]]
+    return train, ev
+
+
+def _registry() -> dict[str, type[Domain]]:
+    from domains.maths import MathsDomain
+    from domains.text import TextDomain
+
+    return {"maths": MathsDomain, "text": TextDomain}
+
+
+DOMAINS = ("maths", "text")
+
+
+def get_domain(name: str) -> Domain:
+    reg = _registry()
+    if name not in reg:
+        raise ConfigError(f"unknown domain {name!r}; choose one of {', '.join(sorted(reg))} (--domain NAME)")
+    return reg[name]()

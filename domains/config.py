@@ -1,0 +1,32 @@
+"""Settings of the corpus: which domain, which file, how it is split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import check as _check
+
+
+@dataclass
+class CorpusConfig:
+    # The domain plugin (domains.base.get_domain): maths, text. None = maths for the built-in
+    # corpus, text for a user's --corpus file.
+    domain: str | None = None
+    path: str | None = None  # a user corpus file (.txt or .jsonl); None = the domain's own (built-in maths)
+    facts_per_topic: int = 40
+    phrasings_per_fact: int = 3
+    holdout_share: float = 0.2
+    eval_share: float = 0.05  # share of training texts kept aside for held-out perplexity
+
+    def __post_init__(self):
+        from domains.base import DOMAINS
+
+        _check(self.domain is None or self.domain in DOMAINS,
+               f"corpus.domain {self.domain!r} is not a domain; choose one of {', '.join(DOMAINS)} (--domain NAME)")
+        _check(self.facts_per_topic >= 1, f"corpus.facts_per_topic must be >= 1, got {self.facts_per_topic}")
+        _check(self.phrasings_per_fact >= 1, f"corpus.phrasings_per_fact must be >= 1, got {self.phrasings_per_fact}")
+        _check(0 <= self.holdout_share < 1, f"corpus.holdout_share must be in [0, 1), got {self.holdout_share}")
+        _check(0 <= self.eval_share < 0.5, f"corpus.eval_share must be in [0, 0.5), got {self.eval_share}")
+
+    @property
+    def domain_name(self) -> str:
+        return self.domain or ("maths" if self.path is None else "text")

@@ -1,0 +1,143 @@
+"""`python run.py experiment {discovery,holdout}`: parse, build the config, run one experiment."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from experiments.discovery import SAMPLERS, discovery
+from experiments.holdout import holdout
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: list[str]) -> int:
+    if "-q" in argv or "--quiet" in argv:  # before anything imports tqdm, which reads it at import
+        os.environ["TQDM_DISABLE"] = "1"
+    from domains import ALL_TOPICS, CorpusError
+    from lm.base_model import ModelError
+    from loop.options import build_from_args, parser as run_parser
+    from common.errors import ConfigError
+    from storage.db import StorageError
+
+    if not argv or argv[0] not in ("discovery", "holdout"):
+        print("usage: python run.py experiment {discovery,holdout} [options]; see --help of each", file=sys.stderr)
+        return 2
+    name = argv[0]
+    about = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
+             "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes"}
+    p = argparse.ArgumentParser(prog=f"run.py experiment {name}", parents=[run_parser()], add_help=False,
+                                description=about[name])
+    p.add_argument("--json", help="where to write the figures (default RUN_DIR/experiments/NAME-TIME.json)")
+    if name == "discovery":
+        p.add_argument("--run", help="an existing run folder to use (default: run or resume --out for 1 generation)")
+        p.add_argument("--generation", type=int, help="generation whose SLLM and map to use (default: the latest mapped)")
+        p.add_argument("--budget", type=int, default=200, help="decodes per sampler per seed (default 200)")
+        p.add_argument("--seeds", type=int, default=3, help="seeds; the 95%% CI is over them (default 3)")
+        p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
+        p.add_argument("--only", help="comma-separated subset of samplers (default dark,prior,interpolate,lm)")
+    else:
+        p.add_argument("--topic", required=True, choices=ALL_TOPICS, help="topic T held out of NN1")
+        p.add_argument("--control", choices=ALL_TOPICS, help="a topic NN1 did see (default: another one)")
+        p.add_argument("--continue-epochs", type=int, help="NN2's continued epochs (default sllm.continue_epochs)")
+        p.add_argument("--max-texts", type=int, default=96, help="texts per topic encoded and decoded (default 96)")
+        p.add_argument("--base-sees-topic", action="store_true",
+                       help="train the base LM on every topic (default: without T, the cleanest test)")
+    args = p.parse_args(argv[1:])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "sentence_transformers", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = build_from_args(args)
+        if cfg.run.threads:
+            import torch
+
+            torch.set_num_threads(cfg.run.threads)
+        if name == "discovery":
+            return _main_discovery(args, cfg)
+        return _main_holdout(args, cfg)
+    except (ConfigError, CorpusError, ModelError, StorageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: trained models are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        if "state_dict" not in str(e):
+            raise
+        print("error: a saved SLLM does not fit the current model code or settings (made by an older version?); "
+              "use a run folder made by this version, or a new --out", file=sys.stderr)
+        return 2
+
+
+def _main_discovery(args, cfg) -> int:
+    from common.errors import ConfigError
+    from loop.runner import Loop, run_config
+
+    if args.budget < 1 or args.seeds < 1:
+        raise ConfigError(f"--budget and --seeds must be >= 1, got {args.budget} and {args.seeds}")
+    samplers = SAMPLERS
+    if args.only:
+        samplers = tuple(s.strip() for s in args.only.split(",") if s.strip())
+        bad = [s for s in samplers if s not in SAMPLERS]
+        if bad or not samplers:
+            raise ConfigError(f"--only: unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
+    if args.run:
+        run_dir = Path(args.run)
+        ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
+        ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "out", "seed", "base_model", "domain", "corpus", "rubric", "samplers")
+                    if getattr(args, a) is not None]
+        if ignored:
+            log.warning("--run uses that run's own settings; ignoring %s", ", ".join(ignored))
+        threads = cfg.run.threads
+        cfg = run_config(run_dir)  # the run's own settings, so the models load as they were trained
+        cfg.run.threads = threads
+    else:
+        if args.generations is None:
+            cfg.run.generations = 1
+        run_dir = Path(cfg.run.out)
+        print(f"making sure run {run_dir} has {cfg.run.generations} generation(s) (resumable)", file=sys.stderr)
+        Loop(cfg).run()
+    from domains.base import get_domain
+
+    if get_domain(cfg.corpus.domain_name).verifier is None:
+        log.warning("this domain has no verifier: parseable/true/true-new stay 0; accepted and novelty still count")
+    res = discovery(cfg, run_dir, args.generation, args.budget, args.seeds, Path(args.png) if args.png else None,
+                    Path(args.json) if args.json else None, samplers)
+    print(res["table"])
+    print(f"\nexperiment {res['experiment_id']} stored in {run_dir / 'runs.db'}; "
+          f"picture {res['artifacts']['png']}; figures {res['artifacts']['json']}; {res['seconds']:.0f} s")
+    return 0
+
+
+def _main_holdout(args, cfg) -> int:
+    from common.errors import ConfigError
+    from domains.base import get_domain
+
+    domain = get_domain(cfg.corpus.domain_name)
+    if not domain.topics or domain.verifier is None or cfg.corpus.path is not None:
+        raise ConfigError("experiment holdout needs a domain's own corpus with topics and a verifier (maths); "
+                          "drop --corpus and --domain")
+    ALL_TOPICS = domain.topics
+    if cfg.base.model:
+        raise ConfigError("experiment holdout trains its own base model without the topic; drop --base-model")
+    control = args.control or next(t for t in ALL_TOPICS if t != args.topic)
+    if control == args.topic:
+        raise ConfigError(f"--control must differ from --topic ({args.topic}); pick a topic NN1 sees")
+    out = Path(args.out) if args.out else Path("runs") / f"holdout-{args.topic}"
+    cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
+    if cont < 1:
+        raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
+    res = holdout(cfg, out, args.topic, control, cont, args.max_texts, args.base_sees_topic,
+                  Path(args.json) if args.json else None)
+    print(res["table"])
+    print(f"\nexperiment {res['experiment_id']} stored in {out / 'runs.db'}; figures {res['artifacts']['json']}; "
+          f"{res['seconds']:.0f} s")
+    return 0

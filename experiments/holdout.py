@@ -1,0 +1,259 @@
+"""The holdout experiment (the idea's NN1/NN2 test): where does an unseen topic fall in NN1's map?"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import plain_table, store_experiment
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- holdout
+def _save_sllm_atomic(sllm, folder: Path) -> None:
+    from loop.artifacts import atomic_dir
+    from sllm.model import save_sllm
+
+    with atomic_dir(folder) as tmp:
+        save_sllm(sllm, tmp)
+
+
+def _ready(folder: Path) -> bool:
+    from loop.artifacts import verify
+
+    return folder.is_dir() and verify(folder) is None
+
+
+def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_texts: int,
+            base_sees_topic: bool, json_path: Path | None) -> dict:
+    """The NN1/NN2 test. Resumable: the base model, NN1 and NN2 are reused from `out` when there."""
+    import sacrebleu
+    import torch
+
+    from backends.transformers_backend import TransformersBackend
+    from domains.base import get_domain
+    from latent.occupancy import OccupancyMap
+    from lm.base_model import load_base_model, train_small_base
+    from loop.artifacts import atomic_dir
+    from sllm.model import SLLM, load_sllm
+    from sllm.train import encode, soft_prompts, train_sllm
+    from storage.db import RunLock, open_db
+
+    t0 = time.perf_counter()
+    domain = get_domain(cfg.corpus.domain_name)
+    verify, embed = domain.verifier, domain.meaning_embedder().embed
+    all_topics = domain.topics
+
+    def language_texts(topics=None):
+        return domain.language_texts(cfg.corpus, cfg.run.seed, cfg.sllm.false_texts, topics)
+
+    train_all, knowledge = domain.texts(cfg.corpus, cfg.run.seed)
+    train_fact_keys = frozenset(t.fact_key for t in train_all if t.fact_key)
+    without = [t for t in train_all if t.topic != topic]
+    groups = {"topic": [t for t in train_all if t.topic == topic][:max_texts],
+              "control": [t for t in train_all if t.topic == control][:max_texts]}
+    heldout_seen = [t for t in knowledge if t.topic != topic]  # real texts NN1 never trained on, topics it saw
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with RunLock(out):
+        _check_holdout_folder(out, {"topic": topic, "base_sees_topic": base_sees_topic, "continue_epochs": continue_epochs,
+                                    "config_hash": cfg.result_hash()})
+        engine = open_db(out, create=True)
+        _ensure_run_row(engine, cfg)
+        engine.dispose()
+        base_texts = train_all if base_sees_topic else without
+        if not _ready(out / "base"):
+            t1 = time.perf_counter()
+            # copy units: false sentences of the topics the base model may see
+            copy = language_texts(all_topics if base_sees_topic else tuple(t for t in all_topics if t != topic))
+            with atomic_dir(out / "base") as tmp:
+                train_small_base([t.text for t in base_texts], cfg.base, tmp, cfg.run.seed,
+                                 groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy],
+                                 tokenizer_fn=domain.train_tokenizer)
+            timings["base_s"] = time.perf_counter() - t1
+        tok, model = load_base_model(str(out / "base"), cfg.run.device)
+        E = model.get_input_embeddings().weight.shape[1]  # the base model's embedding width
+        dev = next(model.parameters()).device
+        if not _ready(out / "nn1"):
+            t1 = time.perf_counter()
+            # false sentences of the other topics only: NN1 never sees the held-out topic's language
+            extra = language_texts(tuple(t for t in all_topics if t != topic))
+            texts = [t.text for t in without + extra]
+            torch.manual_seed(cfg.run.seed)
+            nn1 = SLLM(E, cfg.sllm, domain.meaning_embedder().dim)
+            train_sllm(nn1, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+                       cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed,
+                       fact_keys=[t.fact_key for t in without + extra], desc="NN1 (without topic)")
+            _save_sllm_atomic(nn1, out / "nn1")
+            timings["nn1_s"] = time.perf_counter() - t1
+        nn1 = load_sllm(out / "nn1", dev)
+        if not _ready(out / "nn2"):
+            t1 = time.perf_counter()
+            extra = language_texts()
+            texts = [t.text for t in train_all + extra]
+            nn2 = load_sllm(out / "nn1", dev)
+            train_sllm(nn2, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+                       continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed + 1,
+                       fact_keys=[t.fact_key for t in train_all + extra], desc="NN2 (continued with topic)")
+            _save_sllm_atomic(nn2, out / "nn2")
+            timings["nn2_s"] = time.perf_counter() - t1
+        nn2 = load_sllm(out / "nn2", dev)
+
+        t1 = time.perf_counter()
+        occ = OccupancyMap.fit(encode(nn1, model, tok, [t.text for t in without]), cfg.sample)
+        calib = occ.calibrate(encode(nn1, model, tok, [t.text for t in heldout_seen]))
+        be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
+        be.tokenizer, be.model = tok, model
+        per_group, samples = {}, []
+        for gname, items in groups.items():
+            orig = [t.text for t in items]
+            want = topic if gname == "topic" else control
+            z2 = encode(nn2, model, tok, orig)  # (N, latent)
+            z1 = encode(nn1, model, tok, orig)
+            dark2, gdark2, inside2 = occ.is_dark(z2), occ.gmm_dark(z2), occ.inside(z2)
+            dens2 = occ.density_score(z2)
+            dec = {}
+            for dname, net in (("nn1", nn1), ("nn2", nn2)):
+                emb, _ = soft_prompts(net, model, tok, z2)
+                dec[dname] = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
+            e_orig, e1, e2 = embed(orig), embed(dec["nn1"]), embed(dec["nn2"])
+            v1 = [verify(t) for t in dec["nn1"]]
+            v2 = [verify(t) for t in dec["nn2"]]
+
+            def figures(mask: np.ndarray) -> dict:
+                if not mask.any():
+                    return {"texts": 0}
+                idx = np.flatnonzero(mask)
+                pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+                bleu = lambda hyp, ref: sacrebleu.corpus_bleu(pick(hyp), [pick(ref)]).score / 100  # noqa: E731
+                cos = lambda a, b: float(np.mean((a[idx] * b[idx]).sum(1)))  # noqa: E731
+                return {
+                    "texts": int(len(idx)),
+                    "bleu_nn1_vs_nn2": bleu(dec["nn1"], dec["nn2"]), "cosine_nn1_vs_nn2": cos(e1, e2),
+                    "bleu_nn1_vs_original": bleu(dec["nn1"], orig), "cosine_nn1_vs_original": cos(e1, e_orig),
+                    "bleu_nn2_vs_original": bleu(dec["nn2"], orig), "cosine_nn2_vs_original": cos(e2, e_orig),
+                    "exact_nn1": float(np.mean([dec["nn1"][i] == orig[i] for i in idx])),
+                    "exact_nn2": float(np.mean([dec["nn2"][i] == orig[i] for i in idx])),
+                    "true_nn1": float(np.mean([v1[i].status == "true" for i in idx])),
+                    "true_nn2": float(np.mean([v2[i].status == "true" for i in idx])),
+                    "on_topic_nn1": float(np.mean([v1[i].topic == want for i in idx])),
+                    "on_topic_nn2": float(np.mean([v2[i].topic == want for i in idx])),
+                }
+
+            drift = np.linalg.norm(z2 - z1, axis=1) / occ.threshold
+            per_group[gname] = {
+                "topic": want, "texts": len(orig), "seen_by_nn1": gname == "control",
+                "dark_share_nn2_in_nn1_map": float(dark2.mean()),
+                "gmm_dark_share_nn2_in_nn1_map": float(gdark2.mean()),
+                "outside_envelope_share": float((~inside2).mean()),
+                "knn_dark_share_ignoring_envelope": float((dens2 > 1).mean()),
+                "dark_share_nn1_own_encoding": float(occ.is_dark(z1).mean()),
+                "density_score_median": float(np.median(dens2)),
+                "drift_nn1_to_nn2": float(np.median(drift)),
+                # the envelope test rejects most NN2 latents of the control too (encoder drift), so the
+                # subset uses the density criterion alone: kNN-darker than NN1's texts (sample.dark_quantile)
+                "all": figures(np.ones(len(orig), bool)), "dark_only": figures(dens2 > 1),
+            }
+            for i, o in enumerate(orig):
+                for dname, vs in (("nn1", v1), ("nn2", v2)):
+                    samples.append({
+                        "kind": f"{gname}/{dname}", "seed": cfg.run.seed, "text": dec[dname][i], "source": o,
+                        "verdict": vs[i].status, "fact_key": vs[i].fact_key,
+                        "true_new": vs[i].status == "true" and vs[i].fact_key not in train_fact_keys,
+                        "density_score": float(dens2[i]), "dark": bool(dark2[i]),
+                        "detail": {"topic": want, "decoded_topic": vs[i].topic, "gmm_dark": bool(gdark2[i]),
+                                   "inside": bool(inside2[i])},
+                    })
+        timings["measure_s"] = time.perf_counter() - t1
+    result = {"topic": topic, "control": control, "base_sees_topic": base_sees_topic,
+              "continue_epochs": continue_epochs, "groups": per_group, "calibration_nn1_map": calib,
+              "timings": timings}
+    table = holdout_table(result)
+    seconds = time.perf_counter() - t0
+    result["seconds"] = seconds
+    json_path = json_path or out / "experiments" / f"holdout-{topic}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    settings = {"out": str(out), "topic": topic, "control": control, "continue_epochs": continue_epochs,
+                "max_texts": max_texts, "base_sees_topic": base_sees_topic, "config": cfg.to_dict()}
+    artifacts = {"json": str(json_path), "base": str(out / "base"), "nn1": str(out / "nn1"), "nn2": str(out / "nn2")}
+    eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
+    result["experiment_id"] = eid
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts},
+                                    indent=2, default=str))
+    result["table"], result["artifacts"] = table, artifacts
+    return result
+
+
+HOLDOUT_ROWS = [
+    ("texts", "texts encoded by NN2", "{:.0f}"),
+    ("dark_share_nn2_in_nn1_map", "share dark in NN1's map (kNN)", "{:.1%}"),
+    ("gmm_dark_share_nn2_in_nn1_map", "share dark in NN1's map (GMM)", "{:.1%}"),
+    ("outside_envelope_share", "share outside NN1's envelope", "{:.1%}"),
+    ("knn_dark_share_ignoring_envelope", "share kNN-darker than NN1's texts, envelope ignored", "{:.1%}"),
+    ("dark_share_nn1_own_encoding", "share dark, NN1's own encoding", "{:.1%}"),
+    ("density_score_median", "median density score (NN2 latents)", "{:.2f}"),
+    ("drift_nn1_to_nn2", "median |z_NN2 - z_NN1| / dark threshold", "{:.2f}"),
+]
+HOLDOUT_DECODE_ROWS = [
+    ("bleu_nn1_vs_nn2", "BLEU NN1 decode vs NN2 decode (0-1)"), ("cosine_nn1_vs_nn2", "cosine NN1 vs NN2 decode"),
+    ("bleu_nn1_vs_original", "BLEU NN1 decode vs original"), ("cosine_nn1_vs_original", "cosine NN1 decode vs original"),
+    ("bleu_nn2_vs_original", "BLEU NN2 decode vs original"), ("cosine_nn2_vs_original", "cosine NN2 decode vs original"),
+    ("exact_nn1", "exact match NN1 decode"), ("exact_nn2", "exact match NN2 decode"),
+    ("true_nn1", "verifier true, NN1 decode"), ("true_nn2", "verifier true, NN2 decode"),
+    ("on_topic_nn1", "parsed as the same topic, NN1 decode"), ("on_topic_nn2", "parsed as the same topic, NN2 decode"),
+]
+
+
+def holdout_table(result: dict) -> str:
+    g = result["groups"]
+    headers = ["figure", f"topic {result['topic']} (unseen by NN1)", f"control {result['control']} (seen)"]
+    rows = []
+    for key, label, fmt in HOLDOUT_ROWS:
+        rows.append([label] + [fmt.format(g[n][key]) for n in ("topic", "control")])
+    for sub, title in (("all", "all texts"), ("dark_only", "only NN2 latents kNN-darker than NN1's texts")):
+        rows.append([f"-- decodes of {title}: n", *[str(g[n][sub]["texts"]) for n in ("topic", "control")]])
+        for key, label in HOLDOUT_DECODE_ROWS:
+            rows.append(["   " + label] + [("–" if key not in g[n][sub] else f"{g[n][sub][key]:.3f}")
+                                           for n in ("topic", "control")])
+    c = result["calibration_nn1_map"]
+    base = ("the base LM saw every topic (as a general pretrained LM would)" if result["base_sees_topic"]
+            else f"the base LM was trained WITHOUT {result['topic']} too (NN1, NN2 and the decoders share it)")
+    lines = [plain_table(headers, rows),
+             f"setup: NN1 = SLLM trained without {result['topic']}; NN2 = NN1 continued {result['continue_epochs']} "
+             f"epoch(s) on the corpus with it; {base}. BLEU is sacrebleu corpus BLEU / 100; cosine is MiniLM."]
+    if c.get("false_dark_rate") is not None:
+        lines.append(f"NN1 map false-dark rate on {c['heldout']} held-out texts of topics it saw: kNN "
+                     f"{c['false_dark_rate']:.1%}, GMM {c['false_dark_rate_gmm']:.1%}")
+    return "\n".join(lines)
+
+
+def _check_holdout_folder(out: Path, key: dict) -> None:
+    """The folder's models were trained for one (topic, base, settings): refuse to mix them."""
+    from common.errors import ConfigError
+
+    f = out / "holdout-settings.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != key:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v)
+            raise ConfigError(f"{out} holds models of another holdout setup ({diff}); pass a new --out")
+    else:
+        f.write_text(json.dumps(key))
+
+
+def _ensure_run_row(engine, cfg) -> None:
+    from sqlmodel import Session
+
+    from loop.runner import versions
+    from storage.db import get_run
+    from storage.models import Run
+
+    with Session(engine) as s:
+        if get_run(s) is None:
+            s.add(Run(seed=cfg.run.seed, config_json=json.dumps(cfg.to_dict()), config_hash=cfg.result_hash(),
+                      versions_json=json.dumps(versions())))
+            s.commit()

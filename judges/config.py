@@ -1,0 +1,26 @@
+"""Settings of the judges and the combiner: thresholds and weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import check as _check
+
+
+@dataclass
+class JudgeConfig:
+    rubric: str | None = None  # a text file with the critic's rubric; None = the domain's own
+    min_coherence: float = 0.05  # share of corpus texts at least as perplexing as the candidate
+    min_novelty: float = 0.02  # cosine distance to the nearest corpus/accepted text; below = near-duplicate
+    min_critic: float = 0.0
+    require_true: bool = True  # where a verifier exists, only verified-true texts are accepted
+    critic_weight: float = 0.2
+    coherence_weight: float = 0.4
+    novelty_weight: float = 0.4
+    accept_score: float = 0.0  # weighted score a candidate must reach after the hard thresholds
+
+    def __post_init__(self):
+        for k in ("min_coherence", "min_critic", "accept_score"):
+            _check(0 <= getattr(self, k) <= 1, f"judges.{k} must be in [0, 1], got {getattr(self, k)}")
+        _check(0 <= self.min_novelty <= 2, f"judges.min_novelty must be in [0, 2], got {self.min_novelty}")
+        for k in ("critic_weight", "coherence_weight", "novelty_weight"):
+            _check(getattr(self, k) >= 0, f"judges.{k} must be >= 0, got {getattr(self, k)}")

@@ -1,0 +1,238 @@
+"""The runner: runs the stages of `loop.stages.STAGES` for N generations, and resumes.
+
+Each stage reads what earlier stages stored, writes its artifacts atomically (temp folder,
+fsync, rename), adds its rows, and commits them together with its Stage row in ONE
+transaction. A stage with a Stage row is done and never redone; a stage killed before its
+commit left no rows, and is redone from its start with the same seed, so a resumed run ends
+with the same database an uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlmodel import Session, select
+
+from common.errors import ConfigError
+from domains.base import CorpusSplits, Domain, Text, get_domain
+from loop.artifacts import check, crash_point, verify
+from loop.config import Config, build_config
+from loop.stages import STAGE_NAMES, STAGES, gen_dir, invalidate_from
+from storage import queries
+from storage.db import RunLock, done_stages, get_run, open_db, stage_detail
+from storage.models import Candidate, Run, Stage
+
+log = logging.getLogger(__name__)
+
+FALLBACK_NOTE = ("note: a {domain} corpus on the self-trained fallback base model (no --base-model). A model this "
+                 "small, trained on this corpus alone, mostly memorises or garbles it, so this run cannot test "
+                 "the idea; for real work pass a pretrained model: --base-model PATH_OR_HUB_ID")
+
+
+def stage_seed(seed: int, generation: int, name: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{generation}:{name}".encode()).hexdigest()[:8], 16)
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import sklearn
+    import sqlmodel
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "sqlmodel": sqlmodel.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__}
+
+
+class Loop:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.run.out)
+        self.domain: Domain = get_domain(cfg.corpus.domain_name)
+        self.models: dict = {}
+        self._data: CorpusSplits | None = None
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def data(self) -> CorpusSplits:
+        if self._data is None:
+            self._data = self.domain.load(self.cfg.corpus, self.cfg.run.seed)
+        return self._data
+
+    @property
+    def fallback_note(self) -> str | None:
+        """Set when the domain needs a pretrained model and the run trains its own small one."""
+        if self.domain.needs_pretrained and not self.cfg.base.model:
+            return FALLBACK_NOTE.format(domain=self.domain.name)
+        return None
+
+    def language_texts(self, topics: tuple[str, ...] | None = None) -> list[Text]:
+        """The SLLM's extra training texts from the domain (sllm.false_texts of them; maths: false sentences)."""
+        return self.domain.language_texts(self.cfg.corpus, self.cfg.run.seed, self.cfg.sllm.false_texts, topics)
+
+    def gen_dir(self, g: int) -> Path:
+        return gen_dir(self.out, g)
+
+    def base_path(self) -> str:
+        return self.cfg.base.model or str(self.out / "base")
+
+    def adapter_for(self, session: Session, g: int) -> str | None:
+        """The adapter the base model wears in generation g: the one retrained at the end of g-1."""
+        if g == 0:
+            return None
+        d = stage_detail(session, g - 1, "retrain")
+        return None if d is None else d.get("adapter")
+
+    def model(self, adapter: str | None):
+        from lm.base_model import load_base_model
+
+        key = (self.base_path(), adapter)
+        if key not in self.models:
+            self.models.clear()  # one model in memory at a time
+            self.check_inputs(adapter)
+            self.models[key] = load_base_model(self.base_path(), self.cfg.run.device, adapter=adapter)
+        return self.models[key]
+
+    def backend(self, adapter: str | None, loaded):
+        """The decoding backend for this generation's model (transformers shares `loaded`)."""
+        from backends.base import get_backend
+
+        return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
+                           self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url)
+
+    def free(self) -> None:
+        self.models.clear()
+        import gc
+
+        gc.collect()
+
+    def accepted_texts(self, session: Session, upto: int) -> list[str]:
+        rows = session.exec(select(Candidate.text).where(Candidate.generation <= upto, Candidate.decision == "accepted")
+                            .order_by(Candidate.generation, Candidate.seq))
+        return [t for t in rows]
+
+    def check_inputs(self, adapter: str | None) -> None:
+        """Verify the trained base folder and `adapter` against their manifests before loading them."""
+        if not self.cfg.base.model:
+            check(self.out / "base", "the trained base model")
+        if adapter is not None:
+            check(adapter, "the LoRA adapter")
+
+    def load_sllm(self, g: int, model):
+        from sllm.model import load_sllm
+
+        check(self.gen_dir(g) / "sllm", f"the SLLM checkpoint of generation {g}")
+        return load_sllm(self.gen_dir(g) / "sllm", next(model.parameters()).device)
+
+    # -------------------------------------------------------------- run setup
+    def ensure_run(self, engine) -> None:
+        with Session(engine) as s:
+            run = get_run(s)
+            if run is None:
+                s.add(Run(seed=self.cfg.run.seed, config_json=json.dumps(self.cfg.to_dict()),
+                          config_hash=self.cfg.result_hash(), versions_json=json.dumps(versions())))
+                s.commit()
+                return
+            if run.config_hash != self.cfg.result_hash():
+                old = build_config(json.loads(run.config_json)).result_settings()
+                new = self.cfg.result_settings()
+                diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
+                raise ConfigError(
+                    f"run folder {self.out} was made with other settings ({'; '.join(diff[:4])}); "
+                    f"rerun with the same settings to resume, or pass a new --out"
+                )
+
+    def verify_artifacts(self, engine) -> None:
+        """On start, check every done stage's artifact against its manifest. The first that fails
+        (truncated, edited, deleted) makes its stage and every later one not done, in one
+        transaction; they are then redone from their seeds, as after a crash."""
+        by_name = {st.name: st for st in STAGES}
+        with Session(engine) as s:
+            done = sorted(s.exec(select(Stage)), key=lambda st: (st.generation, STAGE_NAMES.index(st.name)))
+            for st in done:
+                path = by_name[st.name].artifact(self.out, st.generation, json.loads(st.detail_json))
+                problem = None if path is None else verify(path)
+                if problem is not None:
+                    log.warning("the %s artifact of generation %d at %s is damaged (%s): redoing that stage and "
+                                "every later one", st.name, st.generation, path, problem)
+                    invalidate_from(s, st.generation, st.name)
+                    s.commit()
+                    return
+
+    def preflight(self) -> None:
+        """Check the inputs before anything is written: bad input leaves no trace."""
+        from lm.base_model import check_model_path
+
+        if self.cfg.base.model:
+            check_model_path(self.cfg.base.model)
+        if self.cfg.judges.rubric:
+            from judges.critic import load_rubric
+
+            load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
+        if len(self.data.train) < self.cfg.sample.k + 2:
+            raise ConfigError(f"the corpus has {len(self.data.train)} training texts; the latent map needs at least {self.cfg.sample.k + 2}")
+
+    def run(self) -> None:
+        self.preflight()
+        if self.fallback_note:
+            log.warning(self.fallback_note)
+            print(self.fallback_note, flush=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.out, os.W_OK):
+            raise ConfigError(f"run folder {self.out} is not writable; fix its permissions or pass another --out")
+        if self.cfg.run.threads:
+            torch.set_num_threads(self.cfg.run.threads)
+        with RunLock(self.out):
+            engine = open_db(self.out, create=True)
+            self.ensure_run(engine)
+            self.verify_artifacts(engine)
+            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            for g in range(self.cfg.run.generations):
+                for stage in STAGES:
+                    if stage.first_generation_only and g > 0:
+                        continue
+                    with Session(engine) as s:
+                        if (g, stage.name) in done_stages(s):
+                            continue
+                    self.run_stage(engine, g, stage)
+            engine.dispose()
+
+    def run_stage(self, engine, g: int, stage) -> None:
+        name = stage.name
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        seed = stage_seed(self.cfg.run.seed, g, name)
+        torch.manual_seed(seed)
+        log.info("generation %d: %s", g, name)
+        with Session(engine) as s:
+            detail = stage.run(self, s, g, seed)
+            s.add(Stage(generation=g, name=name, started_at=started, seconds=time.perf_counter() - t0,
+                        detail_json=json.dumps(detail)))
+            s.flush()
+            crash_point(g, name, "before_commit")
+            s.commit()
+        crash_point(g, name, "after_commit")
+        if name == "evaluate":
+            print(detail["line"], flush=True)
+
+
+def run_config(run_dir: Path) -> Config:
+    """The settings a run folder was made with (its run row), pointed at that folder."""
+    engine = open_db(run_dir)
+    try:
+        info = queries.run_info(engine)
+    finally:
+        engine.dispose()
+    if info is None:
+        raise ValueError(f"run {run_dir} has no run row; pass a run folder made by `python run.py --out DIR`")
+    cfg = build_config(info["config"])
+    cfg.run.out = str(run_dir)
+    return cfg

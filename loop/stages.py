@@ -1,0 +1,339 @@
+"""The stages of one generation, each defined once: name, run, artifact, what it clears.
+
+The runner (`loop.runner.Loop`), resume (`verify_artifacts`, `invalidate_from`) and the crash
+harness (`cli.crashtest`) all read `STAGES`; nothing else lists the stages. Each `run` reads
+what earlier stages stored, writes its artifact atomically (`loop.artifacts.atomic_dir`), adds
+its rows to the open session and returns the stage's detail; the runner commits the rows with
+the Stage row in one transaction. `clear` deletes (or blanks) the rows the stage wrote for a
+generation, so that a stage made not-done leaves nothing of itself behind.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from sqlmodel import Session, delete, select
+
+from loop.artifacts import atomic_dir, check
+from storage.db import stage_detail
+from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
+
+if TYPE_CHECKING:
+    from loop.runner import Loop
+
+
+def gen_dir(out: Path, g: int) -> Path:
+    return Path(out) / f"gen-{g:03d}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Loop, Session, int, int], dict]  # (loop, session, generation, seed) -> detail
+    # The folder a done stage wrote, from the run folder, its generation and detail; None when it
+    # wrote none (or a user's base model was used in place).
+    artifact: Callable[[Path, int, dict], Path | None] = lambda out, g, detail: None
+    clear: Callable[[Session, int], None] = lambda s, g: None  # delete/blank its rows of generation g
+    first_generation_only: bool = False
+
+    @property
+    def writes_artifact(self) -> bool:
+        return self.name in ARTIFACT_STAGES
+
+
+# ------------------------------------------------------------------------------------ base
+def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from lm.base_model import train_small_base
+
+    cfg = loop.cfg
+    if cfg.base.model:
+        tok, model = loop.model(None)  # validates the folder through the same loading code
+        return {"path": cfg.base.model, "trained": False, "params": sum(p.numel() for p in model.parameters())}
+    d = loop.data
+    with atomic_dir(loop.out / "base", (g, "base")) as tmp:
+        info = train_small_base(d.train_texts, cfg.base, tmp, seed, groups=[t.fact_key for t in d.train],
+                                copy_texts=[t.text for t in loop.language_texts()],
+                                tokenizer_fn=loop.domain.train_tokenizer)
+    return {"path": str(loop.out / "base"), "trained": True, "params": info["params"], "final_loss": info["final_loss"]}
+
+
+# ------------------------------------------------------------------------------------ sllm
+def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from lm.embedder import embed_cached
+    from sllm.model import SLLM, save_sllm
+    from sllm.train import train_sllm
+
+    cfg = loop.cfg
+    tok, model = loop.model(loop.adapter_for(s, g))
+    accepted = loop.accepted_texts(s, g - 1)
+    extra = [t.text for t in loop.language_texts()]  # e.g. the maths domain's false sentences
+    texts = loop.data.train_texts + accepted + extra
+    keys = [t.fact_key for t in loop.data.train] + [None] * (len(accepted) + len(extra))
+    embedder = loop.domain.meaning_embedder()
+    targets = None
+    if cfg.sllm.meaning_weight > 0:  # corpus + language texts are the same every generation: cached
+        fixed = embed_cached(loop.data.train_texts + extra, loop.out / "cache", embedder)
+        n = len(loop.data.train_texts)
+        targets = np.concatenate([fixed[:n], embedder.embed(accepted), fixed[n:]])
+    if g == 0:
+        sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm, embedder.dim)
+        epochs = cfg.sllm.epochs
+    else:
+        sllm = loop.load_sllm(g - 1, model)
+        epochs = cfg.sllm.continue_epochs
+    torch.manual_seed(seed)
+    loop.gen_dir(g).mkdir(parents=True, exist_ok=True)
+    info = train_sllm(sllm, model, tok, texts, targets, epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed,
+                      fact_keys=keys, desc=f"SLLM gen {g}",
+                      checkpoint=loop.gen_dir(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
+    with atomic_dir(loop.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
+        save_sllm(sllm, tmp)
+    return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,
+            "final": info["final"]}
+
+
+# ------------------------------------------------------------------------------------- map
+def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from latent.occupancy import OccupancyMap
+    from latent.zones import find_zones
+    from sllm.train import encode, soft_prompts
+
+    cfg = loop.cfg
+    tok, model = loop.model(loop.adapter_for(s, g))
+    sllm = loop.load_sllm(g, model)
+    texts = loop.data.train_texts + loop.accepted_texts(s, g - 1)
+    latents = encode(sllm, model, tok, texts)
+    occ = OccupancyMap.fit(latents, cfg.sample)
+    rng = np.random.default_rng(seed)
+    n_probe = max(2000, 20 * cfg.sample.n_zones)
+    probe = occ.envelope_samples(n_probe, rng)
+    dark = probe[occ.density_score(probe) > 1]
+    zones = find_zones(occ, dark, n_probe, cfg.sample.n_zones, seed % 2**31)
+    decoded = []
+    if zones:
+        be = loop.backend(loop.adapter_for(s, g), (tok, model))
+        emb, _ = soft_prompts(sllm, model, tok, np.stack([z.centre for z in zones]))
+        decoded = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, seed)
+    s.exec(delete(Zone).where(Zone.generation == g))
+    for z, text in zip(zones, decoded):
+        s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
+                   volume=z.volume, axes_json=json.dumps(z.axes),
+                   neighbours_json=json.dumps([texts[i] for i in z.neighbours]), decoded=text))
+    with atomic_dir(loop.gen_dir(g) / "map", (g, "map")) as tmp:
+        np.save(tmp / "latents.npy", latents)
+    norms = np.linalg.norm(latents, axis=1)
+    return {"texts": len(texts), "threshold": occ.threshold, "envelope_radius": occ.radius,
+            "components": int(occ.pca.n_components_), "dark_probe_share": len(dark) / n_probe,
+            "zones": len(zones), "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std()),
+            # real texts never trained on (the eval split) should mostly not be dark
+            **occ.calibrate(encode(sllm, model, tok, [t.text for t in loop.data.eval]))}
+
+
+def clear_map(s: Session, g: int) -> None:
+    s.exec(delete(Zone).where(Zone.generation == g))
+
+
+# ---------------------------------------------------------------------------------- sample
+def run_sample(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from latent.occupancy import OccupancyMap
+    from latent.samplers import draw
+    from latent.zones import zones_from_rows
+
+    cfg = loop.cfg
+    check(loop.gen_dir(g) / "map", f"the latent map of generation {g}")
+    latents = np.load(loop.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
+    occ = OccupancyMap.fit(latents, cfg.sample)
+    zones = zones_from_rows(s.exec(select(Zone).where(Zone.generation == g).order_by(Zone.label)).all())
+    rng = np.random.default_rng(seed)
+    samplers = cfg.sample.samplers
+    n = cfg.sample.n_candidates
+    counts = [n // len(samplers) + (1 if i < n % len(samplers) else 0) for i in range(len(samplers))]
+    s.exec(delete(Candidate).where(Candidate.generation == g))
+    seq = 0
+    per = {}
+    for name, m in zip(samplers, counts):
+        if m == 0:
+            continue
+        d = draw(name, occ, m, cfg.sample, rng, zones)
+        for i in range(m):
+            s.add(Candidate(
+                generation=g, seq=seq, sampler=name, zone_id=d.zone_ids[i],
+                latent=None if d.points is None else d.points[i].astype(np.float32).tobytes(),
+                latent_norm=None if d.points is None else float(np.linalg.norm(d.points[i])),
+                density_score=None if d.density is None else float(d.density[i]),
+            ))
+            seq += 1
+        per[name] = m
+    return {"candidates": seq, "per_sampler": per}
+
+
+def clear_sample(s: Session, g: int) -> None:
+    ids = select(Candidate.id).where(Candidate.generation == g)
+    s.exec(delete(Score).where(Score.candidate_id.in_(ids)))
+    s.exec(delete(Candidate).where(Candidate.generation == g))
+
+
+# ---------------------------------------------------------------------------------- decode
+def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from sllm.train import soft_prompts
+
+    tok, model = loop.model(loop.adapter_for(s, g))
+    sllm = loop.load_sllm(g, model)
+    be = loop.backend(loop.adapter_for(s, g), (tok, model))
+    cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
+    dc = loop.cfg.decode
+    with_latent = [c for c in cands if c.latent is not None]
+    plain = [c for c in cands if c.latent is None]
+    if with_latent:
+        z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in with_latent])
+        emb, _ = soft_prompts(sllm, model, tok, z)
+        for c, t in zip(with_latent, be.generate_from_embeds(emb, dc.max_new_tokens, dc.temperature, seed)):
+            c.text = t
+            s.add(c)
+    if plain:
+        for c, t in zip(plain, be.sample(len(plain), dc.max_new_tokens, dc.lm_temperature, seed + 1)):
+            c.text = t
+            s.add(c)
+    return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text)}
+
+
+def clear_decode(s: Session, g: int) -> None:
+    for c in s.exec(select(Candidate).where(Candidate.generation == g)):
+        c.text = None
+        s.add(c)
+
+
+# ----------------------------------------------------------------------------------- judge
+def run_judge(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from judges.panel import build_panel, judge_texts
+
+    tok, model = loop.model(loop.adapter_for(s, g))
+    d = loop.data
+    cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
+    panel = build_panel(loop.domain, loop.cfg.judges, model, tok, d.train, loop.accepted_texts(s, g - 1), seed)
+    judged = judge_texts(panel, [c.text or "" for c in cands], loop.cfg.judges, d.train_fact_keys,
+                         lambda i: f"rejected: duplicate of candidate seq {cands[i].seq} in this generation")
+    s.exec(delete(Score).where(Score.candidate_id.in_([c.id for c in cands])))
+    accepted = 0
+    for c, j in zip(cands, judged):
+        for name, sc in j.scores.items():
+            s.add(Score(candidate_id=c.id, judge=name, score=sc.score, reason=sc.reason,
+                        detail_json=json.dumps(sc.detail, default=str)))
+        if "verifier" in j.scores:
+            c.verdict, c.fact_key, c.true_new = j.verdict, j.fact_key, j.true_new
+        c.total = j.total
+        c.decision, c.reason = ("accepted" if j.accepted else "rejected"), j.reason
+        accepted += j.accepted
+        s.add(c)
+    return {"judged": len(cands), "accepted": accepted}
+
+
+def clear_judge(s: Session, g: int) -> None:
+    ids = select(Candidate.id).where(Candidate.generation == g)
+    s.exec(delete(Score).where(Score.candidate_id.in_(ids)))
+    for c in s.exec(select(Candidate).where(Candidate.generation == g)):
+        c.verdict = c.fact_key = c.true_new = c.total = c.decision = c.reason = None
+        s.add(c)
+
+
+# --------------------------------------------------------------------------------- retrain
+def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from lm.lora import lora_finetune, retrain_texts
+
+    cfg = loop.cfg
+    prev = loop.adapter_for(s, g)
+    new = s.exec(select(Candidate).where(Candidate.generation == g, Candidate.decision == "accepted")).all()
+    if not new or cfg.retrain.epochs == 0:
+        return {"adapter": prev, "trained": False,
+                "reason": "no texts accepted in this generation" if not new else "retrain.epochs is 0"}
+    loop.free()  # unload the generator before training (house style, rule 6)
+    texts = retrain_texts(loop.accepted_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
+    final = loop.gen_dir(g) / "adapter"
+    loop.check_inputs(prev)
+    with atomic_dir(final, (g, "retrain")) as tmp:
+        info = lora_finetune(loop.base_path(), prev, texts, cfg.retrain, tmp, seed, cfg.run.device)
+    return {"adapter": str(final), "trained": True, **info}
+
+
+# -------------------------------------------------------------------------------- evaluate
+def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from lm.base_model import perplexity
+
+    adapter = (stage_detail(s, g, "retrain") or {}).get("adapter")
+    tok, model = loop.model(adapter)
+    ppl = perplexity(model, tok, [t.text for t in loop.data.eval]) if loop.data.eval else float("nan")
+    cands = s.exec(select(Candidate).where(Candidate.generation == g)).all()
+    acc = [c for c in cands if c.decision == "accepted"]
+    verdicts = [c.verdict for c in cands if c.verdict is not None]
+    truth = (sum(v == "true" for v in verdicts) / len(verdicts)) if verdicts else None
+    true_new = sum(1 for c in cands if c.true_new)
+    dens = [c.density_score for c in cands if c.density_score is not None]
+    dark_share = (sum(x > 1 for x in dens) / len(dens)) if dens else None
+    nov = []
+    if acc:
+        ids = [c.id for c in acc]
+        for sc in s.exec(select(Score).where(Score.candidate_id.in_(ids), Score.judge == "novelty")):
+            dist = json.loads(sc.detail_json).get("distance")
+            if dist is not None:
+                nov.append(dist)
+    novelty = float(np.mean(nov)) if nov else None
+    distinct2 = distinct_n([c.text for c in acc], 2) if acc else None
+    timings = {st.name: round(st.seconds, 1) for st in s.exec(select(StageRow).where(StageRow.generation == g))}
+    rate = len(acc) / max(len(cands), 1)
+    line = (f"gen {g} | candidates {len(cands)} | accepted {len(acc)} ({rate:.1%}) | "
+            f"truth {'n/a' if truth is None else f'{truth:.1%}'} | true-new {true_new} | "
+            f"heldout ppl {ppl:.2f} | novelty {'n/a' if novelty is None else f'{novelty:.3f}'} | "
+            f"distinct-2 {'n/a' if distinct2 is None else f'{distinct2:.2f}'} | "
+            f"dark {'n/a' if dark_share is None else f'{dark_share:.0%}'} | "
+            + " ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    if loop.fallback_note:
+        line += " | FALLBACK base model (self-trained on this corpus): bring a pretrained one with --base-model"
+    s.exec(delete(Metric).where(Metric.generation == g))
+    s.add(Metric(generation=g, acceptance_rate=rate, truth_rate=truth, true_new=true_new, accepted=len(acc),
+                 candidates=len(cands), heldout_ppl=ppl, novelty=novelty, distinct_2=distinct2,
+                 dark_share=dark_share, timings_json=json.dumps(timings), line=line))
+    return {"line": line, "heldout_ppl": ppl}
+
+
+def clear_evaluate(s: Session, g: int) -> None:
+    s.exec(delete(Metric).where(Metric.generation == g))
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(t.split()[i : i + n]) for t in texts for i in range(max(0, len(t.split()) - n + 1))]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# ------------------------------------------------------------------------------ the stages
+ARTIFACT_STAGES = ("base", "sllm", "map", "retrain")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("base", run_base, artifact=lambda out, g, d: Path(out) / "base" if d.get("trained") else None,
+          first_generation_only=True),
+    Stage("sllm", run_sllm, artifact=lambda out, g, d: gen_dir(out, g) / "sllm"),
+    Stage("map", run_map, artifact=lambda out, g, d: gen_dir(out, g) / "map", clear=clear_map),
+    Stage("sample", run_sample, clear=clear_sample),
+    Stage("decode", run_decode, clear=clear_decode),
+    Stage("judge", run_judge, clear=clear_judge),
+    Stage("retrain", run_retrain, artifact=lambda out, g, d: gen_dir(out, g) / "adapter" if d.get("trained") else None),
+    Stage("evaluate", run_evaluate, clear=clear_evaluate),
+)
+STAGE_NAMES = tuple(st.name for st in STAGES)
+BY_NAME = {st.name: st for st in STAGES}
+
+
+def invalidate_from(s: Session, g0: int, name0: str) -> None:
+    """Make stage (g0, name0) and every later stage not done: delete their Stage rows and clear
+    the rows they wrote, later stages first (the caller commits: one transaction)."""
+    start = (g0, STAGE_NAMES.index(name0))
+    gone = sorted((st for st in s.exec(select(StageRow)) if (st.generation, STAGE_NAMES.index(st.name)) >= start),
+                  key=lambda st: (st.generation, STAGE_NAMES.index(st.name)), reverse=True)
+    for st in gone:
+        BY_NAME[st.name].clear(s, st.generation)
+        s.flush()
+    for st in gone:
+        s.delete(st)

@@ -1,0 +1,53 @@
+"""The layered layout: every module imports, and no package imports from a package above it."""
+import importlib
+import pkgutil
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["cli", "experiments", "bench", "loop", "judges", "sllm", "latent", "backends", "domains", "lm", "storage",
+            "common"]
+
+
+def all_modules():
+    for pkg in PACKAGES:
+        yield pkg
+        for m in pkgutil.walk_packages([str(ROOT / pkg)], prefix=f"{pkg}."):
+            yield m.name
+
+
+@pytest.mark.parametrize("name", sorted(set(all_modules())))
+def test_every_module_imports(name):
+    if name.startswith("backends.vllm") and importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed")
+    importlib.import_module(name)
+
+
+def lint_imports(cwd: Path):
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    if not Path(exe).exists():
+        pytest.fail("import-linter is not installed: pip install -e '.[test]'")
+    return subprocess.run([exe, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_import_contract_holds():
+    p = lint_imports(ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 kept, 0 broken" in p.stdout
+
+
+def test_import_contract_catches_a_back_edge(tmp_path):
+    """The contract is live: a copy of the tree with one upward import (lm -> loop) fails it."""
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with open(tmp_path / "lm" / "lora.py", "a") as fh:
+        fh.write("\n\ndef _back_edge():\n    from loop.runner import Loop  # noqa: F401\n")
+    p = subprocess.run([shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports")),
+                        "--no-cache"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": str(Path(sys.executable).parent)})
+    assert p.returncode != 0 and "lm is not allowed to import loop" in p.stdout, p.stdout + p.stderr
