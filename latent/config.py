@@ -17,8 +17,8 @@ class SampleConfig:
     pool_factor: int = 20  # dark sampler: proposals drawn per kept candidate
     envelope_quantile: float = 0.99  # Mahalanobis radius of corpus latents that bounds the envelope
     # Dark = k-NN distance above this quantile of the corpus texts' own k-NN distances. 1.0 is
-    # "darker than every corpus text", which one isolated text can make unreachable (measured:
-    # 0.005% of envelope probes with the default SLLM); 0.99 ignores the sparsest 1%.
+    # "darker than every corpus text", which one isolated corpus text can make all but unreachable;
+    # 0.99 ignores the sparsest 1%.
     dark_quantile: float = 0.99
     n_zones: int = 8  # clusters of dark points described as zones
 

@@ -107,7 +107,7 @@ def pack_sequences(enc: list[list[int]], groups: list[str | None] | None, max_le
     repeat, with the loss on the repeat only. They teach the copy mechanism on many more numbers
     and phrasings than the corpus has, without teaching the texts themselves (the built-in domain
     passes verifier-checked false sentences here). Measured on the built-in corpus: verbatim
-    copies of held-out texts went from 0% (paraphrase units alone) to 95% (README).
+    copies of held-out texts went from 0% (paraphrase units alone) to 95% (docs/research-log.md).
     """
     by_group: dict[str, list[int]] = {}
     for i, g in enumerate(groups if groups is not None else [None] * len(enc)):

@@ -19,11 +19,10 @@ class BaseConfig:
     epochs: int = 30
     # Copy units per epoch: a text and its verbatim repeat, loss on the repeat only, drawn from the
     # SLLM's language texts (built-in domain) or the corpus. They give the small model the in-context
-    # copying that pretrained LMs have and that soft prompts drive (see pack_sequences): with 2,000
-    # a held-out text is copied verbatim 95% of the time, 0% without (README).
+    # copying that pretrained LMs have and that soft prompts drive (see pack_sequences); without
+    # them the small model paraphrases instead of copying (docs/research-log.md).
     copy_units: int = 2000
-    # The copy units are drawn from the first copy_pool of those texts (0: all of them). 8,000 with
-    # 16,000 SLLM language texts gave a better SLLM round trip than all 16,000 (README).
+    # The copy units are drawn from the first copy_pool of those texts (0: all of them).
     copy_pool: int = 8000
     lr: float = 3e-3
     batch_size: int = 32  # performance knob

@@ -13,8 +13,8 @@ ENCODER_INPUTS = ("embeddings", "hidden")
 class SLLMConfig:
     latent_dim: int = 256  # larger than the base model's hidden size by default, as the idea asks
     # K soft-prompt vectors the decoder emits from the one latent. More slots give the frozen base
-    # model one to attend to per output position (ICAE, Ge et al. 2023, uses 128): 32 instead of 4
-    # took held-out exact match from 8% to 20% for +60% SLLM time (README, "How it got there").
+    # model one to attend to per output position (ICAE, Ge et al. 2023, uses 128); docs/research-log.md
+    # has the search.
     n_prompt: int = 32
     # What the encoder reads: "embeddings" (the base model's input embeddings of the text) or
     # "hidden" (those, concatenated with the frozen base model's last hidden states).
@@ -26,19 +26,19 @@ class SLLMConfig:
     max_tokens: int = 48  # texts longer than this are truncated for the SLLM
     meaning_weight: float = 1.0  # weight of the sentence-embedding prediction term
     # Paraphrase InfoNCE (needs fact keys): phrasings of one fact against look-alike texts, in
-    # batches of their own (sllm.train.HardNegatives). Weight 0.01 at temperature 0.05 kept the
-    # round trip at 90% exact match and brought paraphrase closeness from 67.5% to 91% (README).
+    # batches of their own (sllm.train.HardNegatives), so that phrasings of one fact lie closer than
+    # near misses; a larger weight buys closeness with round-trip accuracy (docs/research-log.md).
     paraphrase_weight: float = 0.01
     paraphrase_tau: float = 0.05  # InfoNCE temperature (cosine similarities / tau)
     latent_l2: float = 1e-3  # keeps the latent cloud in a known envelope
-    # Built-in domain only: verifier-checked FALSE sentences added to the SLLM's training texts.
-    # They teach the domain's language (any numbers in any template) and carry no true fact, so no
-    # held-out truth leaks; the corpus alone is too small to learn a round trip that generalises.
-    # At equal steps, 16,000 for 5 epochs beat 8,000 for 10: 93.8% vs 86.1% held-out exact match.
+    # How many of the domain's language texts (Domain.language_texts; maths: verifier-checked FALSE
+    # sentences) join the SLLM's training texts. They teach the domain's language (any numbers in
+    # any template) and carry no true fact, so no held-out truth leaks; the corpus alone is too
+    # small to learn a round trip that generalises. A domain without them ignores this.
     false_texts: int = 16000
     epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
-    lr: float = 1e-3  # 2e-3 fitted worse in the same epochs, 5e-3 diverged (README)
+    lr: float = 1e-3
     batch_size: int = 64  # performance knob
 
     def __post_init__(self):

