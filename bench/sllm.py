@@ -1,11 +1,13 @@
-"""`python run.py bench sllm`: round-trip quality of the SLLM on held-out texts.
+"""`python run.py bench sllm [--domain maths|molecules]`: round-trip quality of the SLLM on held-out texts.
 
 Trains a base model and an SLLM on the training corpus (or loads them from a run folder),
-then decodes held-out texts never seen in training in ONE greedy pass from ONE latent each:
-exact match, BLEU (sacrebleu), token F1, and the cosine between the sentence embeddings of the
-original and the decoded text; latent statistics; the share of parseable decodes along
-interpolations between corpus latents; and how often paraphrases land closer together than
-the nearest different fact.
+then decodes held-out texts never seen in training (maths: held-out facts; molecules: MOSES
+scaffold-test molecules) in ONE greedy pass from ONE latent each: exact match of the domain's
+canonical forms (molecules: canonical SMILES), BLEU (sacrebleu), token F1, and the cosine
+between the domain's meaning embeddings of the original and the decoded text; latent
+statistics; the share of parseable and of verified decodes along interpolations between
+corpus latents and from random latents of a Gaussian fitted to the corpus latents (molecules:
+validity); and how often paraphrases land closer together than the nearest different fact.
 """
 from __future__ import annotations
 
@@ -66,14 +68,15 @@ def roundtrip(sllm, model, tok, backend, texts: list[str], max_new_tokens: int) 
     return backend.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
 
 
-def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int = 32, n_pairs: int = 100,
-             seed: int = 0) -> dict:
-    """All bench figures for one trained SLLM."""
+def evaluate(sllm, model, tok, heldout, train, domain, max_new_tokens: int = 32, n_pairs: int = 100,
+             seed: int = 0, n_prior: int = 200) -> dict:
+    """All bench figures for one trained SLLM on `domain`'s texts."""
     import sacrebleu
 
     from backends.transformers_backend import TransformersBackend
-    from lm.embedder import embed
     from sllm.train import encode, soft_prompts
+
+    verify, embed = domain.verifier, domain.meaning_embedder().embed
 
     be = TransformersBackend("")
     be.tokenizer, be.model = tok, model
@@ -81,7 +84,7 @@ def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int 
     t0 = time.perf_counter()
     out = roundtrip(sllm, model, tok, be, texts, max_new_tokens)
     decode_s = time.perf_counter() - t0
-    em = float(np.mean([a == b for a, b in zip(texts, out)]))
+    em = float(np.mean([domain.canonical(a) == domain.canonical(b) for a, b in zip(texts, out)]))
     bleu = sacrebleu.corpus_bleu(out, [texts]).score
     f1 = float(np.mean([token_f1(a, b) for a, b in zip(texts, out)]))
     ea, eb = embed(texts), embed(out)
@@ -107,6 +110,16 @@ def evaluate(sllm, model, tok, heldout, train, verify=None, max_new_tokens: int 
         verdicts = [verify(x).status for x in dec]
         res["interpolation_parseable"] = float(np.mean([v != "unparseable" for v in verdicts]))
         res["interpolation_true"] = float(np.mean([v == "true" for v in verdicts]))
+        # random latents of the corpus's own Gaussian (the `prior` sampler's model): what decodes
+        # where no text was encoded (molecules: the validity of decodes of random prior latents)
+        mu, cov = z_train.mean(0), np.cov(z_train, rowvar=False)
+        pts = rng.multivariate_normal(mu, cov, size=n_prior, method="eigh").astype(np.float32)
+        emb, _ = soft_prompts(sllm, model, tok, pts)
+        dec = be.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+        verdicts = [verify(x).status for x in dec]
+        res["prior_parseable"] = float(np.mean([v != "unparseable" for v in verdicts]))
+        res["prior_true"] = float(np.mean([v == "true" for v in verdicts]))
+        res["prior_unique"] = len({domain.canonical(x) for x, v in zip(dec, verdicts) if v == "true"}) / n_prior
     return res
 
 
@@ -140,7 +153,7 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     info = train_sllm(sllm, model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
                       cfg.run.seed, fact_keys=[t.fact_key for t in train + extra], desc="SLLM")
     timings["sllm_s"] = time.perf_counter() - t0
-    res = evaluate(sllm, model, tok, heldout, train, domain.verifier, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res = evaluate(sllm, model, tok, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
     res["final_losses"] = info["final"]
@@ -148,7 +161,7 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     return res
 
 
-def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, object]:
+def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str = "knowledge") -> tuple[dict, object]:
     """(figures, the run's settings) for a run's own SLLM (generation `generation`, default the latest trained) and
     base model (wearing that generation's adapter). Held-out facts the run accepted before that
     generation, and so trained on, are left out of the measure."""
@@ -181,13 +194,16 @@ def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, ob
     if not loop.data.knowledge:
         raise ConfigError(f"--run {run_dir} has no held-out knowledge set (a user corpus); bench sllm measures "
                           "the round trip on the domain's held-out facts")
-    heldout = [t for t in loop.data.knowledge if t.fact_key not in seen]
+    # "knowledge": the domain's held-out knowledge (maths: held-out facts; molecules: scaffold test);
+    # "eval": its held-out evaluation texts (molecules: MOSES test, the set JT-VAE's anchors use)
+    pool = loop.data.eval if heldout_set == "eval" else loop.data.knowledge
+    heldout = [t for t in pool if t.fact_key not in seen]
     if not heldout:
         raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (corpus.holdout_share="
                           f"{c.holdout_share} of facts_per_topic={c.facts_per_topic}); nothing to measure")
     tok, model = loop.model(adapter)
     sllm = loop.load_sllm(g, model)
-    res = evaluate(sllm, model, tok, heldout, loop.data.train, loop.domain.verifier, cfg.decode.max_new_tokens,
+    res = evaluate(sllm, model, tok, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens,
                    seed=cfg.run.seed)
     res.update(run=str(run_dir), generation=g, heldout_left_out=len(loop.data.knowledge) - len(heldout))
     return res, cfg
@@ -195,7 +211,8 @@ def evaluate_run(run_dir: Path, generation: int | None = None) -> tuple[dict, ob
 
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
            ("paraphrase_closer_than_other_fact", "{:.1%}"), ("interpolation_parseable", "{:.1%}"),
-           ("interpolation_true", "{:.1%}"), ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"),
+           ("interpolation_true", "{:.1%}"), ("prior_parseable", "{:.1%}"), ("prior_true", "{:.1%}"),
+           ("prior_unique", "{:.1%}"), ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"),
            ("latent_norm_std", "{:.2f}"), ("sllm_s", "{:.0f}")]
 
 
@@ -231,6 +248,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", default="bench-sllm.json", help="where to write the figures (JSON)")
     p.add_argument("--run", help="measure this run folder's own SLLM and base model instead of training new ones")
     p.add_argument("--generation", type=int, help="with --run: which generation's SLLM (default: the latest)")
+    p.add_argument("--heldout", choices=("knowledge", "eval"), default="knowledge",
+                   help="with --run: the held-out set measured: the domain's held-out knowledge (maths facts, "
+                        "molecules scaffold test; default) or its evaluation texts (molecules: MOSES test)")
     args = p.parse_args(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
@@ -238,10 +258,13 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         if args.corpus:
-            raise ConfigError("bench sllm measures on the built-in maths corpus (it needs held-out facts); drop --corpus")
+            raise ConfigError("bench sllm measures on a domain's own held-out set (maths: held-out facts; molecules: "
+                              "MOSES scaffold test); drop --corpus")
         base_cfg = build_from_args(args)
         c = base_cfg.corpus
-        if heldout_per_topic(MathsConfig(facts_per_topic=c.facts_per_topic, holdout_share=c.holdout_share)) < 1:
+        if c.domain_name not in ("maths", "molecules"):
+            raise ConfigError(f"bench sllm needs a domain with a held-out set: --domain maths or molecules, not {c.domain_name}")
+        if c.domain_name == "maths" and heldout_per_topic(MathsConfig(facts_per_topic=c.facts_per_topic, holdout_share=c.holdout_share)) < 1:
             raise ConfigError(f"corpus.holdout_share={c.holdout_share} of corpus.facts_per_topic={c.facts_per_topic} "
                               "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
     except ValueError as e:  # ConfigError, or MathsConfig's own check of the corpus settings
@@ -255,7 +278,7 @@ def main(argv: list[str]) -> int:
         try:
             if args.ablation:
                 raise ConfigError("--ablation trains new SLLMs; it does not combine with --run")
-            res, run_cfg = evaluate_run(Path(args.run), args.generation)
+            res, run_cfg = evaluate_run(Path(args.run), args.generation, args.heldout)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -4,7 +4,7 @@ A domain owns its corpus (train / held-out evaluation / held-out knowledge), the
 form used for de-duplication and novelty, the meaning target of the SLLM's meaning term (an
 embedder), the verifier (or none), the critic's rubric, the SLLM's extra language texts, and
 the tokenizer a self-trained base model should use. The loop, the judges and the experiments
-ask the domain and never test which one it is. Built in: `maths`, `text` (molecules to come);
+ask the domain and never test which one it is. Built in: `maths`, `text`, `molecules`;
 `get_domain(name)` returns one.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Container
 
 from common.errors import ConfigError
 
@@ -33,6 +33,7 @@ class Verdict:
     status: str  # "true" | "false" | "unparseable"
     fact_key: str | None  # key of the claim parsed, true or false; same format as Text.fact_key
     topic: str | None
+    reason: str | None = None  # the domain's own wording of the verdict (e.g. "invalid SMILES ...")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class CorpusSplits:
     train: list[Text]  # what the base model and the SLLM learn from
     eval: list[Text]  # real texts never trained on: held-out perplexity, false-dark rate
     knowledge: list[Text] = field(default_factory=list)  # held-out knowledge ("true and new"), where the domain has it
-    train_fact_keys: frozenset[str] = frozenset()  # facts present in training ("new" = absent from these)
+    # facts present in training ("new" = absent from these): any container of fact keys
+    train_fact_keys: frozenset[str] | Container[str] = frozenset()
 
     @property
     def train_texts(self) -> list[str]:
@@ -63,6 +65,18 @@ class Domain:
     # True when a base model trained from scratch on the corpus alone cannot test the idea (real
     # text): a run without --base-model then says so up front and in every metrics line.
     needs_pretrained: bool = False
+    # How the metrics line names the verifier's "true" share and the true-and-new count.
+    truth_label: str = "truth"
+    new_label: str = "true-new"
+    # Settings this domain needs unless the user sets them ({"section.key": value}), applied by
+    # loop.config.build_config under the file and command-line values.
+    defaults: dict = {}
+    # A rule-based critic: texts -> [(score in [0, 1] or None, reason, detail)], used in place of
+    # the LLM critic and its rubric (molecules: QED, SA, filters). None: the LLM critic.
+    rule_critic: Callable[[list[str]], list[tuple[float | None, str, dict]]] | None = None
+    # What loading the corpus found that the user should know (e.g. invalid lines skipped); the
+    # run prints these up front.
+    notes: list[str] = []
 
     # -- corpus -----------------------------------------------------------------------------
     def texts(self, cfg: CorpusConfig, seed: int) -> tuple[list[Text], list[Text]]:
@@ -98,6 +112,11 @@ class Domain:
         """text -> Verdict, where the domain can check truth; None where it cannot."""
         return None
 
+    def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
+        """Domain figures of one generation's decodes, added to its metrics line and stored in
+        the evaluate stage's detail (molecules: the MOSES metrics). None by default."""
+        return {}
+
     # -- the self-trained base model ----------------------------------------------------------
     def train_tokenizer(self, texts: list[str], vocab_size: int):
         """The tokenizer a base model trained from scratch on this domain uses (byte-level BPE
@@ -124,12 +143,13 @@ def split_eval(texts: list[Text], eval_share: float, seed: int) -> tuple[list[Te
 
 def _registry() -> dict[str, type[Domain]]:
     from domains.maths import MathsDomain
+    from domains.molecules.domain import MoleculesDomain
     from domains.text import TextDomain
 
-    return {"maths": MathsDomain, "text": TextDomain}
+    return {"maths": MathsDomain, "text": TextDomain, "molecules": MoleculesDomain}
 
 
-DOMAINS = ("maths", "text")
+DOMAINS = ("maths", "text", "molecules")
 
 
 def get_domain(name: str) -> Domain:

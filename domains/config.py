@@ -8,14 +8,19 @@ from common.errors import check as _check
 
 @dataclass
 class CorpusConfig:
-    # The domain plugin (domains.base.get_domain): maths, text. None = maths for the built-in
-    # corpus, text for a user's --corpus file.
+    # The domain plugin (domains.base.get_domain): maths, text, molecules. None = maths for the
+    # built-in corpus, molecules for a user's .smi file, text for any other --corpus file.
     domain: str | None = None
     path: str | None = None  # a user corpus file (.txt or .jsonl); None = the domain's own (built-in maths)
     facts_per_topic: int = 40
     phrasings_per_fact: int = 3
     holdout_share: float = 0.2
     eval_share: float = 0.05  # share of training texts kept aside for held-out perplexity
+    # Molecules: MOSES training molecules in the corpus (0 = all 1.58M), test molecules held out
+    # for evaluation, scaffold-test molecules in the held-out knowledge set (0 = all).
+    max_texts: int = 0
+    eval_texts: int = 1000
+    knowledge_texts: int = 1000
 
     def __post_init__(self):
         from domains.base import DOMAINS
@@ -26,7 +31,13 @@ class CorpusConfig:
         _check(self.phrasings_per_fact >= 1, f"corpus.phrasings_per_fact must be >= 1, got {self.phrasings_per_fact}")
         _check(0 <= self.holdout_share < 1, f"corpus.holdout_share must be in [0, 1), got {self.holdout_share}")
         _check(0 <= self.eval_share < 0.5, f"corpus.eval_share must be in [0, 0.5), got {self.eval_share}")
+        for k in ("max_texts", "eval_texts", "knowledge_texts"):
+            _check(getattr(self, k) >= 0, f"corpus.{k} must be >= 0, got {getattr(self, k)}")
 
     @property
     def domain_name(self) -> str:
-        return self.domain or ("maths" if self.path is None else "text")
+        if self.domain:
+            return self.domain
+        if self.path is None:
+            return "maths"
+        return "molecules" if str(self.path).lower().endswith(".smi") else "text"

@@ -34,8 +34,8 @@ def decide(scores: dict[str, JudgeScore], cfg) -> Decision:
         elif cfg.require_true:
             if status == "false":
                 return reject(f"false claim ({ver.reason})")
-            if status == "unparseable":
-                return reject("unparseable: no known statement form")
+            if status == "unparseable":  # the verifier's own words (maths: "unparseable: no known statement form")
+                return reject(ver.reason)
             return reject(f"not verified ({ver.reason})")
         else:
             notes.append(f"{status or 'unverified'} (truth not required)")

@@ -214,3 +214,16 @@ class CriticJudge:
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+
+class RuleCriticJudge:
+    """A domain's rule-based critic in the critic's place (Domain.rule_critic): where no LLM can
+    rate the texts (a chemical LM cannot judge its own molecules), the domain's rules do."""
+
+    name = "critic"
+
+    def __init__(self, rate):
+        self.rate = rate  # texts -> [(score in [0, 1] or None, reason, detail)]
+
+    def score(self, texts: list[str]) -> list[JudgeScore]:
+        return [JudgeScore(s, reason, detail) for s, reason, detail in self.rate(list(texts))]

@@ -1,4 +1,5 @@
-"""Novelty: cosine distance to the nearest corpus text or already-accepted text.
+"""Novelty: cosine distance to the nearest corpus text or already-accepted text (or Tanimoto /
+Jaccard distance on bit vectors, for a domain whose embedder gives fingerprints).
 
 score = min(1, distance / 0.5): distances past 0.5 all count as fully novel, so the judge
 ranks near-copies and paraphrases, not "how unrelated to the corpus" a text is.
@@ -18,20 +19,23 @@ SATURATION = 0.5  # cosine distance at which novelty reaches 1
 class NoveltyJudge:
     name = "novelty"
 
-    def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], corpus_texts: list[str], min_distance: float = 0.02):
+    def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], corpus_texts: list[str], min_distance: float = 0.02,
+                 metric: str = "cosine"):
         if not corpus_texts:
             raise ValueError("NoveltyJudge needs at least one corpus text to measure distance to")
         if not 0 <= min_distance <= 2:
             raise ValueError(f"min_distance must be in [0, 2], got {min_distance}")
-        self.embed_fn, self.min_distance = embed_fn, min_distance
+        if metric not in ("cosine", "jaccard"):
+            raise ValueError(f"metric must be cosine or jaccard, got {metric!r}")
+        self.embed_fn, self.min_distance, self.metric = embed_fn, min_distance, metric
         self.corpus_texts = list(corpus_texts)
-        self._corpus_index = NearestNeighbors(n_neighbors=1, metric="cosine").fit(self._embed(self.corpus_texts))
+        self._corpus_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(self._embed(self.corpus_texts))
         self.accepted_texts: list[str] = []
         self._accepted_emb = None  # (A, d)
         self._accepted_index = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        z = np.asarray(self.embed_fn(list(texts)), dtype=np.float32)
+        z = np.asarray(self.embed_fn(list(texts)), dtype=bool if self.metric == "jaccard" else np.float32)
         if z.ndim != 2 or z.shape[0] != len(texts):
             raise ValueError(f"embed_fn returned shape {z.shape} for {len(texts)} texts; expected (N, d)")
         return z
@@ -45,7 +49,7 @@ class NoveltyJudge:
         self._accepted_emb = z if self._accepted_emb is None else np.concatenate([self._accepted_emb, z])
         self.accepted_texts += texts
         # Refit: accepted sets are small (hundreds per generation), so a rebuild is cheap.
-        self._accepted_index = NearestNeighbors(n_neighbors=1, metric="cosine").fit(self._accepted_emb)
+        self._accepted_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(self._accepted_emb)
 
     def score(self, texts: list[str]) -> list[JudgeScore]:
         texts = list(texts)

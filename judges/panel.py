@@ -1,8 +1,8 @@
 """The judge panel: built once here, used by the loop's judge stage and by the experiments.
 
 `build_panel` makes the judges a domain calls for (coherence, novelty in the domain's embedding
-space, the critic with the domain's rubric or the user's, the verifier where the domain has
-one); `judge_texts` scores a batch with all of them and decides with the combiner. An accepted
+space, the critic with the domain's rubric or the user's, or the domain's rule-based critic,
+the verifier where the domain has one); `judge_texts` scores a batch with all of them and decides with the combiner. An accepted
 text repeated within the batch is rejected as a duplicate of the first.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from judges.base import JudgeScore, safe_score
 from judges.coherence import CoherenceJudge
 from judges.combiner import decide
 from judges.config import JudgeConfig
-from judges.critic import CriticJudge, load_rubric
+from judges.critic import CriticJudge, RuleCriticJudge, load_rubric
 from judges.novelty import NoveltyJudge
 from judges.verifier import VerifierJudge
 
@@ -28,12 +28,18 @@ def build_panel(domain: Domain, cfg: JudgeConfig, model, tokenizer, train: list[
                 seed: int) -> list:
     rng = np.random.default_rng(seed)
     ref_idx = rng.choice(len(train), size=min(COHERENCE_REFERENCE, len(train)), replace=False)
-    rubric = load_rubric(cfg.rubric) if cfg.rubric else domain.rubric
-    novelty = NoveltyJudge(domain.meaning_embedder().embed, [t.text for t in train], cfg.min_novelty)
+    embedder = domain.meaning_embedder()
+    if getattr(embedder, "metric", "cosine") == "jaccard":  # bit vectors: Tanimoto distance on the bits
+        novelty = NoveltyJudge(embedder.bits, [t.text for t in train], cfg.min_novelty, metric="jaccard")
+    else:
+        novelty = NoveltyJudge(embedder.embed, [t.text for t in train], cfg.min_novelty)
     if previous:
         novelty.add_accepted(previous)
-    panel = [CoherenceJudge(model, tokenizer, [train[i].text for i in sorted(ref_idx)]), novelty,
-             CriticJudge(model, tokenizer, rubric)]
+    if domain.rule_critic is not None:
+        critic = RuleCriticJudge(domain.rule_critic)
+    else:
+        critic = CriticJudge(model, tokenizer, load_rubric(cfg.rubric) if cfg.rubric else domain.rubric)
+    panel = [CoherenceJudge(model, tokenizer, [train[i].text for i in sorted(ref_idx)]), novelty, critic]
     if domain.verifier is not None:
         panel.append(VerifierJudge(domain.verifier))
     return panel
@@ -52,10 +58,11 @@ class Judged:
 
 
 def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys: frozenset[str],
-                duplicate_reason: Callable[[int], str] = lambda i: f"rejected: duplicate of text {i} in this batch"
-                ) -> list[Judged]:
+                duplicate_reason: Callable[[int], str] = lambda i: f"rejected: duplicate of text {i} in this batch",
+                canonical: Callable[[str], str] = lambda t: t) -> list[Judged]:
     """Score `texts` with every judge of `panel`; `duplicate_reason(i)` words the rejection of a
-    text already accepted at index i."""
+    text already accepted at index i; two texts are the same text when `canonical` (the domain's,
+    e.g. canonical SMILES) makes them equal."""
     scores = {j.name: safe_score(j, texts) for j in panel}
     seen: dict[str, int] = {}
     out = []
@@ -68,9 +75,10 @@ def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys
             verdict, fact_key, topic = ver.detail.get("status"), ver.detail.get("fact_key"), ver.detail.get("topic")
             true_new = verdict == "true" and fact_key not in train_fact_keys
         accepted, reason = d.accepted, d.reason
-        if accepted and t in seen:
-            accepted, reason = False, duplicate_reason(seen[t])
+        key = canonical(t)
+        if accepted and key in seen:
+            accepted, reason = False, duplicate_reason(seen[key])
         elif accepted:
-            seen[t] = i
+            seen[key] = i
         out.append(Judged(per, d.total, accepted, reason, verdict, fact_key, topic, true_new))
     return out

@@ -20,7 +20,11 @@ class VerifierJudge:
             v = self.verify_fn(t)
             detail = {"status": v.status, "fact_key": v.fact_key, "topic": v.topic}
             where = f" ({v.fact_key})" if v.fact_key else ""
-            if v.status == "true":
+            if v.status not in ("true", "false", "unparseable"):
+                raise ValueError(f"verify returned unknown status {v.status!r}; expected true, false or unparseable")
+            if getattr(v, "reason", None):  # the domain words its own verdicts (molecules: valid / invalid SMILES)
+                out.append(JudgeScore({"true": 1.0, "false": 0.0}.get(v.status), v.reason, detail))
+            elif v.status == "true":
                 out.append(JudgeScore(1.0, f"true{where}", detail))
             elif v.status == "false":
                 out.append(JudgeScore(0.0, f"false claim{where}", detail))

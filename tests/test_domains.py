@@ -321,9 +321,12 @@ def test_registry_names_the_built_in_domains_and_refuses_others():
     from common.errors import ConfigError
     from domains import DOMAINS, MathsDomain, TextDomain, get_domain
 
-    assert DOMAINS == ("maths", "text")
+    from domains.molecules.domain import MoleculesDomain
+
+    assert DOMAINS == ("maths", "text", "molecules")
     assert isinstance(get_domain("maths"), MathsDomain) and isinstance(get_domain("text"), TextDomain)
-    with pytest.raises(ConfigError, match="unknown domain 'chem'.*maths, text"):
+    assert isinstance(get_domain("molecules"), MoleculesDomain)
+    with pytest.raises(ConfigError, match="unknown domain 'chem'.*maths, molecules, text"):
         get_domain("chem")
 
 

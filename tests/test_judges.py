@@ -296,7 +296,8 @@ def test_combiner_accepts_with_reason():
 
 @pytest.mark.parametrize("change, cfg, expect", [
     ({"verifier": S(0.0, status="false")}, {}, "rejected: false claim"),
-    ({"verifier": S(None, status="unparseable")}, {}, "rejected: unparseable"),
+    ({"verifier": JudgeScore(None, "unparseable: no known statement form", {"status": "unparseable"})}, {},
+     "rejected: unparseable: no known statement form"),
     ({"verifier": S(None)}, {}, "rejected: not verified"),
     ({"coherence": S(None)}, {}, "rejected: coherence unscored"),
     ({"coherence": S(0.01)}, {}, "rejected: incoherent"),

@@ -1,0 +1,1 @@
+"""The molecules domain: MOSES data, SMILES tokens, chemistry judges and metrics."""

@@ -1,0 +1,323 @@
+"""The molecules domain: MOSES SMILES, RDKit validity, Morgan-fingerprint meaning, chemistry critic.
+
+Corpus: a subset of MOSES train (`corpus.max_texts`, 0 = all 1.58M), held-out evaluation:
+MOSES test, held-out knowledge: MOSES scaffold test (molecules whose Bemis-Murcko scaffolds
+occur in neither train nor test; Polykovskiy et al. 2020). A user's `--corpus FILE.smi|.csv|.txt`
+replaces the training molecules; its invalid lines are counted and reported, never fatal.
+Every text is a canonical SMILES (RDKit), so de-duplication and "new" are exact.
+
+- verifier: RDKit parses and sanitises the SMILES ("true" = a valid molecule; its fact key is
+  the canonical SMILES, so "true and new" = valid and absent from MOSES train);
+- meaning: Morgan fingerprints (radius 2, 1024 bits), so nearby latents are similar molecules
+  and novelty is the Tanimoto (Jaccard) distance to the nearest training molecule;
+- critic: rule-based, not an LLM (a chemical LM cannot rate its own output): drug-likeness
+  (QED), synthetic accessibility (SA score) and the MOSES filters;
+- per generation: the MOSES metrics against the whole test set (SNN and FCD from the statistics
+  MOSES ships), and rediscoveries (decodes whose canonical SMILES is in the scaffold-test set:
+  real molecules the model never saw) and novel scaffolds (absent from the run's training set).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
+from domains.files import CorpusError
+
+FP_BITS = 1024
+FP_RADIUS = 2
+SMILES_EXTENSIONS = (".smi", ".csv", ".txt")
+# Drawn from MOSES train beside the corpus: molecules that teach the base model's copy units and
+# the SLLM the language, as the maths domain's false sentences do (none is held out).
+RUBRIC = ("Rule-based: drug-likeness (QED), synthetic accessibility (SA score, 1 easy - 10 hard) and the "
+          "MOSES medicinal-chemistry filters (MCF, PAINS, allowed atoms, no charges, ring sizes).")
+
+
+@functools.lru_cache(maxsize=1)
+def _rdkit():
+    try:
+        from rdkit import Chem, DataStructs, RDLogger
+        from rdkit.Chem import rdFingerprintGenerator
+    except ImportError:
+        raise CorpusError("the molecules domain needs RDKit: pip install rdkit") from None
+    RDLogger.DisableLog("rdApp.*")  # invalid SMILES are counted, not printed one by one
+    return Chem, DataStructs, rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
+
+
+def canonical(smiles: str) -> str | None:
+    """RDKit canonical SMILES; None when `smiles` is not a valid molecule."""
+    Chem, _, _ = _rdkit()
+    s = smiles.strip()
+    if not s or " " in s:
+        return None
+    mol = Chem.MolFromSmiles(s)
+    return None if mol is None or mol.GetNumAtoms() == 0 else Chem.MolToSmiles(mol)
+
+
+def fingerprints(smiles: list[str]) -> np.ndarray:
+    """(N, FP_BITS) uint8 Morgan bits; an invalid SMILES gives a zero row."""
+    Chem, DataStructs, gen = _rdkit()
+    out = np.zeros((len(smiles), FP_BITS), dtype=np.uint8)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s) if s else None
+        if mol is not None:
+            DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), out[i])
+    return out
+
+
+class MorganEmbedder:
+    """Morgan fingerprints as the meaning space: L2-normalised bit vectors (cosine = the Ochiai
+    similarity, monotone with Tanimoto for molecules of equal bit counts); `metric` tells the
+    novelty judge to measure Tanimoto (Jaccard) distance on the bits instead."""
+
+    name = f"morgan-r{FP_RADIUS}-{FP_BITS}"
+    dim = FP_BITS
+    metric = "jaccard"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        bits = fingerprints(list(texts)).astype(np.float32)
+        norm = np.linalg.norm(bits, axis=1, keepdims=True)
+        return bits / np.maximum(norm, 1.0)  # (N, 1024); an invalid SMILES stays a zero row
+
+    def bits(self, texts: list[str]) -> np.ndarray:
+        return fingerprints(list(texts)).astype(bool)
+
+
+MORGAN = MorganEmbedder()
+
+
+def verify(text: str) -> Verdict:
+    c = canonical(text)
+    if c is None:
+        return Verdict("unparseable", None, None, reason="invalid SMILES: RDKit cannot parse or sanitise it")
+    return Verdict("true", c, None, reason=f"valid molecule {c}")
+
+
+def chemistry_critic(texts: list[str]) -> list[tuple[float | None, str, dict]]:
+    """(score, reason, detail) per text: score = mean of QED and (10 - SA) / 9, halved when the
+    molecule fails the MOSES filters; None for an invalid SMILES (the verifier rejects it)."""
+    from domains.molecules import metrics
+
+    out = []
+    for t in texts:
+        if canonical(t) is None:
+            out.append((None, "invalid SMILES: nothing to rate", {}))
+            continue
+        q, sa, ok = metrics.qed(t), metrics.sa_score(t), metrics.passes_filters(t)
+        score = (q + (10 - sa) / 9) / 2 * (1.0 if ok else 0.5)
+        out.append((float(score), f"QED {q:.2f}, SA {sa:.2f}, {'passes' if ok else 'fails'} MOSES filters",
+                    {"qed": q, "sa": sa, "filters": bool(ok)}))
+    return out
+
+
+def largest_fragment(smiles: str) -> str | None:
+    """Canonical SMILES of the largest fragment (most heavy atoms): a salt or solvate such as
+    "CC(=O)[O-].[Na+]" keeps its parent ion, as MOSES's own preparation of ZINC did."""
+    Chem, _, _ = _rdkit()
+    mol = Chem.MolFromSmiles(smiles.strip()) if smiles.strip() else None
+    if mol is None or mol.GetNumAtoms() == 0:
+        return None
+    frags = Chem.GetMolFrags(mol, asMols=True)
+    return Chem.MolToSmiles(max(frags, key=lambda m: (m.GetNumHeavyAtoms(), Chem.MolToSmiles(m))))
+
+
+def read_smiles_file(path: str | Path) -> tuple[list[str], int]:
+    """(canonical SMILES of the valid lines, count of invalid lines) of a user's SMILES file:
+    .smi/.txt (SMILES first on each line, anything after whitespace ignored) or .csv (a column
+    named SMILES or smiles, else the first). Salts keep their largest fragment; stereochemistry
+    and charges are kept. Raises CorpusError when nothing valid is left."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise CorpusError(f"corpus file {p} does not exist; pass a .smi, .csv or .txt file of SMILES")
+    if p.suffix.lower() not in SMILES_EXTENSIONS:
+        raise CorpusError(f"corpus file {p} has extension {p.suffix or '(none)'!r}; the molecules domain reads "
+                          ".smi or .txt (one SMILES a line) or .csv (a SMILES column)")
+    try:
+        content = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise CorpusError(f"corpus file {p} is not UTF-8 text; save it as UTF-8") from None
+    if p.suffix.lower() == ".csv":
+        rows = list(csv.reader(content.splitlines()))
+        if not rows:
+            raise CorpusError(f"corpus file {p} is empty; add a SMILES column")
+        head = [h.strip().lower() for h in rows[0]]
+        col = head.index("smiles") if "smiles" in head else 0
+        raw = [r[col] if len(r) > col else "" for r in rows[1:]] if "smiles" in head else [r[0] for r in rows if r]
+    else:
+        raw = [line.split()[0] if line.split() else "" for line in content.splitlines()]
+    raw = [r.strip() for r in raw if r.strip()]
+    valid, invalid = [], 0
+    for r in raw:
+        c = largest_fragment(r)
+        if c is None:
+            invalid += 1
+        else:
+            valid.append(c)
+    if not valid:
+        raise CorpusError(f"corpus file {p} has no valid SMILES ({invalid} invalid lines); pass a file of SMILES")
+    return valid, invalid
+
+
+class MoleculesDomain(Domain):
+    name = "molecules"
+    rubric = RUBRIC
+    truth_label, new_label = "valid", "valid-new"
+    # Settings a molecules run needs unless the user sets them (loop.config.build_config).
+    # Sized so that `--domain molecules --generations 2` fits 20 minutes on 2 CPU cores; on a GPU
+    # pass --set corpus.max_texts=0 (all of MOSES train) and more epochs.
+    defaults = {
+        "corpus.max_texts": 10000,
+        "base.epochs": 8,
+        "base.pack_len": 128,
+        "sllm.epochs": 4,
+        "sllm.max_tokens": 64,  # MOSES SMILES run to 57 atom-level tokens
+        "sllm.false_texts": 0,
+        "decode.max_new_tokens": 64,
+    }
+
+    def __init__(self):
+        self.invalid_lines = 0  # of a user's --corpus file, counted by `texts`
+
+    def texts(self, cfg, seed: int) -> tuple[list[Text], list[Text]]:
+        from domains.molecules.data import load_split
+
+        if cfg.path is not None:
+            smiles, self.invalid_lines = read_smiles_file(cfg.path)
+            if self.invalid_lines:
+                self.notes = [f"note: {self.invalid_lines} line(s) of {cfg.path} are not valid SMILES (RDKit cannot "
+                              f"parse or sanitise them); skipped, {len(smiles)} molecules kept"]
+            smiles = list(dict.fromkeys(smiles))  # one text per molecule, first occurrence kept
+            if cfg.max_texts:
+                smiles = smiles[: cfg.max_texts]
+        else:
+            smiles = load_split("train", cfg.max_texts or None, seed)
+        try:
+            knowledge = load_split("test_scaffolds", cfg.knowledge_texts or None, seed)
+        except CorpusError:
+            if cfg.path is None:
+                raise
+            knowledge = []  # a user corpus without the MOSES files: no held-out knowledge set
+        return [Text(s, "molecule", s) for s in smiles], [Text(s, "molecule", s) for s in knowledge]
+
+    def load(self, cfg, seed: int) -> CorpusSplits:
+        from domains.molecules.data import load_split
+
+        train, knowledge = self.texts(cfg, seed)
+        if cfg.path is not None:
+            train, ev = split_eval(train, cfg.eval_share, seed)
+            keys = frozenset(t.text for t in train)
+        else:
+            ev = [Text(s, "molecule", s) for s in load_split("test", cfg.eval_texts or None, seed)]
+            keys = train_set()  # "new" = absent from all of MOSES train, as MOSES's Novelty counts it
+        return CorpusSplits(train=train, eval=ev, knowledge=knowledge, train_fact_keys=keys)
+
+    def canonical(self, text: str) -> str:
+        return canonical(text) or text.strip()
+
+    def meaning_embedder(self) -> MorganEmbedder:
+        return MORGAN
+
+    @property
+    def verifier(self) -> Callable[[str], Verdict]:
+        return verify
+
+    @property
+    def rule_critic(self):
+        return chemistry_critic
+
+    def train_tokenizer(self, texts: list[str], vocab_size: int):
+        from domains.molecules.tokenizer import train_smiles_tokenizer
+
+        return train_smiles_tokenizer(texts, vocab_size)
+
+    def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
+        """The MOSES metrics of a generation's decodes against the held-out test molecules, and
+        the rediscoveries (decodes in the scaffold-test set)."""
+        from domains.molecules import metrics
+
+        import warnings
+
+        valid = [c for c in (canonical(t) for t in texts if t) if c is not None]
+        out: dict[str, float] = {"decodes": len(texts)}  # validity itself is the verifier's share (the line's "valid")
+        if not valid:
+            return out
+        test = reference_set(splits)
+        uniq = sorted(set(valid))
+        out.update({
+            "unique": len(uniq) / len(valid),
+            "novel": sum(s not in splits.train_fact_keys for s in uniq) / len(uniq),
+            "IntDiv": metrics.internal_diversity(valid),
+            "filters": metrics.fraction_passes_filters(valid),
+            "SNN/Test": metrics.snn(valid, test),
+        })
+        with warnings.catch_warnings():  # a near-singular covariance of few decodes: FCD is then rough
+            warnings.simplefilter("ignore")
+            out["FCD/Test"] = metrics.fcd(valid, test) if len(uniq) >= 2 else float("nan")
+        sf = scaffold_test_set()
+        out["rediscovered"] = sum(s in sf for s in uniq)
+        train_scaf = train_scaffolds(splits)
+        scaf = {metrics.scaffold(s) for s in uniq} - {None, ""}
+        out["novel_scaffolds"] = len(scaf - train_scaf)
+        return out
+
+
+class MosesTrainSet:
+    """Every MOSES training molecule (canonical SMILES, as the csv holds them: 99.97% of a sample
+    of 3,000 are unchanged by this RDKit's canonicalisation), read on the first membership test,
+    so a run that never asks (the report, inspect) never pays the 1.58M-row read."""
+
+    def __contains__(self, smiles: object) -> bool:
+        return smiles in _moses_train()
+
+    def __len__(self) -> int:
+        return len(_moses_train())
+
+    def __iter__(self):
+        return iter(_moses_train())
+
+
+@functools.lru_cache(maxsize=1)
+def _moses_train() -> frozenset[str]:
+    from domains.molecules.data import load_split
+
+    return frozenset(load_split("train"))
+
+
+def train_set() -> MosesTrainSet:
+    return MosesTrainSet()
+
+
+@functools.lru_cache(maxsize=1)
+def scaffold_test_set() -> frozenset[str]:
+    from domains.molecules.data import load_split
+
+    return frozenset(load_split("test_scaffolds"))
+
+
+def reference_set(splits: CorpusSplits):
+    """What SNN and FCD compare with: all of MOSES test, from the statistics MOSES ships (the
+    paper's protocol); the run's evaluation molecules where the MOSES files are absent."""
+    from domains.molecules import metrics
+
+    try:
+        return metrics.moses_reference("test")
+    except CorpusError:
+        return [t.text for t in splits.eval]
+
+
+_SCAFFOLDS: dict[int, frozenset[str]] = {}
+
+
+def train_scaffolds(splits: CorpusSplits) -> frozenset[str]:
+    """Bemis-Murcko scaffolds of the run's training molecules (computed once per corpus)."""
+    from domains.molecules import metrics
+
+    key = id(splits)
+    if key not in _SCAFFOLDS:
+        _SCAFFOLDS[key] = frozenset(s for s in (metrics.scaffold(t.text) for t in splits.train) if s)
+    return _SCAFFOLDS[key]

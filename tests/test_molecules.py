@@ -1,0 +1,183 @@
+"""The molecules domain: SMILES tokens, canonical forms, the user's SMILES files, judges, the loop."""
+import json
+import sqlite3
+
+import pytest
+
+pytest.importorskip("rdkit")
+
+from domains.base import get_domain  # noqa: E402
+from domains.files import CorpusError  # noqa: E402
+from domains.molecules.domain import MORGAN, canonical, read_smiles_file, verify  # noqa: E402
+from domains.molecules.tokenizer import smiles_tokens, train_smiles_tokenizer  # noqa: E402
+
+ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
+SMILES = [ASPIRIN, "C[C@@H](N)c1ccc[nH]1", "ClCCBr", "C1CC2CCC1C2", "O=C1CCC%10CC1CC%10", "c1ccsc1", "N#Cc1ccncc1"]
+
+
+def moses_available() -> bool:
+    try:
+        from domains.molecules.data import moses_data_dir
+
+        moses_data_dir()
+        return True
+    except Exception:  # noqa: BLE001 - absent or broken: the tests that need it skip
+        return False
+
+
+needs_moses = pytest.mark.skipif(not moses_available(), reason="MOSES data absent: pip install --no-deps molsets==0.3.1")
+
+
+@pytest.mark.parametrize("smi", SMILES)
+def test_smiles_tokens_cover_the_string_and_decode_back(smi):
+    assert "".join(smiles_tokens(smi)) == smi
+    tok = train_smiles_tokenizer(SMILES)
+    ids = tok(smi, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode([tok.bos_token_id, *ids, tok.eos_token_id], skip_special_tokens=True) == smi
+
+
+def test_smiles_tokenizer_units_and_reload(tmp_path):
+    assert smiles_tokens("C[C@@H](Cl)Br%12") == ["C", "[C@@H]", "(", "Cl", ")", "Br", "%12"]
+    tok = train_smiles_tokenizer(SMILES)
+    assert len(tok) < 40  # atom-level: a few dozen units, not a BPE vocabulary
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(ASPIRIN, add_special_tokens=False)["input_ids"] == tok(ASPIRIN, add_special_tokens=False)["input_ids"]
+    # a unit never seen in training maps to <unk>, never to a wrong atom
+    assert again("[Se]", add_special_tokens=False)["input_ids"] == [again.unk_token_id]
+
+
+def test_canonical_verify_and_fingerprints():
+    assert canonical("OC(=O)c1ccccc1OC(C)=O") == canonical(ASPIRIN)  # two spellings, one molecule
+    for bad in ("", "C1CC", "c1cccc1", "C(C", "not a molecule"):
+        assert canonical(bad) is None
+        assert verify(bad).status == "unparseable" and "invalid SMILES" in verify(bad).reason
+    v = verify(ASPIRIN)
+    assert v.status == "true" and v.fact_key == canonical(ASPIRIN)
+    z = MORGAN.embed([ASPIRIN, "CCO", "C1CC"])
+    assert z.shape == (3, MORGAN.dim)
+    assert abs(float((z[0] ** 2).sum()) - 1) < 1e-5 and float(abs(z[2]).sum()) == 0  # invalid: zero row
+    assert MORGAN.bits([ASPIRIN]).dtype == bool
+
+
+def test_read_smiles_file_counts_invalid_lines(tmp_path):
+    smi = tmp_path / "mols.smi"
+    smi.write_text(f"{ASPIRIN} aspirin\nCCO\nnot-a-smiles\n\nC1CC\nOCC\n")
+    valid, invalid = read_smiles_file(smi)
+    assert valid == [canonical(ASPIRIN), "CCO", "CCO"] and invalid == 2
+    csv = tmp_path / "mols.csv"
+    csv.write_text("name,SMILES\na,CCO\nb,c1ccccc1\nc,xx\n")
+    assert read_smiles_file(csv) == (["CCO", "c1ccccc1"], 1)
+    empty = tmp_path / "bad.smi"
+    empty.write_text("xx\nyy\n")
+    with pytest.raises(CorpusError, match="no valid SMILES"):
+        read_smiles_file(empty)
+    sdf = tmp_path / "mols.sdf"
+    sdf.write_text("x")
+    with pytest.raises(CorpusError, match="extension"):
+        read_smiles_file(sdf)
+
+
+def test_messy_user_smiles_file(tmp_path):
+    """Salts keep their parent, stereochemistry and charges survive, invalid lines are counted."""
+    f = tmp_path / "messy.smi"
+    f.write_text("\n".join([
+        "CC(=O)[O-].[Na+] sodium acetate",  # a salt: the acetate is kept
+        "C[C@@H](N)C(=O)O L-alanine",  # stereochemistry kept
+        "C[C@H](N)C(=O)O D-alanine",
+        "C[N+](C)(C)C.[Cl-]",  # a charged parent ion
+        "c1ccccc1 benzene",
+        "C1=CC=CC=C1",  # benzene again, Kekule form
+        "C(C)(C)(C)(C)C",  # pentavalent carbon: invalid
+        "[Xx]", "c1cccc1", "", "   ", "OCC)",
+    ]) + "\n")
+    valid, invalid = read_smiles_file(f)
+    assert invalid == 4
+    assert valid == ["CC(=O)[O-]", "C[C@@H](N)C(=O)O", "C[C@H](N)C(=O)O", "C[N+](C)(C)C", "c1ccccc1", "c1ccccc1"]
+    cfg_dom = get_domain("molecules")
+    from loop.config import build_config
+
+    cfg = build_config(overrides={"corpus.domain": "molecules", "corpus.path": str(f), "corpus.eval_share": "0"})
+    d = cfg_dom.load(cfg.corpus, 0)
+    assert [t.text for t in d.train] == valid[:5]  # one text per molecule
+    assert cfg_dom.invalid_lines == 4
+
+
+def test_user_smiles_corpus_splits_and_counts(tmp_path):
+    from loop.config import build_config
+
+    lines = [ASPIRIN, "CCO", "CCN", "CCC", "CCCl", "c1ccccc1", "c1ccncc1", "CC(C)O", "OCCO", "bad((", "CCOC"] * 1
+    f = tmp_path / "mine.smi"
+    f.write_text("\n".join(lines) + "\n")
+    cfg = build_config(overrides={"corpus.domain": "molecules", "corpus.path": str(f), "corpus.eval_share": "0.2"})
+    dom = get_domain("molecules")
+    d = dom.load(cfg.corpus, 0)
+    assert dom.invalid_lines == 1
+    assert len(d.train) + len(d.eval) == 10 and d.eval
+    assert d.train_fact_keys == frozenset(t.text for t in d.train)
+
+
+def test_molecules_defaults_sit_under_user_settings():
+    from loop.config import build_config
+
+    cfg = build_config(overrides={"corpus.domain": "molecules"})
+    assert cfg.sllm.max_tokens == 64 and cfg.corpus.max_texts == 10000
+    cfg = build_config(overrides={"corpus.domain": "molecules", "corpus.max_texts": "500"})
+    assert cfg.corpus.max_texts == 500
+    assert build_config().sllm.max_tokens == 48  # maths keeps its own
+
+
+def test_panel_for_molecules_uses_tanimoto_and_the_chemistry_critic(tiny_lm):
+    from judges.config import JudgeConfig
+    from judges.critic import RuleCriticJudge
+    from judges.panel import build_panel, judge_texts
+    from domains.base import Text
+
+    tok, model = tiny_lm
+    dom = get_domain("molecules")
+    train = [Text(s, "molecule", canonical(s)) for s in SMILES]
+    cfg = JudgeConfig(min_coherence=0)
+    panel = build_panel(dom, cfg, model, tok, train, [], seed=0)
+    assert isinstance(panel[2], RuleCriticJudge) and panel[1].metric == "jaccard"
+    texts = [ASPIRIN, "OC(=O)c1ccccc1OC(C)=O", "CCCCCCCCOc1ccc(cc1)C(=O)N", "C1CC"]
+    out = judge_texts(panel, texts, cfg, frozenset(t.fact_key for t in train), canonical=dom.canonical)
+    assert out[0].accepted is False and "near-duplicate" in out[0].reason  # a training molecule
+    assert out[3].accepted is False and "invalid SMILES" in out[3].reason
+    crit = out[2].scores["critic"]
+    assert 0 < crit.score <= 1 and "QED" in crit.reason and set(crit.detail) == {"qed", "sa", "filters"}
+    assert out[2].verdict == "true" and out[2].true_new is True
+
+
+TINY_MOL = [
+    "--domain", "molecules", "--set", "corpus.max_texts=400", "--set", "corpus.eval_texts=60",
+    "--set", "corpus.knowledge_texts=60",
+    "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=2",
+    "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=1",
+    "--set", "sllm.n_prompt=4", "--set", "sample.n_candidates=12", "--set", "decode.max_new_tokens=24",
+    "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
+    "--set", "judges.min_coherence=0", "--set", "sample.samplers=dark,prior,lm",
+]
+
+
+@needs_moses
+def test_molecules_loop_reports_moses_metrics(tmp_path):
+    from tests.test_loop import run_cli
+
+    out = tmp_path / "run"
+    p = run_cli(["--generations", "1", "--out", str(out), *TINY_MOL])
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("gen 0 |")][0]
+    for key in ("valid", "valid-new", "unique", "novel", "IntDiv", "filters", "SNN/Test", "FCD/Test", "rediscovered"):
+        assert f"{key} " in line, (key, line)
+    con = sqlite3.connect(out / "runs.db")
+    detail = json.loads(con.execute("SELECT detail_json FROM stage WHERE name='evaluate'").fetchone()[0])
+    m = detail["domain_metrics"]
+    assert m["decodes"] == 12 and 0 <= m.get("unique", 0) <= 1
+    rows = con.execute("SELECT text, verdict, decision, reason FROM candidate").fetchall()
+    for text, verdict, decision, reason in rows:
+        assert (verdict == "true") == (canonical(text or "") is not None)
+        if verdict != "true":
+            assert decision == "rejected" and "invalid SMILES" in reason
+    con.close()
