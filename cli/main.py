@@ -13,7 +13,7 @@ __all__ = ["USAGE", "build_from_args", "main", "parser"]
 
 # Subcommands: each module has main(argv) -> exit code.
 SUBCOMMANDS = {"inspect": "cli.inspect", "bench": "bench", "experiment": "experiments",
-               "crashtest": "cli.crashtest"}
+               "crashtest": "cli.crashtest", "report": "report.cli"}
 
 
 

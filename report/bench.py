@@ -1,0 +1,160 @@
+"""A fabricated large run, and the report's size and load time on it.
+
+    python -m report.bench --candidates 100000 --out /tmp/report-bench     # fabricate, report, open in Chromium
+
+`fabricate_run` writes a run folder the way the loop does (storage models and db helpers, map
+folders with latents.npy / eval_latents.npy / probes.npy), with made-up maths texts, scores,
+reasons, zones and metrics; the tests use it small, the bench at 100,000 candidates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+from sqlmodel import Session
+
+from storage.db import open_db
+from storage.models import Candidate, Metric, Run, Score, Stage, Zone
+
+SAMPLERS = ("dark", "prior", "interpolate", "lm")
+JUDGES = ("coherence", "critic", "novelty", "verifier")
+STAGE_NAMES = ("sllm", "map", "sample", "decode", "judge", "retrain", "evaluate")
+
+
+def _sentence(rng: np.random.Generator) -> tuple[str, str]:
+    a, b = (int(x) for x in rng.integers(0, 60, 2))
+    c = a + b + int(rng.integers(-1, 2))
+    return f"{a} plus {b} equals {c}.", ("true" if c == a + b else "false")
+
+
+def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: int = 10, latent_dim: int = 256,
+                  domain: str = "maths", texts: list[str] | None = None, seed: int = 0) -> Path:
+    """A finished run of `generations` generations and `candidates` candidates in all (a quarter of them
+    sampler lm, with no latent). The corpus is the maths domain's default one (its texts match the
+    map's corpus points); `domain`/`texts` fabricate another domain's run (e.g. molecules, SMILES)."""
+    from domains.base import get_domain
+    from domains.config import CorpusConfig
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_train = len(get_domain("maths").load(CorpusConfig(), 0).train) if domain == "maths" else 40
+    n_eval = 57 if domain == "maths" else 5
+    engine = open_db(run_dir, create=True)
+    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    config = {"run": {"out": str(run_dir), "generations": generations, "seed": seed},
+              "corpus": {"domain": None if domain == "maths" else domain, "path": None},
+              "sllm": {"latent_dim": latent_dim}, "sample": {"samplers": ",".join(SAMPLERS)}}
+    per_gen = np.full(generations, candidates // generations)
+    per_gen[: candidates % generations] += 1
+    cid = 0
+    accepted_so_far = 0
+    with Session(engine) as s:
+        s.add(Run(seed=seed, config_json=json.dumps(config), config_hash="fabricated",
+                  versions_json=json.dumps({"python": sys.version.split()[0], "fabricated": "report.bench"})))
+        s.commit()
+    with engine.begin() as conn:
+        for g in range(generations):
+            n = int(per_gen[g])
+            rows, scores = [], []
+            n_acc = 0
+            for seq in range(n):
+                cid += 1
+                sampler = SAMPLERS[seq % len(SAMPLERS)]
+                if texts:
+                    text, verdict = texts[int(rng.integers(len(texts)))], None
+                else:
+                    text, verdict = _sentence(rng)
+                sc = {j: float(np.round(rng.random(), 3)) for j in JUDGES}
+                total = float(np.round(0.3 * sc["coherence"] + 0.3 * sc["novelty"] + 0.2 * sc["critic"] + 0.2 * sc["verifier"], 3))
+                accepted = verdict != "false" and total > 0.55
+                n_acc += accepted
+                reason = (f"accepted: {verdict or 'no verifier'}, coherent ({sc['coherence']:.2f}), novel ({sc['novelty']:.2f}, "
+                          f"distance {sc['novelty'] * 0.9:.3f}), critic ({sc['critic']:.2f}), weighted {total:.2f} >= 0.55"
+                          if accepted else
+                          ("rejected: verifier says false" if verdict == "false" else
+                           f"rejected: weighted {total:.2f} < 0.55 (coherence {sc['coherence']:.2f}, novelty {sc['novelty']:.2f})"))
+                latent = None if sampler == "lm" else rng.standard_normal(latent_dim).astype(np.float32)
+                rows.append({"id": cid, "generation": g, "seq": seq, "sampler": sampler,
+                             "zone_id": int(rng.integers(8)) if sampler == "dark" else None,
+                             "latent": None if latent is None else latent.tobytes(),
+                             "latent_norm": None if latent is None else float(np.linalg.norm(latent)),
+                             "density_score": None if latent is None else float(rng.gamma(4, 0.3)),
+                             "text": text, "verdict": verdict or "unparseable", "fact_key": None,
+                             "true_new": bool(accepted and verdict == "true" and rng.random() < 0.3),
+                             "total": total, "decision": "accepted" if accepted else "rejected", "reason": reason})
+                scores += [{"candidate_id": cid, "judge": j, "score": v, "reason": f"{j} {v:.2f}", "detail_json": "{}"}
+                           for j, v in sc.items()]
+            conn.execute(insert(Candidate.__table__), rows)
+            conn.execute(insert(Score.__table__), scores)
+            zones = []
+            for label in range(8):
+                zones.append({"generation": g, "label": label, "n_points": int(rng.integers(5, 200)),
+                              "centre": (rng.standard_normal(latent_dim) * 1.5).astype(np.float32).tobytes(),
+                              "radius": float(rng.random()), "volume": float(rng.random() / 20),
+                              "axes_json": json.dumps([float(x) for x in np.round(rng.random(3), 3)]),
+                              "neighbours_json": json.dumps([_sentence(rng)[0] for _ in range(3)]),
+                              "decoded": texts[label % len(texts)] if texts else _sentence(rng)[0]})
+            conn.execute(insert(Zone.__table__), zones)
+            start = t0 + timedelta(hours=g)
+            extra = {} if domain == "maths" else {"domain_metrics": {"validity": float(rng.random()), "fcd": float(rng.gamma(3))}}
+            conn.execute(insert(Stage.__table__), [
+                {"generation": g, "name": name, "status": "done", "started_at": start, "finished_at": start,
+                 "seconds": float(rng.gamma(2, 10)), "detail_json": json.dumps(extra if name == "evaluate" else {})}
+                for name in STAGE_NAMES])
+            conn.execute(insert(Metric.__table__), [{
+                "generation": g, "acceptance_rate": n_acc / max(n, 1), "truth_rate": float(rng.random()),
+                "true_new": int(rng.integers(0, 50)), "accepted": n_acc, "candidates": n,
+                "heldout_ppl": float(3 + 0.1 * g + rng.random()), "novelty": float(rng.random()),
+                "distinct_2": float(rng.random()), "dark_share": float(rng.random()), "timings_json": "{}",
+                "line": f"gen {g} | candidates {n} | accepted {n_acc} (fabricated)"}])
+            folder = run_dir / f"gen-{g:03d}" / "map"
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "latents.npy", rng.standard_normal((n_train + accepted_so_far, latent_dim)).astype(np.float32))
+            np.save(folder / "eval_latents.npy", rng.standard_normal((n_eval, latent_dim)).astype(np.float32))
+            np.save(folder / "probes.npy", (rng.standard_normal((2000, latent_dim)) * 1.5).astype(np.float32))
+            accepted_so_far += n_acc
+    engine.dispose()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m report.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--candidates", type=int, default=100_000)
+    p.add_argument("--generations", type=int, default=10)
+    p.add_argument("--latent-dim", type=int, default=256)
+    p.add_argument("--out", default="/tmp/report-bench", help="run folder to fabricate (reused when it holds a run)")
+    p.add_argument("--screenshot", help="also write a PNG of the report's first screen")
+    args = p.parse_args(argv)
+    from report.browser import load_report, missing
+    from report.build import write_report
+
+    run_dir = Path(args.out)
+    t = time.perf_counter()
+    if not (run_dir / "runs.db").is_file():
+        fabricate_run(run_dir, args.candidates, args.generations, args.latent_dim)
+    fab_s = time.perf_counter() - t
+    t = time.perf_counter()
+    path = write_report(run_dir)
+    build_s = time.perf_counter() - t
+    out = {"candidates": args.candidates, "generations": args.generations, "fabricate_s": round(fab_s, 1),
+           "report_build_s": round(build_s, 1), "report_mb": round(path.stat().st_size / 1e6, 2), "report": str(path)}
+    why = missing()
+    if why:
+        out["browser"] = f"skipped: {why}"
+    else:
+        r = load_report(path, args.screenshot, timeout=180)
+        out.update(load_event_s=round(r["load_event_s"], 2), drawn_s=round(r["render_s"], 2), errors=r["errors"],
+                   map=r["counts"].get("map"), table=r["counts"].get("table"))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
