@@ -21,6 +21,17 @@ class SampleConfig:
     # 0.99 ignores the sparsest 1%.
     dark_quantile: float = 0.99
     n_zones: int = 8  # clusters of dark points described as zones
+    # The occupancy map at scale (issue 17; figures in docs/bench-map.md). Up to exact_max corpus
+    # latents kNN search is exact (FAISS IndexFlatL2); above, an IVF-SQ8 index whose nprobe is
+    # raised at fit time until its recall@k, measured against brute force, reaches min_recall.
+    exact_max: int = 25_000  # the default maths corpus (~17,000 texts) stays exact
+    min_recall: float = 0.95
+    ivf_nlist: int = 0  # IVF lists; 0 = about sqrt(corpus size)
+    # Above these sizes the dark threshold's leave-one-out quantile is estimated on a random
+    # sample of threshold_sample corpus latents (queried against all of them), and the PCA
+    # envelope and the GMM are fitted on fit_sample of them.
+    threshold_sample: int = 20_000
+    fit_sample: int = 20_000
 
     def __post_init__(self):
         _check(self.n_candidates >= 1, f"sample.n_candidates must be >= 1, got {self.n_candidates}")
@@ -32,3 +43,9 @@ class SampleConfig:
         _check(0.5 <= self.dark_quantile <= 1, f"sample.dark_quantile must be in [0.5, 1], got {self.dark_quantile}")
         _check(0.5 <= self.envelope_quantile <= 1, f"sample.envelope_quantile must be in [0.5, 1], got {self.envelope_quantile}")
         _check(self.n_zones >= 1, f"sample.n_zones must be >= 1, got {self.n_zones}")
+        _check(self.exact_max >= 0, f"sample.exact_max must be >= 0 (0: always the approximate index), got {self.exact_max}")
+        _check(0 < self.min_recall <= 1, f"sample.min_recall must be in (0, 1], got {self.min_recall}")
+        _check(self.ivf_nlist >= 0, f"sample.ivf_nlist must be >= 0 (0: about sqrt of the corpus size), got {self.ivf_nlist}")
+        _check(self.threshold_sample >= 1000, f"sample.threshold_sample must be >= 1000 (fewer makes the "
+               f"{self.dark_quantile} quantile noisy), got {self.threshold_sample}")
+        _check(self.fit_sample >= 1000, f"sample.fit_sample must be >= 1000 (the PCA and GMM fits), got {self.fit_sample}")
