@@ -14,7 +14,7 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage import queries
-from storage.db import DB_NAME, StorageError, open_db
+from storage.db import DB_NAME, StorageError, describe, open_db
 
 TEXT_WIDTH = 60  # characters of text shown in tables
 
@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
         return 2
     except SQLAlchemyError as e:
         msg = str(getattr(e, "orig", None) or e).splitlines()[0]
-        print(f"error: cannot read {os.path.join(args.run_dir, DB_NAME)}: {msg}; "
+        print(f"error: cannot read {describe(args.run_dir)}: {msg}; "
               "check it is a run database made by `python run.py --out DIR`", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `inspect ... export | head`: the reader left; not an error

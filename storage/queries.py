@@ -10,7 +10,7 @@ import json
 from collections import defaultdict
 from typing import Iterator
 
-from sqlalchemy import and_, func
+from sqlalchemy import Integer, and_, cast, func
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
@@ -285,7 +285,7 @@ def experiment(engine, experiment_id: int) -> dict | None:
         return None
     with Session(engine) as s:
         q = (select(ExperimentSample.kind, func.count(ExperimentSample.id),
-                    func.sum(ExperimentSample.true_new), func.sum(ExperimentSample.accepted))
+                    func.sum(cast(ExperimentSample.true_new, Integer)), func.sum(cast(ExperimentSample.accepted, Integer)))
              .where(ExperimentSample.experiment_id == experiment_id).group_by(ExperimentSample.kind))
         rows[0]["kinds"] = [{"kind": k, "samples": n, "true_new": int(tn or 0), "accepted": int(a or 0)}
                             for k, n, tn, a in s.exec(q)]
