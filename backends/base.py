@@ -24,12 +24,15 @@ class Backend(Protocol):
 
 
 def get_backend(name: str, model_path: str, adapter: str | None, device: str, batch_size: int,
-                loaded=None, base_url: str | None = None) -> Backend:
+                loaded=None, base_url: str | None = None, tensor_parallel_size: int = 1,
+                data_parallel_size: int = 1) -> Backend:
     """The decoding backend `name` for the base model at `model_path` wearing `adapter`.
 
     loaded: an already loaded (tokenizer, model) pair the transformers backend can share
     instead of loading its own copy (the vLLM backends take only its tokenizer).
     base_url: the running server for `vllm-server`.
+    tensor_parallel_size, data_parallel_size: the in-process vLLM engine's parallelism (a server
+    takes its own: `vllm serve --tensor-parallel-size N --data-parallel-size M`).
     """
     if name == "transformers":
         from backends.transformers_backend import TransformersBackend
@@ -41,7 +44,8 @@ def get_backend(name: str, model_path: str, adapter: str | None, device: str, ba
     if name == "vllm":  # one engine per process, shared by every call; the adapter is a LoRARequest
         from backends.vllm_backend import VllmBackend
 
-        return VllmBackend(model_path, adapter, device, batch_size, tokenizer=None if loaded is None else loaded[0])
+        return VllmBackend(model_path, adapter, device, batch_size, tokenizer=None if loaded is None else loaded[0],
+                           tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size)
     if name == "vllm-server":
         from backends.vllm_server import VllmServerBackend
 

@@ -1,6 +1,7 @@
 """Settings of decoding: which backend, how many tokens, what temperature."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from common.errors import check as _check
@@ -14,6 +15,11 @@ class DecodeConfig:
     lm_temperature: float = 1.0  # the `lm` baseline sampler's temperature
     batch_size: int = 64  # performance knob
     base_url: str | None = None  # the running OpenAI-compatible vLLM server, for backend vllm-server
+    # vLLM's own parallelism (performance knobs; docs/distributed.md): GPUs one model is split over,
+    # and engine copies serving in parallel. backend vllm takes tensor_parallel_size (vLLM starts
+    # the workers); data parallelism needs a server: `vllm serve ... --data-parallel-size N`.
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
 
     def __post_init__(self):
         _check(self.backend in ("transformers", "vllm", "vllm-server"),
@@ -29,3 +35,15 @@ class DecodeConfig:
         _check(self.temperature >= 0, f"decode.temperature must be >= 0, got {self.temperature}")
         _check(self.lm_temperature > 0, f"decode.lm_temperature must be > 0, got {self.lm_temperature}")
         _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
+        for k in ("tensor_parallel_size", "data_parallel_size"):
+            _check(getattr(self, k) >= 1, f"decode.{k} must be >= 1, got {getattr(self, k)}")
+        _check(self.backend != "vllm" or self.data_parallel_size == 1,
+               f"decode.data_parallel_size {self.data_parallel_size} needs a vLLM server (vllm.LLM in one process "
+               f"refuses it): start `vllm serve MODEL --data-parallel-size {self.data_parallel_size}` and pass "
+               "--backend vllm-server --base-url http://HOST:PORT")
+        parallel = {k: getattr(self, k) for k in ("tensor_parallel_size", "data_parallel_size") if getattr(self, k) != 1}
+        if parallel and self.backend != "vllm":  # an ignored setting is a warning (house style, rule 3)
+            where = ("the server's: pass them to `vllm serve` (--tensor-parallel-size, --data-parallel-size)"
+                     if self.backend == "vllm-server" else "vLLM's only; the transformers backend decodes on one device")
+            logging.getLogger(__name__).warning("decode %s ignored: %s", ", ".join(f"{k}={v}" for k, v in parallel.items()),
+                                                where)

@@ -107,7 +107,8 @@ class VllmBackend:
     def __init__(self, model_path: str, adapter: str | None = None, device: str = "cpu", batch_size: int = 64,
                  max_model_len: int = 1024, max_lora_rank: int = 16, kv_cache_bytes: int | None = None,
                  enable_prefix_caching: bool = True, block_size: int | None = None, dtype: str = "float32",
-                 gpu_memory_utilization: float = 0.5, tokenizer=None):
+                 gpu_memory_utilization: float = 0.5, tokenizer=None, tensor_parallel_size: int = 1,
+                 data_parallel_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_lora_rank not in LORA_RANKS:
@@ -116,6 +117,8 @@ class VllmBackend:
         self.max_model_len, self.max_lora_rank, self.kv_cache_bytes = max_model_len, max_lora_rank, kv_cache_bytes
         self.enable_prefix_caching, self.block_size, self.dtype = enable_prefix_caching, block_size, dtype
         self.gpu_memory_utilization = gpu_memory_utilization
+        # vLLM's own parallelism (decode.tensor_parallel_size / data_parallel_size; docs/distributed.md)
+        self.tensor_parallel_size, self.data_parallel_size = tensor_parallel_size, data_parallel_size
         self.tokenizer = tokenizer
         self.llm = None
         self.adapter: str | None = None
@@ -125,7 +128,8 @@ class VllmBackend:
     # -- engine -------------------------------------------------------------------------------
     def _key(self) -> tuple:
         return (str(Path(self.model_path).resolve()), self.device, self.max_model_len, self.max_lora_rank,
-                self.kv_cache_bytes, self.enable_prefix_caching, self.block_size, self.dtype, self.batch_size)
+                self.kv_cache_bytes, self.enable_prefix_caching, self.block_size, self.dtype, self.batch_size,
+                self.tensor_parallel_size, self.data_parallel_size)
 
     def _max_model_len(self) -> int:
         from transformers import AutoConfig
@@ -157,7 +161,8 @@ class VllmBackend:
                   enable_prompt_embeds=True, enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=1,
                   enable_prefix_caching=self.enable_prefix_caching, max_num_seqs=max(self.batch_size, 1),
                   max_num_batched_tokens=max(max_len, 2048), seed=0,
-                  lora_target_modules=lora_target_modules(self.model_path))
+                  lora_target_modules=lora_target_modules(self.model_path),
+                  tensor_parallel_size=self.tensor_parallel_size, data_parallel_size=self.data_parallel_size)
         if self.block_size:
             kw["block_size"] = self.block_size
         if cpu:

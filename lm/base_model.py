@@ -7,6 +7,7 @@ from scratch on the corpus, saves both with `save_pretrained`, and reloads them 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lm import distributed
 from lm.config import BaseConfig
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,14 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
     pack=False trains on whole texts one per row (LoRA retraining); pack=True on packed
     sequences of related texts and copy units (pretraining from scratch, see `pack_sequences`),
     re-packed each epoch.
+
+    Under torchrun (lm.distributed): every rank packs and shuffles the same rows from the shared
+    seed and takes its share of each global batch of `batch_size` rows; its loss is its tokens'
+    sum over the global batch's token count (times the world size), so DistributedDataParallel's
+    average gradient is one process's on the same batch (float rounding aside; dropout masks,
+    drawn per rank, differ from one process's).
     """
+    distributed.init()
     device = next(model.parameters()).device
     rng = random.Random(seed)
     enc = encode_texts(tokenizer, texts, max_len)  # once: packing re-draws units every epoch
@@ -169,9 +178,12 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
     steps = max(1, epochs * math.ceil(len(seqs) / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
+    several = distributed.world() > 1
+    net = distributed.wrap(model)  # DDP over the trainable weights (all used every step); `model` alone in one process
     losses = []
     done = 0  # not bar.n: a disabled bar (TQDM_DISABLE) counts nothing
-    with tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=2) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, mininterval=2,
+              **({} if distributed.is_main() else {"disable": True})) as bar:
         for epoch in range(epochs):
             if pack and epoch > 0:  # re-packing can give more rows than the first epoch's count
                 seqs = rows()
@@ -183,9 +195,17 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
                     break
                 done += 1
                 batch = [seqs[j] for j in order[i : i + batch_size]]
-                ids, mask = pad_batch([r[0] for r in batch], tokenizer.pad_token_id)
-                labels, _ = pad_batch([r[1] for r in batch], -100)
-                loss = lm_loss(model, ids.to(device), mask.to(device), labels.to(device))
+                sh = distributed.share(len(batch))
+                mine = batch if sh is None else sh.take(batch)
+                ids, mask = pad_batch([r[0] for r in mine], tokenizer.pad_token_id)
+                labels, _ = pad_batch([r[1] for r in mine], -100)
+                if sh is None:
+                    loss = lm_loss(model, ids.to(device), mask.to(device), labels.to(device))
+                else:  # this rank's sum over the global batch's target tokens (the labels after the first)
+                    count = max(1, sum(1 for r in batch for lab in r[1][1:] if lab != -100))
+                    labels = labels.masked_fill(mask == 0, -100)
+                    loss = net(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device),
+                               num_items_in_batch=count).loss * sh.scale
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -195,7 +215,12 @@ def train_lm(model, tokenizer, texts: list[str], epochs: int, lr: float, batch_s
                 n += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if several:  # each rank summed its scaled share: the ranks' average is the global batch's
+                tot = distributed.mean([tot])[0]
             losses.append(tot / max(n, 1))
+    if several:
+        del net  # DDP's gradient hooks go with it, before these weights meet another backward pass
+        gc.collect()
     model.eval()
     return losses
 

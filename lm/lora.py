@@ -4,16 +4,19 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from lm import distributed
 from lm.base_model import load_base_model, train_lm
 from lm.config import RetrainConfig
 
 
-def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cfg: RetrainConfig, out_dir: Path,
-                  seed: int, device: str = "cpu") -> dict:
+def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cfg: RetrainConfig,
+                  out_dir: Path | None, seed: int, device: str = "cpu") -> dict:
     """Continue the previous generation's adapter (or start one) on `texts`; save it in peft format.
 
     The base weights stay frozen; only adapter weights train, and only they are saved
-    (house style, rule 9), loadable by peft and by vLLM's LoRARequest.
+    (house style, rule 9), loadable by peft and by vLLM's LoRARequest. Under torchrun every rank
+    trains (`train_lm`: DistributedDataParallel) and rank 0 alone saves; `out_dir` None: not saved
+    (the other ranks pass None).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -28,7 +31,8 @@ def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cf
         model = get_peft_model(model, lcfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
     losses = train_lm(model, tokenizer, texts, cfg.epochs, cfg.lr, cfg.batch_size, seed, desc="LoRA", params=trainable)
-    model.save_pretrained(out_dir)
+    if out_dir is not None and distributed.is_main():
+        model.save_pretrained(out_dir)
     return {"texts": len(texts), "losses": losses, "trainable_params": sum(p.numel() for p in trainable)}
 
 

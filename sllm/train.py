@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import logging
 import math
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lm import distributed
 from lm.base_model import encode_texts, pad_batch
 from sllm.model import SLLM, decoder_inputs
 
@@ -62,11 +64,14 @@ def _hidden_cache(model, tokenizer, seqs, batch_size: int, device, encoder_input
     if len(seqs) * T * E * 4 > HIDDEN_CACHE_BYTES:
         return None
     cache = torch.zeros(len(seqs), T, E, device=device)
-    for i in range(0, len(seqs), batch_size):
+    w, r = distributed.world(), distributed.rank()
+    for j, i in enumerate(range(0, len(seqs), batch_size)):
+        if j % w != r % w:  # several ranks: each computes its own batches, the same ones as one process
+            continue
         ids, mask = pad_batch(seqs[i : i + batch_size], tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         cache[i : i + len(ids), : ids.shape[1]] = _last_hidden(model, model.get_input_embeddings()(ids), mask).float()
-    return cache
+    return distributed.sum_(cache)  # zeros where another rank computed: the sum is exact
 
 
 def _keeps_logits(model) -> bool:
@@ -80,10 +85,16 @@ def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not eve
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None, enc_in=None):
+def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None, enc_in=None,
+                share: distributed.Share | None = None, tokens: int | None = None):
     """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2 (the paraphrase
     term has batches of its own: `HardNegatives`). `emb` are the text's input embeddings
-    (teacher forcing), `enc_in` what the encoder reads."""
+    (teacher forcing), `enc_in` what the encoder reads.
+
+    `share`: these rows are this rank's share of a global batch whose texts have `tokens` target
+    tokens in all (DistributedDataParallel). Each mean over the batch is then this rank's sum over
+    the global count, times `share.scale`: DDP's average of the ranks' gradients is the gradient
+    of the global batch's loss (lm.distributed), and the ranks' average of each term its value."""
     cfg = cfg or sllm.cfg
     z = sllm.encode(emb if enc_in is None else enc_in, mask)  # (B, latent)
     prompts = sllm.prompts(z)  # (B, K, E)
@@ -99,10 +110,19 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     else:
         logits = model(inputs_embeds=inputs, attention_mask=att).logits[:, K:-1]
     labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-    rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-    terms = {"rec": rec, "l2": z.pow(2).mean()}
-    if target_meaning is not None and cfg.meaning_weight > 0:
-        terms["meaning"] = (1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).mean()
+    meaning = target_meaning is not None and cfg.meaning_weight > 0
+    if share is None:  # one process: the batch means
+        rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        terms = {"rec": rec, "l2": z.pow(2).mean()}
+        if meaning:
+            terms["meaning"] = (1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).mean()
+    else:  # this rank's sums over the global batch's counts
+        rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                              reduction="sum") * (share.scale / tokens)
+        terms = {"rec": rec, "l2": z.pow(2).sum() * (share.scale / (share.total * z.shape[1]))}
+        if meaning:
+            terms["meaning"] = ((1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).sum()
+                                * (share.scale / share.total))
     total = rec + cfg.latent_l2 * terms["l2"]
     if "meaning" in terms:
         total = total + cfg.meaning_weight * terms["meaning"]
@@ -182,6 +202,41 @@ class HardNegatives:
         return idx, [self.groups[i] for i in idx]
 
 
+class _Step(torch.nn.Module):
+    """One training step's loss as the forward of a module that holds the SLLM, so that
+    DistributedDataParallel can wrap it (DDP reduces the gradients of what its module's forward
+    used; the step calls several SLLM methods). The frozen base model is no submodule: DDP
+    neither broadcasts nor reduces it."""
+
+    def __init__(self, sllm: SLLM, fn):
+        super().__init__()
+        self.sllm, self.fn = sllm, fn
+
+    def forward(self, batch):
+        return self.fn(batch)
+
+
+class _GlobalBatchNorm:
+    """Under DDP, the SLLM's latent standardisation (`SLLM.norm`, batch statistics) over the whole
+    global batch, as in one process: hooks gather every rank's rows before the norm (with
+    gradients) and give each rank back its own rows after; the running statistics move the same
+    on every rank. What SyncBatchNorm does, on any device (it needs a GPU)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        self.share: distributed.Share | None = None  # the current batch's
+        self.handles = [norm.register_forward_pre_hook(self._gather), norm.register_forward_hook(self._own)]
+
+    def _gather(self, module, args):
+        return None if self.share is None else (distributed.gather(args[0], self.share), *args[1:])
+
+    def _own(self, module, args, out):
+        return None if self.share is None else out[self.share.lo : self.share.hi]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: np.ndarray | None,
                epochs: int, lr: float, batch_size: int, seed: int, fact_keys: list[str | None] | None = None,
                desc: str = "sllm", checkpoint: str | Path | None = None) -> dict:
@@ -190,7 +245,13 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     Batched; bfloat16 autocast on CUDA. With `checkpoint`, the state (weights, optimiser,
     schedule, data order) is saved after every epoch and a killed training resumes from its last
     epoch, to the same result as an uninterrupted one; the file is removed when training ends.
+
+    Under torchrun (lm.distributed): every rank draws the same batches and paraphrase batches from
+    the shared seed and takes its share of each; DistributedDataParallel averages the gradients,
+    equal to one process's on the same global batch `batch_size` (float rounding aside). Rank 0
+    alone writes the checkpoint; every rank reads it.
     """
+    distributed.init()
     device = next(model.parameters()).device
     sllm.to(device).train()
     torch.manual_seed(seed)
@@ -207,7 +268,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     history = []
     ckpt = Path(checkpoint) if checkpoint else None
-    fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed]
+    fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed]  # the global batch: any world size
     start = done = 0  # epochs and steps taken; not bar.n, which a disabled bar (TQDM_DISABLE) leaves at 0
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
@@ -217,7 +278,11 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
             sched.load_state_dict(state["sched"])
             rng.setstate(state["rng"])
             history, start, done = state["history"], state["epoch"], state["steps"]
-            log.info("%s: resuming from epoch %d of %d (%s)", desc, start, epochs, ckpt)
+            if distributed.is_main():
+                log.info("%s: resuming from epoch %d of %d (%s)", desc, start, epochs, ckpt)
+    if distributed.broadcast(start) != start:
+        raise RuntimeError(f"rank {distributed.rank()} resumes {desc} at epoch {start}, rank 0 at another: every "
+                           f"rank must see the same run folder ({ckpt}); put it on a filesystem they share")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with amp:
         hidden = _hidden_cache(model, tokenizer, seqs, batch_size, device, sllm.cfg.encoder_input)
@@ -225,48 +290,76 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     def inputs(idx: list[int]):  # ids, mask, embeddings, encoder input of these training texts
         return _token_batch(model, tokenizer, [seqs[j] for j in idx], device, sllm.cfg.encoder_input,
                             None if hidden is None else hidden[idx])
-    with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2) as bar:
-        for epoch in range(start, epochs):
-            sums: dict[str, float] = {}
-            nb = 0
-            for batch in _batches(len(seqs), batch_size, rng):
-                if done >= steps:
-                    break
-                done += 1
-                tgt = None if targets is None else targets[batch].to(device)
-                with amp:
-                    ids, mask, emb, enc_in = inputs(batch)
-                    total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, enc_in=enc_in)
-                    if hard is not None:
-                        idx, fid = hard.sample(rng)
-                        _, hmask, _, henc = inputs(idx)
-                        # Normalised by the running statistics, as at eval: a batch of look-alikes
-                        # has its own statistics, and the geometry that counts is the eval one.
-                        terms["para"] = paraphrase_loss(sllm.encode(henc, hmask, running_stats=True),
-                                                        torch.tensor(fid, device=device), sllm.cfg.paraphrase_tau)
-                        total = total + sllm.cfg.paraphrase_weight * terms["para"]
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                nb += 1
-                bar.update(1)
-                bar.set_postfix(rec=f"{terms['rec'].item():.3f}")
-            history.append({k: v / max(nb, 1) for k, v in sums.items()})
-            log.info("%s epoch %d/%d | %s", desc, epoch + 1, epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
-            if ckpt is not None and epoch + 1 < epochs:
-                tmp = ckpt.with_name(ckpt.name + ".tmp")
-                torch.save({"fingerprint": fingerprint, "sllm": sllm.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
-                            "epoch": epoch + 1, "steps": done}, tmp)
-                os.replace(tmp, ckpt)
-    recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device, hidden)
+
+    def losses(batch: list[int]):  # -> total, terms of this global batch (under DDP: of this rank's share)
+        sh = distributed.share(len(batch))
+        rows = batch if sh is None else sh.take(batch)
+        tgt = None if targets is None else targets[rows].to(device)
+        with amp:
+            ids, mask, emb, enc_in = inputs(rows)
+            if norm is not None:
+                norm.share = sh
+            total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, enc_in=enc_in, share=sh,
+                                       tokens=None if sh is None else max(1, sum(len(seqs[j]) - 1 for j in batch)))
+            if hard is not None:
+                idx, fid = hard.sample(rng)  # the same on every rank: the shared generator
+                hsh = distributed.share(len(idx))
+                hrows = idx if hsh is None else hsh.take(idx)
+                _, hmask, _, henc = inputs(hrows)
+                # Normalised by the running statistics, as at eval: a batch of look-alikes
+                # has its own statistics, and the geometry that counts is the eval one.
+                # Under DDP the InfoNCE takes every rank's latents (gathered): each rank has the whole
+                # term, and the gather's backward sums its gradients over ranks, DDP then averages them.
+                hz = distributed.gather(sllm.encode(henc, hmask, running_stats=True), hsh)
+                terms["para"] = paraphrase_loss(hz, torch.tensor(fid, device=device), sllm.cfg.paraphrase_tau)
+                total = total + sllm.cfg.paraphrase_weight * terms["para"]
+        return total, terms
+
+    several = distributed.world() > 1
+    norm = _GlobalBatchNorm(sllm.norm) if several else None
+    # the meaning head gets no gradient without its term; DDP must then be told to look for unused weights
+    step = distributed.wrap(_Step(sllm, losses), find_unused_parameters=targets is None or sllm.cfg.meaning_weight == 0)
+    try:
+        with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2,
+                  **({} if distributed.is_main() else {"disable": True})) as bar:
+            for epoch in range(start, epochs):
+                sums: dict[str, float] = {}
+                nb = 0
+                for batch in _batches(len(seqs), batch_size, rng):
+                    if done >= steps:
+                        break
+                    done += 1
+                    total, terms = step(batch) if several else losses(batch)
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    nb += 1
+                    bar.update(1)
+                    bar.set_postfix(rec=f"{terms['rec'].item():.3f}")
+                if several:  # each rank summed its scaled share: the ranks' average is the global batch's
+                    sums = dict(zip(sums, distributed.mean(list(sums.values()))))
+                history.append({k: v / max(nb, 1) for k, v in sums.items()})
+                if distributed.is_main():
+                    log.info("%s epoch %d/%d | %s", desc, epoch + 1, epochs,
+                             " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
+                if ckpt is not None and epoch + 1 < epochs and distributed.is_main():
+                    tmp = ckpt.with_name(ckpt.name + ".tmp")
+                    torch.save({"fingerprint": fingerprint, "sllm": sllm.state_dict(), "opt": opt.state_dict(),
+                                "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
+                                "epoch": epoch + 1, "steps": done}, tmp)
+                    os.replace(tmp, ckpt)
+    finally:
+        if norm is not None:
+            norm.remove()
+            del step  # DDP's gradient hooks go with it, before these weights meet another backward pass
+            gc.collect()
+    recalibrate_norm(sllm, model, tokenizer, seqs, batch_size, device, hidden)  # on every rank: the same result
     sllm.eval()
-    if ckpt is not None:
+    if ckpt is not None and distributed.is_main():
         ckpt.unlink(missing_ok=True)
     return {"epochs": epochs, "history": history, "final": history[-1] if history else {}}
 
