@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
                                 description=about[name])
     p.add_argument("--json", help="where to write the figures (default RUN_DIR/experiments/NAME-TIME.json)")
     if name == "discovery":
-        p.add_argument("--run", help="an existing run folder to use (default: run or resume --out for 1 generation)")
+        p.add_argument("--run", action="append", help="an existing run folder to use (default: run or resume --out for 1 "
+                       "generation); repeat it with runs of other training seeds (--seed) for intervals over them")
         p.add_argument("--generation", type=int, help="generation whose SLLM and map to use (default: the latest mapped)")
         p.add_argument("--budget", type=int, default=200, help="decodes per sampler per seed (default 200)")
         p.add_argument("--seeds", type=int, default=3, help="seeds; the 95%% CI is over them (default 3)")
@@ -89,8 +90,10 @@ def _main_discovery(args, cfg) -> int:
         bad = [s for s in samplers if s not in SAMPLERS]
         if bad or not samplers:
             raise ConfigError(f"--only: unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
+    if args.run and len(args.run) > 1:
+        return _main_discovery_seeds(args, cfg, samplers)
     if args.run:
-        run_dir = Path(args.run)
+        run_dir = Path(args.run[0])
         ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
         ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "out", "seed", "base_model", "domain", "corpus", "rubric", "samplers")
                     if getattr(args, a) is not None]
@@ -114,6 +117,40 @@ def _main_discovery(args, cfg) -> int:
     print(res["table"])
     print(f"\nexperiment {res['experiment_id']} stored in {run_dir / 'runs.db'}; "
           f"picture {res['artifacts']['png']}; figures {res['artifacts']['json']}; {res['seconds']:.0f} s")
+    return 0
+
+
+def _main_discovery_seeds(args, cfg, samplers) -> int:
+    """The discovery experiment on each run (one per training seed), then the headline figures
+    with intervals over the runs: each run's mean over its sampling seeds is one observation."""
+    import json
+    import time
+
+    from common.errors import ConfigError
+    from experiments.discovery import combine_training_seeds
+    from loop.runner import run_config
+
+    runs = [Path(r) for r in args.run]
+    if len(set(runs)) < len(runs):
+        raise ConfigError("--run: the same run folder is given twice; pass runs of different training seeds")
+    results = {}
+    for r in runs:
+        rcfg = run_config(r)
+        rcfg.run.threads = cfg.run.threads
+        res = discovery(rcfg, r, args.generation, args.budget, args.seeds, None, None, samplers)
+        print(f"--- {r} (training seed {rcfg.run.seed})\n{res['table']}\n")
+        results[str(r)] = {"seed": rcfg.run.seed, "result": res}
+    seeds = [v["seed"] for v in results.values()]
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--run: the runs share a training seed ({seeds}); make them with different --seed")
+    combined = combine_training_seeds({k: v["result"] for k, v in results.items()})
+    print(combined["table"])
+    out = Path(args.json) if args.json else runs[0] / "experiments" / f"discovery-seeds-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"runs": {k: {"seed": v["seed"], "experiment_id": v["result"]["experiment_id"],
+                                             "json": v["result"]["artifacts"]["json"]} for k, v in results.items()},
+                               "combined": combined}, indent=2, default=str))
+    print(f"\nfigures over {len(runs)} training seeds: {out}")
     return 0
 
 

@@ -1,4 +1,14 @@
-"""The discovery experiment: the same decode budget per sampler, judged by the loop's panel."""
+"""The discovery experiment: the same decode budget per sampler, judged by the loop's panel.
+
+Every decode is encoded again and its own latent density-scored (the round-trip check of
+Meta's LCM evaluation): a dark latent whose text re-encodes into an occupied region snapped
+back to known content, so the table gives both "dark as sampled" and "dark once re-encoded".
+The `dark-kept` sampler aims at dark TEXTS, not latents: it proposes dark latents, decodes
+each several times (greedy, then sampled), re-encodes every decode and keeps only distinct
+decodes still dark once re-encoded, until the budget is filled or its decode cap is spent; its
+cost is the decodes spent per decode kept. With several `--run`s (one per training seed), the
+headline intervals are over training seeds.
+"""
 from __future__ import annotations
 
 import json
@@ -12,13 +22,43 @@ from experiments.common import DUPLICATE, ci95, judged_row, per_seed_figures, pl
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("dark", "prior", "interpolate", "lm")
+SAMPLERS = ("dark", "dark-kept", "prior", "interpolate", "lm")
+KEPT_TRIES = 4  # decodes per proposed latent: greedy, then sampled at KEPT_TEMPERATURE
+KEPT_TEMPERATURE = 0.8
+KEPT_MAX_FACTOR = 10  # dark-kept stops after this many decodes per budget slot, kept or not
 # per-seed figures of one sampler, in table order: (key, column header)
 DISCOVERY_COLUMNS = [
     ("decoded", "decoded"), ("parseable", "parseable"), ("true", "true"), ("true_new", "true-new"),
     ("true_new_distinct", "distinct true-new"), ("accepted", "accepted"), ("novelty", "mean novelty"),
-    ("dark_share", "dark share"), ("true_new_per_1000", "true-new /1000"),
+    ("dark_share", "dark latents"), ("text_dark_share", "dark once re-encoded"),
+    ("true_new_per_1000", "true-new /1000"), ("true_new_per_1000_spent", "true-new /1000 spent"),
+    ("decodes_per_kept", "decodes per kept"),
 ]
+
+
+def kept_dark(occ, budget: int, cfg, rng, zones, decode, encode, seed: int, tries: int = KEPT_TRIES,
+              temperature: float = KEPT_TEMPERATURE, max_factor: int = KEPT_MAX_FACTOR):
+    """Decodes whose own latent is dark: (sampled latents (n, D), texts, re-encoded latents (n, D),
+    decodes spent), n <= budget. `decode(points, temperature, seed) -> texts`, `encode(texts) -> latents`."""
+    from latent.samplers import draw
+
+    pts, texts, z2s, seen, spent, rnd = [], [], [], set(), 0, 0
+    while len(texts) < budget and spent < max_factor * budget:
+        z = draw("dark", occ, budget, cfg, rng, zones).points
+        for t in range(tries):
+            out = decode(z, 0.0 if t == 0 else temperature, seed + 7919 * rnd + t)
+            spent += len(out)
+            z2 = encode([x or " " for x in out])
+            for i in np.flatnonzero(occ.is_dark(z2)):
+                if out[i] and out[i] not in seen and len(texts) < budget:
+                    seen.add(out[i])
+                    pts.append(z[i]), texts.append(out[i]), z2s.append(z2[i])
+            if len(texts) >= budget or spent >= max_factor * budget:
+                break
+        rnd += 1
+    d = z.shape[1]
+    return (np.stack(pts) if pts else np.zeros((0, d), np.float32), texts,
+            np.stack(z2s) if z2s else np.zeros((0, d), np.float32), spent)
 
 
 # ---------------------------------------------------------------------------- discovery
@@ -69,8 +109,20 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
         tok, model = loop.model(adapter)
         sllm = loop.load_sllm(g, model)
         be = loop.backend(adapter, (tok, model))
+
+        def decode_latents(points, temperature, seed):
+            emb, _ = soft_prompts(sllm, model, tok, points)
+            return be.generate_from_embeds(emb, cfg.decode.max_new_tokens, temperature, seed)
+
+        def encode_texts(texts):
+            return encode(sllm, model, tok, texts)
+
         latents = np.load(loop.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
-        occ = OccupancyMap.fit(latents, cfg.sample)
+        map_dir = loop.gen_dir(g) / "map"
+        if (map_dir / "occupancy.json").is_file():  # the map the loop fitted, as it was
+            occ = OccupancyMap.load(map_dir, cfg.sample, threads=torch.get_num_threads())
+        else:  # a run mapped before maps were saved whole
+            occ = OccupancyMap.fit(latents, cfg.sample, threads=torch.get_num_threads())
         calib = occ.calibrate(encode(sllm, model, tok, [t.text for t in data.eval]))
         if data.knowledge:
             # the domain's held-out knowledge (maths: held-out true facts) is exactly what "true and new"
@@ -88,28 +140,44 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             for si, name in enumerate(samplers):
                 rng = np.random.default_rng([cfg.run.seed, seed, si])
                 torch.manual_seed(1000 * seed + si)
+                spent = budget
                 if name == "lm":
                     texts = be.sample(budget, dc.max_new_tokens, dc.lm_temperature, 1000 * seed + si)
                     # no latent was sampled: place each text at its SLLM encoding (for the picture)
                     pts = encode(sllm, model, tok, [t or " " for t in texts])
+                    z2 = pts
+                elif name == "dark-kept":
+                    pts, texts, z2, spent = kept_dark(occ, budget, cfg.sample, rng, zones, decode_latents, encode_texts,
+                                                      1000 * seed + si)
                 else:
                     pts = draw(name, occ, budget, cfg.sample, rng, zones).points
-                    emb, _ = soft_prompts(sllm, model, tok, pts)
-                    texts = be.generate_from_embeds(emb, dc.max_new_tokens, dc.temperature, 1000 * seed + si)
-                dens = occ.density_score(pts)
-                dark, gdark = occ.is_dark(pts), occ.gmm_dark(pts)
-                xy = proj.transform(pts)
-                zone_ids = assign_zone(zones, pts) if name == "dark" else [None] * len(pts)
-                verdicts = [judged_row(j) for j in judge_texts(panel, texts, cfg.judges, data.train_fact_keys, DUPLICATE)]
+                    texts = decode_latents(pts, dc.temperature, 1000 * seed + si)
+                    z2 = encode_texts([t or " " for t in texts])
+                if len(pts):
+                    dens, dens2, dark2 = occ.density_score(pts), occ.density_score(z2), occ.is_dark(z2)
+                    dark, gdark, xy = occ.is_dark(pts), occ.gmm_dark(pts), proj.transform(pts)
+                else:  # dark-kept found no decode that stays dark
+                    dens = dens2 = np.zeros(0)
+                    dark = dark2 = gdark = np.zeros(0, dtype=bool)
+                    xy = np.zeros((0, 2))
+                snap = np.linalg.norm(pts - z2, axis=1)
+                zone_ids = assign_zone(zones, pts) if name in ("dark", "dark-kept") else [None] * len(pts)
+                verdicts = [judged_row(j) for j in judge_texts(panel, texts, cfg.judges, data.train_fact_keys, DUPLICATE,
+                                                                 canonical=loop.domain.canonical)]
                 rows = []
                 for i, (t, v) in enumerate(zip(texts, verdicts)):
                     rows.append({"kind": name, "sampler": name, "seed": seed, "text": t, **v,
                                  "density_score": float(dens[i]), "dark": bool(dark[i]),
                                  "x": float(xy[i, 0]), "y": float(xy[i, 1]),
                                  "detail": {"gmm_dark": bool(gdark[i]), "zone": zone_ids[i],
+                                            "reencoded_density": float(dens2[i]), "reencoded_dark": bool(dark2[i]),
+                                            "snap": float(snap[i]),
                                             "latent": "sampled" if name != "lm" else "SLLM encoding of the text"}})
                 samples.extend(rows)
-                per_seed[name].append(per_seed_figures(rows, budget, dark, gdark))
+                figs = per_seed_figures(rows, budget, dark, gdark)
+                figs.update(reencode_figures(dens, dens2, dark2, snap, spent, len(texts), figs["true_new"]))
+                figs.update(domain_figures(loop.domain.generation_metrics(texts, data), budget))
+                per_seed[name].append(figs)
                 log.info("seed %d %s: %s", seed, name, per_seed[name][-1])
     result = summarise_discovery(per_seed, budget, seeds)
     result.update({"generation": g, "budget_per_sampler": budget, "seeds": seeds, "calibration": calib,
@@ -140,12 +208,33 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
     return result
 
 
+def domain_figures(metrics: dict, budget: int) -> dict:
+    """The domain's own figures of one sampler's decodes (molecules: the MOSES metrics), with the
+    counts also per 1000 decodes (molecules: rediscoveries, novel scaffolds)."""
+    out = {f"domain/{k}": v for k, v in metrics.items() if k != "decodes"}
+    for k in ("rediscovered", "novel_scaffolds"):
+        if k in metrics:
+            out[f"{k}_per_1000"] = 1000.0 * metrics[k] / budget
+    return out
+
+
+def reencode_figures(dens: np.ndarray, dens2: np.ndarray, dark2: np.ndarray, snap: np.ndarray, spent: int,
+                     kept: int, true_new: int) -> dict:
+    """The round-trip check of one sampler's decodes: how many are still dark once re-encoded,
+    how far the decode moved them, and what the sampler paid in decodes."""
+    med = lambda v: float(np.median(v)) if len(v) else None  # noqa: E731
+    return {"text_dark_share": float(np.mean(dark2)) if len(dark2) else None,
+            "density_median": med(dens), "reencoded_density_median": med(dens2), "snap_median": med(snap),
+            "decodes_spent": spent, "decodes_per_kept": spent / kept if kept else None,
+            "true_new_per_1000_spent": 1000.0 * true_new / spent if spent else None}
+
+
 def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int) -> dict:
     out = {"per_sampler": {}, "per_seed": per_seed, "ci_method": None}
     for name, figs in per_seed.items():
         agg = {}
-        for key in figs[0] if figs else []:
-            agg[key] = ci95([f[key] for f in figs])
+        for key in dict.fromkeys(k for f in figs for k in f):  # a figure a seed lacks counts as missing there
+            agg[key] = ci95([f.get(key) for f in figs])
             out["ci_method"] = out["ci_method"] or agg[key]["method"]
         out["per_sampler"][name] = agg
     head = {}
@@ -164,14 +253,56 @@ def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int
     return out
 
 
+HEADLINE_KEYS = ("true_new_per_1000", "true_new_per_1000_spent", "true_new_distinct_per_1000", "dark_share",
+                 "text_dark_share", "decodes_per_kept", "accepted", "rediscovered_per_1000", "novel_scaffolds_per_1000")
+
+
+def combine_training_seeds(results: dict[str, dict]) -> dict:
+    """Intervals over training seeds: per sampler and figure, the 95% CI over the runs' means
+    (each run: one training seed, its mean over sampling seeds)."""
+    per_sampler: dict[str, dict] = {}
+    names = [n for n in next(iter(results.values()))["per_sampler"]]
+    for name in names:
+        per_sampler[name] = {}
+        for key in HEADLINE_KEYS:
+            vals = [r["per_sampler"].get(name, {}).get(key, {}).get("mean") for r in results.values()]
+            per_sampler[name][key] = ci95([v for v in vals if v is not None])
+    keys = [k for k in HEADLINE_KEYS if any(per_sampler[n][k]["mean"] is not None for n in names)]
+    headers = ["sampler"] + [k.replace("_", " ") for k in keys]
+    rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if "share" in k else 1) for k in keys] for n in names]
+    lines = [plain_table(headers, rows),
+             f"mean [95% CI, Student t over {len(results)} training seeds (runs); each run's figure is its mean "
+             f"over sampling seeds]"]
+    means = {n: per_sampler[n]["true_new_per_1000"]["mean"] or 0.0 for n in names}
+    best = max(means, key=means.get) if means else None
+    if best is not None:
+        b = per_sampler[best]["true_new_per_1000"]
+        lines.append(f"highest true-new yield per 1000 decodes: {best} ({_fmt_ci(b)})")
+        for other in names:
+            o = per_sampler[other]["true_new_per_1000"]
+            if other == best or o["mean"] is None:
+                continue
+            overlap = None if b["lo"] is None or o["hi"] is None else not (b["lo"] > o["hi"])
+            lines.append(f"  vs {other}: {_fmt_ci(o)}; "
+                         + ("no interval" if overlap is None else ("intervals overlap" if overlap else "intervals do not overlap")))
+    return {"per_sampler": per_sampler, "runs": list(results), "table": "\n".join(lines)}
+
+
+DOMAIN_COLUMNS = [("rediscovered_per_1000", "rediscovered /1000"), ("novel_scaffolds_per_1000", "novel scaffolds /1000"),
+                  ("domain/unique", "unique"), ("domain/IntDiv", "IntDiv"), ("domain/filters", "filters"),
+                  ("domain/SNN/Test", "SNN/Test"), ("domain/FCD/Test", "FCD/Test")]
+
+
 def discovery_table(result: dict) -> str:
-    headers = ["sampler"] + [h for _, h in DISCOVERY_COLUMNS]
+    first = next(iter(result["per_sampler"].values()), {})
+    columns = DISCOVERY_COLUMNS + [c for c in DOMAIN_COLUMNS if c[0] in first]
+    headers = ["sampler"] + [h for _, h in columns]
     rows = []
     for name, agg in result["per_sampler"].items():
         row = [name]
-        for key, _ in DISCOVERY_COLUMNS:
-            digits = 3 if key in ("novelty", "dark_share") else 1
-            row.append(_fmt_ci(agg[key], digits))
+        for key, _ in columns:
+            digits = 3 if key in ("novelty", "dark_share", "text_dark_share") or key.startswith("domain/") else 1
+            row.append(_fmt_ci(agg.get(key, {"mean": None}), digits))
         rows.append(row)
     method = {"t": "Student t over seeds", "normal": "normal approximation over seeds", None: "one seed: no interval"}
     lines = [plain_table(headers, rows),

@@ -104,7 +104,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
         nn2 = load_sllm(out / "nn2", dev)
 
         t1 = time.perf_counter()
-        occ = OccupancyMap.fit(encode(nn1, model, tok, [t.text for t in without]), cfg.sample)
+        occ = OccupancyMap.fit(encode(nn1, model, tok, [t.text for t in without]), cfg.sample,
+                               threads=torch.get_num_threads())
         calib = occ.calibrate(encode(nn1, model, tok, [t.text for t in heldout_seen]))
         be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
         be.tokenizer, be.model = tok, model

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 VERDICT_COLOURS = {"true": "#1a9850", "false": "#d73027", "unparseable": "#fdae61", None: "#999999"}
-SAMPLER_MARKERS = {"dark": "o", "prior": "s", "interpolate": "^", "lm": "D"}
-SAMPLER_COLOURS = {"dark": "#313695", "prior": "#74add1", "interpolate": "#f46d43", "lm": "#a50026"}
+SAMPLER_MARKERS = {"dark": "o", "dark-kept": "P", "prior": "s", "interpolate": "^", "lm": "D"}
+SAMPLER_COLOURS = {"dark": "#313695", "dark-kept": "#1a9850", "prior": "#74add1", "interpolate": "#f46d43",
+                   "lm": "#a50026"}
 
 
 def _plt():

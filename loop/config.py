@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from backends.config import DecodeConfig
 from common.errors import ConfigError
 from common.errors import check as _check
@@ -24,6 +26,7 @@ from judges.config import JudgeConfig
 from latent.config import SampleConfig
 from lm.config import BaseConfig, RetrainConfig
 from sllm.config import SLLMConfig
+from storage.db import StorageError, check_schema_name, split_password
 
 __all__ = ["BaseConfig", "Config", "ConfigError", "CorpusConfig", "DecodeConfig", "JudgeConfig", "RetrainConfig",
            "RunConfig", "SLLMConfig", "SampleConfig", "build_config", "load_config_file"]
@@ -36,11 +39,30 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda" or "auto"
     threads: int = 0  # torch threads; 0 = leave torch's default (performance knob)
+    # PostgreSQL for shared use, e.g. postgresql+psycopg://USER@HOST:PORT/DBNAME (docs/postgres.md); None = the
+    # run folder's SQLite file RUN_DIR/runs.db. Kept without its password: the snapshot never holds one
+    db: str | None = None
+    db_schema: str | None = None  # the run's schema in run.db; None = the run folder's name (sanitised)
 
     def __post_init__(self):
         _check(self.generations >= 1, f"run.generations must be >= 1, got {self.generations}")
         _check(self.device in ("cpu", "cuda", "auto"), f"run.device must be cpu, cuda or auto, got {self.device!r}")
         _check(self.threads >= 0, f"run.threads must be >= 0, got {self.threads}")
+        self._db_password: str | None = None
+        try:
+            if self.db is not None:
+                self.db, self._db_password = split_password(self.db)
+            if self.db_schema is not None:
+                _check(self.db is not None, "run.db_schema names a PostgreSQL schema; pass --db URL with it")
+                check_schema_name(self.db_schema)
+        except StorageError as e:
+            raise ConfigError(str(e)) from None
+
+    def db_url(self) -> str | None:
+        """run.db with its password, for connecting (never stored: the snapshot holds run.db without it)."""
+        if self.db is None or self._db_password is None:
+            return self.db
+        return make_url(self.db).set(password=self._db_password).render_as_string(hide_password=False)
 
 
 @dataclass
@@ -78,6 +100,8 @@ PERF_KEYS = [
     ("run", "out"), ("run", "generations"), ("run", "threads"), ("run", "device"),
     ("base", "batch_size"), ("sllm", "batch_size"), ("decode", "batch_size"),
     ("decode", "backend"), ("decode", "base_url"), ("retrain", "batch_size"),
+    ("run", "db"), ("run", "db_schema"),  # where the rows are stored, not what they hold
+    ("decode", "tensor_parallel_size"), ("decode", "data_parallel_size"),  # vLLM's parallelism
 ]
 
 
@@ -127,6 +151,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         for k, v in values.items():
             flat[f"{section}.{k}"] = v
     flat.update(overrides or {})
+    flat = {**domain_defaults(flat), **flat}
 
     kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
     for dotted, value in flat.items():
@@ -145,6 +170,16 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     except TypeError as e:
         raise ConfigError(str(e)) from None
     return Config(**parts)
+
+
+def domain_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """The chosen domain's own defaults (Domain.defaults), under the file and command-line values."""
+    from domains.base import DOMAINS, get_domain
+
+    name = flat.get("corpus.domain") or CorpusConfig(path=flat.get("corpus.path")).domain_name
+    if name not in DOMAINS:  # CorpusConfig names the choices
+        return {}
+    return dict(get_domain(str(name)).defaults)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -23,12 +23,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/default); the same folder resumes")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--base-model", help="local Hugging Face causal-LM folder or hub id (default: train a small one)")
-    p.add_argument("--domain", help="the domain plugin: maths or text (default: maths, or text with --corpus)")
-    p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); default: built-in maths")
+    p.add_argument("--domain", help="the domain plugin: maths, text or molecules (default: maths, or text with --corpus)")
+    p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); molecules: .smi/.csv of SMILES; default: the domain's own")
     p.add_argument("--rubric", help="a text file with the critic's rubric (default: the domain's own)")
     p.add_argument("--backend", help="decoding backend: transformers, vllm or vllm-server")
     p.add_argument("--base-url", help="running vLLM server for --backend vllm-server, e.g. http://127.0.0.1:8000")
     p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--db", help="PostgreSQL URL for shared use, postgresql+psycopg://USER@HOST:PORT/DBNAME "
+                                "(default: RUN_DIR/runs.db); password from PGPASSWORD or ~/.pgpass, see docs/postgres.md")
     p.add_argument("--samplers", help="comma-separated samplers: dark,prior,interpolate,lm")
     p.add_argument("--config", help="TOML or YAML file holding any settings, by section")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -38,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.seed", "base_model": "base.model",
-             "domain": "corpus.domain", "corpus": "corpus.path", "rubric": "judges.rubric", "backend": "decode.backend", "base_url": "decode.base_url", "device": "run.device", "samplers": "sample.samplers"}
+             "domain": "corpus.domain", "corpus": "corpus.path", "rubric": "judges.rubric", "backend": "decode.backend", "base_url": "decode.base_url", "device": "run.device", "samplers": "sample.samplers",
+             "db": "run.db"}
 
 
 def build_from_args(args):

@@ -8,6 +8,7 @@ with the same database an uninterrupted one would have.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,11 +24,12 @@ from sqlmodel import Session, select
 
 from common.errors import ConfigError
 from domains.base import CorpusSplits, Domain, Text, get_domain
+from lm import distributed
 from loop.artifacts import check, crash_point, verify
 from loop.config import Config, build_config
 from loop.stages import STAGE_NAMES, STAGES, gen_dir, invalidate_from
 from storage import queries
-from storage.db import RunLock, done_stages, get_run, open_db, stage_detail
+from storage.db import RunLock, check_server, done_stages, get_run, open_db, stage_detail
 from storage.models import Candidate, Run, Stage
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,9 @@ class Loop:
         from backends.base import get_backend
 
         return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
-                           self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url)
+                           self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url,
+                           tensor_parallel_size=self.cfg.decode.tensor_parallel_size,
+                           data_parallel_size=self.cfg.decode.data_parallel_size)
 
     def free(self) -> None:
         self.models.clear()
@@ -145,6 +149,12 @@ class Loop:
                 old = build_config(json.loads(run.config_json)).result_settings()
                 new = self.cfg.result_settings()
                 diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
+                if not diff:  # a run made before settings were added: they take their defaults, as then
+                    log.info("run folder %s predates settings added since; they keep their defaults", self.out)
+                    run.config_json, run.config_hash = json.dumps(self.cfg.to_dict()), self.cfg.result_hash()
+                    s.add(run)
+                    s.commit()
+                    return
                 raise ConfigError(
                     f"run folder {self.out} was made with other settings ({'; '.join(diff[:4])}); "
                     f"rerun with the same settings to resume, or pass a new --out"
@@ -181,47 +191,91 @@ class Loop:
             raise ConfigError(f"the corpus has {len(self.data.train)} training texts; the latent map needs at least {self.cfg.sample.k + 2}")
 
     def run(self) -> None:
+        # Several processes (torchrun / accelerate launch; docs/distributed.md): every rank goes through
+        # the stages; rank 0 alone locks the folder and writes the database and the artifacts.
+        several = distributed.init()
+        main = distributed.is_main()
         self.preflight()
-        if self.fallback_note:
+        for note in self.domain.notes if main else ():
+            log.warning(note)
+            print(note, flush=True)
+        if self.fallback_note and main:
             log.warning(self.fallback_note)
             print(self.fallback_note, flush=True)
+        if self.cfg.run.db:  # a bad URL, a missing driver, no server or a wrong password: fail before writing
+            check_server(self.cfg.run.db_url())
         self.out.mkdir(parents=True, exist_ok=True)
         if not os.access(self.out, os.W_OK):
             raise ConfigError(f"run folder {self.out} is not writable; fix its permissions or pass another --out")
         if self.cfg.run.threads:
             torch.set_num_threads(self.cfg.run.threads)
-        with RunLock(self.out):
-            engine = open_db(self.out, create=True)
-            self.ensure_run(engine)
-            self.verify_artifacts(engine)
-            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+
+        def stages(engine) -> None:  # every rank, in the same order; rank 0 says which are done
             for g in range(self.cfg.run.generations):
                 for stage in STAGES:
                     if stage.first_generation_only and g > 0:
                         continue
                     with Session(engine) as s:
-                        if (g, stage.name) in done_stages(s):
-                            continue
-                    self.run_stage(engine, g, stage)
+                        done = main and (g, stage.name) in done_stages(s)
+                    if not distributed.broadcast(done):
+                        self.run_stage(engine, g, stage)
             engine.dispose()
+
+        if several and not main:  # wait for rank 0 to make and check the run (below), then read what it writes
+            distributed.barrier()
+            return stages(open_db(self.out, url=self.cfg.run.db_url(), schema=self.cfg.run.db_schema))
+        with RunLock(self.out):
+            engine = open_db(self.out, create=True, url=self.cfg.run.db_url(), schema=self.cfg.run.db_schema)
+            self.ensure_run(engine)
+            self.verify_artifacts(engine)
+            (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            distributed.barrier()  # the other ranks may open the database now
+            stages(engine)
 
     def run_stage(self, engine, g: int, stage) -> None:
         name = stage.name
+        # Several processes: the stages that train run on every rank (DistributedDataParallel, the
+        # same seed everywhere), the others on rank 0 alone while the other ranks wait; rank 0 alone
+        # writes and commits, and every rank waits for that commit before the next stage reads it.
+        # (The base stage trains too, but its save step is not yet rank-aware: rank 0 trains it alone.)
+        every_rank = name in ("sllm", "retrain")
+        several, main = distributed.world() > 1, distributed.is_main()
+        if several and not main and not every_rank:
+            distributed.barrier()
+            return
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         seed = stage_seed(self.cfg.run.seed, g, name)
         torch.manual_seed(seed)
-        log.info("generation %d: %s", g, name)
-        with Session(engine) as s:
+        if main:
+            log.info("generation %d: %s", g, name)
+        with contextlib.nullcontext() if every_rank else distributed.alone(), Session(engine) as s:
             detail = stage.run(self, s, g, seed)
-            s.add(Stage(generation=g, name=name, started_at=started, seconds=time.perf_counter() - t0,
-                        detail_json=json.dumps(detail)))
-            s.flush()
-            crash_point(g, name, "before_commit")
-            s.commit()
-        crash_point(g, name, "after_commit")
+            if main:  # the other ranks' session closes without a commit: they wrote nothing
+                s.add(Stage(generation=g, name=name, started_at=started, seconds=time.perf_counter() - t0,
+                            detail_json=json.dumps(detail)))
+                s.flush()
+                crash_point(g, name, "before_commit")
+                s.commit()
+        if main:
+            crash_point(g, name, "after_commit")
+        distributed.barrier()
+        if not main:
+            return
         if name == "evaluate":
             print(detail["line"], flush=True)
+            self.refresh_report()
+
+    def refresh_report(self) -> None:
+        """Rewrite RUN_DIR/report.html at the end of a generation, so it can be opened mid-run;
+        a report that fails never stops the loop."""
+        try:
+            from report import write_report
+
+            write_report(self.out)
+        except Exception as e:  # noqa: BLE001 - any failure of the report is only a warning
+            log.warning("could not refresh the run report %s: %s: %s (the run goes on; "
+                        "retry with `python run.py report %s`)", self.out / "report.html", type(e).__name__, e, self.out)
 
 
 def run_config(run_dir: Path) -> Config:

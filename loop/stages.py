@@ -63,6 +63,7 @@ def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------ sllm
 def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    from lm import distributed
     from lm.embedder import embed_cached
     from sllm.model import SLLM, save_sllm
     from sllm.train import train_sllm
@@ -76,7 +77,8 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
     embedder = loop.domain.meaning_embedder()
     targets = None
     if cfg.sllm.meaning_weight > 0:  # corpus + language texts are the same every generation: cached
-        fixed = embed_cached(loop.data.train_texts + extra, loop.out / "cache", embedder)
+        with distributed.main_first():  # several processes: rank 0 writes the cache, the others then read it
+            fixed = embed_cached(loop.data.train_texts + extra, loop.out / "cache", embedder)
         n = len(loop.data.train_texts)
         targets = np.concatenate([fixed[:n], embedder.embed(accepted), fixed[n:]])
     if g == 0:
@@ -90,8 +92,9 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
     info = train_sllm(sllm, model, tok, texts, targets, epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed,
                       fact_keys=keys, desc=f"SLLM gen {g}",
                       checkpoint=loop.gen_dir(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
-    with atomic_dir(loop.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
-        save_sllm(sllm, tmp)
+    if distributed.is_main():  # several processes (torchrun): every rank trained, rank 0 alone writes
+        with atomic_dir(loop.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
+            save_sllm(sllm, tmp)
     return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,
             "final": info["final"]}
 
@@ -107,7 +110,9 @@ def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
     sllm = loop.load_sllm(g, model)
     texts = loop.data.train_texts + loop.accepted_texts(s, g - 1)
     latents = encode(sllm, model, tok, texts)
-    occ = OccupancyMap.fit(latents, cfg.sample)
+    # fitted once (sample and decode load it); FAISS on torch's thread count, so that it never changes
+    # the OpenMP threads torch's later arithmetic runs on (a resumed run must equal an uninterrupted one)
+    occ = OccupancyMap.fit(latents, cfg.sample, seed=seed % 2**31, threads=torch.get_num_threads())
     rng = np.random.default_rng(seed)
     n_probe = max(2000, 20 * cfg.sample.n_zones)
     probe = occ.envelope_samples(n_probe, rng)
@@ -123,30 +128,40 @@ def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
         s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
                    volume=z.volume, axes_json=json.dumps(z.axes),
                    neighbours_json=json.dumps([texts[i] for i in z.neighbours]), decoded=text))
+    heldout = encode(sllm, model, tok, [t.text for t in loop.data.eval])  # (N_eval, latent_dim)
     with atomic_dir(loop.gen_dir(g) / "map", (g, "map")) as tmp:
-        np.save(tmp / "latents.npy", latents)
+        occ.save(tmp)  # latents.npy, the index settings and figures: no refit later
+        # for the run report's map (report/): held-out real texts and (at most 2,000) dark probe points
+        np.save(tmp / "eval_latents.npy", heldout)
+        np.save(tmp / "probes.npy", dark[:2000])
     norms = np.linalg.norm(latents, axis=1)
     return {"texts": len(texts), "threshold": occ.threshold, "envelope_radius": occ.radius,
             "components": int(occ.pca.n_components_), "dark_probe_share": len(dark) / n_probe,
             "zones": len(zones), "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std()),
+            "knn_index": occ.stats.get("index"), "knn_recall": occ.stats.get("recall"),
             # real texts never trained on (the eval split) should mostly not be dark
-            **occ.calibrate(encode(sllm, model, tok, [t.text for t in loop.data.eval]))}
+            **occ.calibrate(heldout)}
 
 
 def clear_map(s: Session, g: int) -> None:
     s.exec(delete(Zone).where(Zone.generation == g))
 
 
+def load_map(loop: Loop, g: int):
+    """Generation g's occupancy map as the map stage saved it (no refit)."""
+    from latent.occupancy import OccupancyMap
+
+    check(loop.gen_dir(g) / "map", f"the latent map of generation {g}")
+    return OccupancyMap.load(loop.gen_dir(g) / "map", loop.cfg.sample, threads=torch.get_num_threads())
+
+
 # ---------------------------------------------------------------------------------- sample
 def run_sample(loop: Loop, s: Session, g: int, seed: int) -> dict:
-    from latent.occupancy import OccupancyMap
     from latent.samplers import draw
     from latent.zones import zones_from_rows
 
     cfg = loop.cfg
-    check(loop.gen_dir(g) / "map", f"the latent map of generation {g}")
-    latents = np.load(loop.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
-    occ = OccupancyMap.fit(latents, cfg.sample)
+    occ = load_map(loop, g)
     zones = zones_from_rows(s.exec(select(Zone).where(Zone.generation == g).order_by(Zone.label)).all())
     rng = np.random.default_rng(seed)
     samplers = cfg.sample.samplers
@@ -179,7 +194,7 @@ def clear_sample(s: Session, g: int) -> None:
 
 # ---------------------------------------------------------------------------------- decode
 def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
-    from sllm.train import soft_prompts
+    from sllm.train import encode, soft_prompts
 
     tok, model = loop.model(loop.adapter_for(s, g))
     sllm = loop.load_sllm(g, model)
@@ -198,7 +213,16 @@ def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
         for c, t in zip(plain, be.sample(len(plain), dc.max_new_tokens, dc.lm_temperature, seed + 1)):
             c.text = t
             s.add(c)
-    return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text)}
+    # The round-trip check: each decode's own latent, density-scored in this generation's map. A
+    # dark latent whose text re-encodes into an occupied region snapped back to known content.
+    still_dark: dict[str, list[bool]] = {}
+    if cands:
+        occ = load_map(loop, g)
+        dark = occ.is_dark(encode(sllm, model, tok, [c.text or " " for c in cands]))
+        for c, d in zip(cands, dark):
+            still_dark.setdefault(c.sampler, []).append(bool(d))
+    return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text),
+            "dark_once_reencoded": {k: sum(v) / len(v) for k, v in still_dark.items()}}
 
 
 def clear_decode(s: Session, g: int) -> None:
@@ -216,7 +240,8 @@ def run_judge(loop: Loop, s: Session, g: int, seed: int) -> dict:
     cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
     panel = build_panel(loop.domain, loop.cfg.judges, model, tok, d.train, loop.accepted_texts(s, g - 1), seed)
     judged = judge_texts(panel, [c.text or "" for c in cands], loop.cfg.judges, d.train_fact_keys,
-                         lambda i: f"rejected: duplicate of candidate seq {cands[i].seq} in this generation")
+                         lambda i: f"rejected: duplicate of candidate seq {cands[i].seq} in this generation",
+                         canonical=loop.domain.canonical)
     s.exec(delete(Score).where(Score.candidate_id.in_([c.id for c in cands])))
     accepted = 0
     for c, j in zip(cands, judged):
@@ -242,6 +267,9 @@ def clear_judge(s: Session, g: int) -> None:
 
 # --------------------------------------------------------------------------------- retrain
 def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
+    import contextlib
+
+    from lm import distributed
     from lm.lora import lora_finetune, retrain_texts
 
     cfg = loop.cfg
@@ -254,7 +282,8 @@ def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
     texts = retrain_texts(loop.accepted_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
     final = loop.gen_dir(g) / "adapter"
     loop.check_inputs(prev)
-    with atomic_dir(final, (g, "retrain")) as tmp:
+    # several processes (torchrun): every rank trains, rank 0 alone writes the adapter (the others' tmp: None)
+    with atomic_dir(final, (g, "retrain")) if distributed.is_main() else contextlib.nullcontext() as tmp:
         info = lora_finetune(loop.base_path(), prev, texts, cfg.retrain, tmp, seed, cfg.run.device)
     return {"adapter": str(final), "trained": True, **info}
 
@@ -273,6 +302,14 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
     true_new = sum(1 for c in cands if c.true_new)
     dens = [c.density_score for c in cands if c.density_score is not None]
     dark_share = (sum(x > 1 for x in dens) / len(dens)) if dens else None
+    # of the candidates the samplers drew as latents, the share whose decode is still dark re-encoded
+    reenc = (stage_detail(s, g, "decode") or {}).get("dark_once_reencoded", {})
+    counts = {c.sampler: 0 for c in cands if c.density_score is not None}
+    for c in cands:
+        if c.density_score is not None:
+            counts[c.sampler] += 1
+    text_dark = (sum(reenc.get(k, 0) * n for k, n in counts.items()) / sum(counts.values())
+                 if counts and all(k in reenc for k in counts) else None)
     nov = []
     if acc:
         ids = [c.id for c in acc]
@@ -284,19 +321,24 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
     distinct2 = distinct_n([c.text for c in acc], 2) if acc else None
     timings = {st.name: round(st.seconds, 1) for st in s.exec(select(StageRow).where(StageRow.generation == g))}
     rate = len(acc) / max(len(cands), 1)
+    dom = loop.domain
     line = (f"gen {g} | candidates {len(cands)} | accepted {len(acc)} ({rate:.1%}) | "
-            f"truth {'n/a' if truth is None else f'{truth:.1%}'} | true-new {true_new} | "
+            f"{dom.truth_label} {'n/a' if truth is None else f'{truth:.1%}'} | {dom.new_label} {true_new} | "
             f"heldout ppl {ppl:.2f} | novelty {'n/a' if novelty is None else f'{novelty:.3f}'} | "
             f"distinct-2 {'n/a' if distinct2 is None else f'{distinct2:.2f}'} | "
             f"dark {'n/a' if dark_share is None else f'{dark_share:.0%}'} | "
+            f"dark once re-encoded {'n/a' if text_dark is None else f'{text_dark:.0%}'} | "
             + " ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    extra = dom.generation_metrics([c.text or "" for c in cands], loop.data)
+    if extra:
+        line += " | " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())
     if loop.fallback_note:
         line += " | FALLBACK base model (self-trained on this corpus): bring a pretrained one with --base-model"
     s.exec(delete(Metric).where(Metric.generation == g))
     s.add(Metric(generation=g, acceptance_rate=rate, truth_rate=truth, true_new=true_new, accepted=len(acc),
                  candidates=len(cands), heldout_ppl=ppl, novelty=novelty, distinct_2=distinct2,
                  dark_share=dark_share, timings_json=json.dumps(timings), line=line))
-    return {"line": line, "heldout_ppl": ppl}
+    return {"line": line, "heldout_ppl": ppl, **({"domain_metrics": extra} if extra else {})}
 
 
 def clear_evaluate(s: Session, g: int) -> None:

@@ -59,12 +59,22 @@ def test_discovery_table_json_png_db(discovery_run):
     run_dir, png, js, p = discovery_run
     for _, header in DISCOVERY_COLUMNS:
         assert header in p.stdout
-    for sampler in ("dark", "prior", "interpolate", "lm"):
+    for sampler in ("dark", "dark-kept", "prior", "interpolate", "lm"):
         assert sampler in p.stdout
     assert "dark vs lm" in p.stdout and "false-dark rate" in p.stdout
-    res = json.loads(js.read_text())["result"]
+    doc = json.loads(js.read_text())
+    res = doc["result"]
     per = res["per_sampler"]
-    assert set(per) == {"dark", "prior", "interpolate", "lm"}
+    assert set(per) == {"dark", "dark-kept", "prior", "interpolate", "lm"}
+    # the round-trip check: every decode re-encoded; dark-kept keeps only decodes still dark
+    seeds = res["per_seed"]
+    for f in seeds["dark-kept"]:
+        assert f["decodes_spent"] >= 6 and (f["text_dark_share"] in (None, 1.0))
+        assert f["decodes_per_kept"] is None or f["decodes_per_kept"] >= 1
+    for name in ("dark", "prior", "interpolate"):
+        for f in seeds[name]:
+            assert 0 <= f["text_dark_share"] <= 1 and f["decodes_spent"] == 6 and f["snap_median"] >= 0
+    assert all(f["snap_median"] == 0 for f in seeds["lm"])  # its latent is its text's encoding
     for name, agg in per.items():
         assert agg["decoded"]["n"] == 2 and agg["decoded"]["lo"] is not None  # CI over 2 seeds
         assert agg["decoded"]["lo"] <= agg["decoded"]["mean"] <= agg["decoded"]["hi"]
@@ -75,8 +85,11 @@ def test_discovery_table_json_png_db(discovery_run):
     con = sqlite3.connect(run_dir / "runs.db")
     (n_exp,) = con.execute("SELECT count(*) FROM experimentrun WHERE name='discovery'").fetchone()
     per_kind = dict(con.execute("SELECT kind, count(*) FROM experimentsample GROUP BY kind").fetchall())
+    kept = [json.loads(d) for (d,) in con.execute("SELECT detail_json FROM experimentsample WHERE kind='dark-kept'")]
     con.close()
-    assert n_exp == 1 and per_kind == {"dark": 12, "prior": 12, "interpolate": 12, "lm": 12}
+    assert n_exp == 1 and {k: v for k, v in per_kind.items() if k != "dark-kept"} == {
+        "dark": 12, "prior": 12, "interpolate": 12, "lm": 12}
+    assert per_kind.get("dark-kept", 0) <= 12 and all(d["reencoded_dark"] for d in kept)
     # the map stage reports its false-dark rate too
     detail = json.loads(sqlite3.connect(run_dir / "runs.db").execute(
         "SELECT detail_json FROM stage WHERE name='map'").fetchone()[0])
@@ -94,6 +107,22 @@ def test_discovery_reuses_a_run_and_inspect_lists_it(discovery_run):
     assert "sampler" in show and "dark" in show and "lm" in show
     bad = run_cli(["inspect", str(run_dir), "experiments", "show", "99"], check=False)
     assert bad.returncode == 2 and "no experiment with id 99" in bad.stderr
+
+
+def test_discovery_over_training_seeds(discovery_run, tmp_path):
+    """Two runs of different training seeds: the headline figures get intervals over them."""
+    other = tmp_path / "seed1"
+    run_cli(["--generations", "1", "--out", str(other), "--seed", "1", *TINY])
+    js = tmp_path / "seeds.json"
+    p = run_cli(["experiment", "discovery", "--run", str(discovery_run[0]), "--run", str(other), "--budget", "4",
+                 "--seeds", "1", "--only", "dark,dark-kept,lm", "--json", str(js), "-q"])
+    assert "over 2 training seeds" in p.stdout and "highest true-new yield" in p.stdout
+    combined = json.loads(js.read_text())["combined"]
+    assert set(combined["per_sampler"]) == {"dark", "dark-kept", "lm"}
+    c = combined["per_sampler"]["dark"]["dark_share"]
+    assert c["n"] == 2 and c["lo"] <= c["mean"] <= c["hi"]
+    same = run_cli(["experiment", "discovery", "--run", str(other), "--run", str(other), "-q"], check=False)
+    assert same.returncode == 2 and "same run folder" in same.stderr
 
 
 def test_discovery_bad_flags_are_one_line_errors(tmp_path):

@@ -4,13 +4,13 @@ import pkgutil
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["cli", "experiments", "bench", "loop", "judges", "sllm", "latent", "backends", "domains", "lm", "storage",
-            "common"]
+PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 
 
 def all_modules():

@@ -91,6 +91,17 @@ def test_full_loop_every_stage(reference_run):
     detail = json.loads(sqlite3.connect(out / "runs.db").execute(
         "SELECT detail_json FROM stage WHERE generation = 0 AND name = 'sllm'").fetchone()[0])
     assert detail["false_texts"] == 32 and detail["texts"] > 32
+    # the round-trip check: each latent sampler's share of decodes still dark once re-encoded
+    con = sqlite3.connect(out / "runs.db")
+    dec = json.loads(con.execute("SELECT detail_json FROM stage WHERE generation = 1 AND name = 'decode'").fetchone()[0])
+    assert set(dec["dark_once_reencoded"]) == {"dark", "prior", "interpolate", "lm"}
+    assert all(0 <= v <= 1 for v in dec["dark_once_reencoded"].values())
+    assert "dark once re-encoded " in p.stdout
+    # the map is fitted once and saved whole; the sample stage loads it
+    assert (out / "gen-001" / "map" / "occupancy.json").is_file()
+    mp = json.loads(con.execute("SELECT detail_json FROM stage WHERE generation = 1 AND name = 'map'").fetchone()[0])
+    assert mp["knn_index"] == "flat"
+    con.close()
 
 
 def test_deterministic_same_seed(reference_run, tmp_path):

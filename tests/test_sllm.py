@@ -221,7 +221,7 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--corpus", "{tmp}/c.txt"], "built-in maths corpus"),
+    (["--corpus", "{tmp}/c.txt"], "domain's own held-out set"),
     (["--set", "corpus.facts_per_topic=4"], "holds out no fact"),
 ])
 def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment):
