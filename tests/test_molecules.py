@@ -181,3 +181,25 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
         if verdict != "true":
             assert decision == "rejected" and "invalid SMILES" in reason
     con.close()
+
+
+def test_moses_statistics_reader_refuses_anything_but_arrays():
+    """MOSES's shipped statistics are a pickle; the reader builds only arrays and Counters."""
+    import io
+    import os
+    import pickle
+
+    from domains.molecules.metrics import _StatsUnpickler
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="only numpy arrays and Counters"):
+        _StatsUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+    import numpy as np
+    from collections import Counter
+
+    ok = {"a": np.arange(3), "c": Counter({"x": 2})}
+    back = _StatsUnpickler(io.BytesIO(pickle.dumps(np.array(ok, dtype=object), protocol=2))).load().item()
+    assert back["c"] == ok["c"] and back["a"].tolist() == [0, 1, 2]

@@ -22,6 +22,8 @@ from functools import lru_cache
 from multiprocessing import Pool
 from pathlib import Path
 
+import pickle
+
 import numpy as np
 from rdkit import Chem, DataStructs, RDLogger
 from rdkit.Chem import rdFingerprintGenerator
@@ -341,10 +343,41 @@ class Reference:
         if not path.is_file():
             raise CorpusError(f"{path} not found; reinstall with pip install --no-deps molsets==0.3.1, or build "
                               f"the reference with Reference.from_smiles(load_split({split!r}))")
-        with np.load(path, allow_pickle=True) as z:  # MOSES's own file: a pickled dict of arrays and Counters
-            st = z["stats"].item()
+        st = read_moses_stats(path)
         return cls(load_split(split), np.asarray(st["SNN"]["fps"], np.uint8), Counter(st["Frag"]["frag"]),
                    Counter(st["Scaf"]["scaf"]), {"mu": st["FCD"]["mu"], "sigma": st["FCD"]["sigma"]})
+
+
+class _StatsUnpickler(pickle.Unpickler):
+    """MOSES ships its statistics as a pickled dict of numpy arrays and Counters inside an .npz.
+    Nothing else may be built while reading it (the "restricting globals" recipe of Python's
+    pickle docs): any other class or function in the file is refused, so the file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "Counter"), ("collections", "OrderedDict"),
+               ("_codecs", "encode")}  # how a protocol-2 pickle spells the bytes of an array: latin-1 text to bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"MOSES statistics may hold only numpy arrays and Counters, not {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_moses_stats(path: str | Path) -> dict:
+    """The `stats` dict of a MOSES `*_stats.npz`, read with `_StatsUnpickler` (never np.load's
+    unrestricted unpickling)."""
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    with zipfile.ZipFile(path) as zf, zf.open("stats.npy") as fh:
+        version = npformat.read_magic(fh)
+        header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        _, _, dtype = header(fh)
+        if dtype != np.dtype(object):
+            raise CorpusError(f"{path}: stats.npy is not the object array MOSES writes; reinstall molsets==0.3.1")
+        return _StatsUnpickler(fh).load().item()
 
 
 @lru_cache(maxsize=8)
