@@ -187,6 +187,9 @@ class Loop:
             from judges.critic import load_rubric
 
             load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
+            if self.domain.rule_critic is not None:
+                log.warning("--rubric is ignored: the %s domain's critic is rule-based, not an LLM with a rubric",
+                            self.domain.name)
         if len(self.data.train) < self.cfg.sample.k + 2:
             raise ConfigError(f"the corpus has {len(self.data.train)} training texts; the latent map needs at least {self.cfg.sample.k + 2}")
 

@@ -216,13 +216,17 @@ def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
     # The round-trip check: each decode's own latent, density-scored in this generation's map. A
     # dark latent whose text re-encodes into an occupied region snapped back to known content.
     still_dark: dict[str, list[bool]] = {}
+    latent_dark: list[bool] = []  # the candidates the samplers drew as latents
     if cands:
         occ = load_map(loop, g)
         dark = occ.is_dark(encode(sllm, model, tok, [c.text or " " for c in cands]))
         for c, d in zip(cands, dark):
             still_dark.setdefault(c.sampler, []).append(bool(d))
+            if c.latent is not None:
+                latent_dark.append(bool(d))
     return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text),
-            "dark_once_reencoded": {k: sum(v) / len(v) for k, v in still_dark.items()}}
+            "dark_once_reencoded": {k: sum(v) / len(v) for k, v in still_dark.items()},
+            "latent_dark_once_reencoded": sum(latent_dark) / len(latent_dark) if latent_dark else None}
 
 
 def clear_decode(s: Session, g: int) -> None:
@@ -303,13 +307,7 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
     dens = [c.density_score for c in cands if c.density_score is not None]
     dark_share = (sum(x > 1 for x in dens) / len(dens)) if dens else None
     # of the candidates the samplers drew as latents, the share whose decode is still dark re-encoded
-    reenc = (stage_detail(s, g, "decode") or {}).get("dark_once_reencoded", {})
-    counts = {c.sampler: 0 for c in cands if c.density_score is not None}
-    for c in cands:
-        if c.density_score is not None:
-            counts[c.sampler] += 1
-    text_dark = (sum(reenc.get(k, 0) * n for k, n in counts.items()) / sum(counts.values())
-                 if counts and all(k in reenc for k in counts) else None)
+    text_dark = (stage_detail(s, g, "decode") or {}).get("latent_dark_once_reencoded")
     nov = []
     if acc:
         ids = [c.id for c in acc]
