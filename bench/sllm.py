@@ -12,6 +12,7 @@ validity); and how often paraphrases land closer together than the nearest diffe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -251,6 +252,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--heldout", choices=("knowledge", "eval"), default="knowledge",
                    help="with --run: the held-out set measured: the domain's held-out knowledge (maths facts, "
                         "molecules scaffold test; default) or its evaluation texts (molecules: MOSES test)")
+    p.add_argument("--base-dir", help="a base-model folder to train SLLMs on: reused when it holds one (e.g. "
+                                      "RUN_DIR/base), trained there and kept when empty; default: a temporary one")
     args = p.parse_args(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
@@ -278,6 +281,8 @@ def main(argv: list[str]) -> int:
         try:
             if args.ablation:
                 raise ConfigError("--ablation trains new SLLMs; it does not combine with --run")
+            if args.base_dir:
+                raise ConfigError("--base-dir trains new SLLMs on a saved base model; it does not combine with --run")
             res, run_cfg = evaluate_run(Path(args.run), args.generation, args.heldout)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -287,12 +292,26 @@ def main(argv: list[str]) -> int:
     rows = {}
     from loop.config import build_config
 
-    # One base model for every variant, removed when the bench ends (it is ~1 MB a run).
-    with tempfile.TemporaryDirectory(prefix="bench-base-") as tmp:
+    # One base model for every variant: --base-dir's (kept), or a temporary one removed when the bench
+    # ends (it is ~1 MB a run). Comparing SLLM settings on one saved base model skips its training.
+    with contextlib.ExitStack() as stack:
+        if args.base_dir:
+            base_dir = Path(args.base_dir)
+            if base_dir.exists() and not base_dir.is_dir():
+                print(f"error: --base-dir {base_dir} is a file; pass a base-model folder (e.g. RUN_DIR/base)",
+                      file=sys.stderr)
+                return 2
+            if base_dir.is_dir() and any(base_dir.iterdir()) and not (base_dir / "config.json").is_file():
+                print(f"error: --base-dir {base_dir} holds no base model (no config.json) and is not empty; pass a "
+                      "base-model folder (e.g. RUN_DIR/base) or an empty one", file=sys.stderr)
+                return 2
+            base_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            base_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-base-")))
         for name, extra in variants.items():
             cfg = build_config(base_cfg.to_dict(), extra)
             print(f"training: {name}", file=sys.stderr, flush=True)
-            rows[name] = train_and_evaluate(cfg, Path(tmp))
+            rows[name] = train_and_evaluate(cfg, base_dir)
     return _report(rows, base_cfg, args.json)
 
 

@@ -209,8 +209,9 @@ def test_bench_figures():
 
 
 def test_bench_sllm_command_writes_every_figure(tmp_path):
-    out = tmp_path / "bench.json"
-    p = run_cli(["bench", "sllm", "-q", "--json", str(out), *TINY_MODELS, "--set", "corpus.facts_per_topic=5"])
+    out, base = tmp_path / "bench.json", tmp_path / "base"
+    p = run_cli(["bench", "sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
+                 "--set", "corpus.facts_per_topic=5"])
     assert "exact_match" in p.stdout and "examples (held-out text -> decoded)" in p.stdout
     res = json.loads(out.read_text())["results"]["full"]
     assert res["heldout_texts"] > 0 and res["false_texts"] == 32
@@ -218,6 +219,18 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
         assert 0 <= res[k] <= 1, k
     assert 0 <= res["bleu"] <= 100 and res["effective_dimension"] >= 1 and res["latent_norm_std"] >= 0
     assert len(res["examples"]) > 0 and all(set(e) == {"text", "decoded"} for e in res["examples"])
+    # --base-dir kept the base model it trained; a second bench trains only an SLLM on it
+    assert "base_s" in res and (base / "config.json").is_file()
+    stamp = (base / "config.json").stat().st_mtime_ns
+    from bench.sllm import main
+
+    assert main(["sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
+                 "--set", "corpus.facts_per_topic=5", "--set", "sllm.n_prompt=2"]) == 0
+    res2 = json.loads(out.read_text())["results"]["full"]
+    assert "base_s" not in res2 and "sllm_s" in res2 and (base / "config.json").stat().st_mtime_ns == stamp
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("not a model")
+    assert main(["sllm", "-q", "--base-dir", str(tmp_path / "junk"), *TINY_MODELS]) == 2
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -249,6 +262,7 @@ def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
     capsys.readouterr()
     for args, fragment in ((["--run", str(run), "--generation", "7"], "has SLLMs of generations [0, 1]"),
                            (["--run", str(run), "--ablation"], "does not combine with --run"),
+                           (["--run", str(run), "--base-dir", str(tmp_path / "b")], "does not combine with --run"),
                            (["--run", str(tmp_path / "nothing")], "no runs.db")):
         assert main(["sllm", "-q", *args]) == 2
         err = capsys.readouterr().err
