@@ -14,6 +14,11 @@ class DecodeConfig:
     temperature: float = 0.0  # 0 = greedy decoding of soft prompts
     lm_temperature: float = 1.0  # the `lm` baseline sampler's temperature
     batch_size: int = 64  # performance knob
+    # Candidates whose soft prompts (chunk, K+1, E) are built and handed to the backend at once: the
+    # decode stage's memory is bounded by this, not by sample.n_candidates (a 7B model's E=4096
+    # with K=32 is 0.5 MB a candidate). Rounded down to a multiple of batch_size, so the per-batch
+    # seeds, hence the texts, are the same for any chunk size. Performance knob.
+    chunk_size: int = 1024
     base_url: str | None = None  # the running OpenAI-compatible vLLM server, for backend vllm-server
     # vLLM's own parallelism (performance knobs; docs/distributed.md): GPUs one model is split over,
     # and engine copies serving in parallel. backend vllm takes tensor_parallel_size (vLLM starts
@@ -35,6 +40,7 @@ class DecodeConfig:
         _check(self.temperature >= 0, f"decode.temperature must be >= 0, got {self.temperature}")
         _check(self.lm_temperature > 0, f"decode.lm_temperature must be > 0, got {self.lm_temperature}")
         _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.chunk_size >= 1, f"decode.chunk_size must be >= 1, got {self.chunk_size}")
         for k in ("tensor_parallel_size", "data_parallel_size"):
             _check(getattr(self, k) >= 1, f"decode.{k} must be >= 1, got {getattr(self, k)}")
         _check(self.backend != "vllm" or self.data_parallel_size == 1,

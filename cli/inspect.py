@@ -79,6 +79,8 @@ def cmd_summary(engine, args) -> int:
                 for st in g["stages"]
             )
             print(f"  stages: {stages}  (total {total:.1f}s)")
+            if g["generate_share"] is not None:
+                print(f"  decode+judge: {g['generate_share']:.1%} of the generation's stage time (evaluate left out)")
         else:
             print("  stages: none yet")
         print(f"  candidates {g['candidates']}: accepted {g['accepted']}, rejected {g['rejected']}, "

@@ -17,10 +17,15 @@ class JudgeConfig:
     coherence_weight: float = 0.4
     novelty_weight: float = 0.4
     accept_score: float = 0.0  # weighted score a candidate must reach after the hard thresholds
+    # Texts handed to each judge at once (performance knob): bounds a judge's memory whatever the
+    # generation's candidate count, and a judge that fails on a batch retries one text at a time
+    # only within that batch (judges.base.safe_score).
+    batch_size: int = 256
 
     def __post_init__(self):
         for k in ("min_coherence", "min_critic", "accept_score"):
             _check(0 <= getattr(self, k) <= 1, f"judges.{k} must be in [0, 1], got {getattr(self, k)}")
         _check(0 <= self.min_novelty <= 2, f"judges.min_novelty must be in [0, 2], got {self.min_novelty}")
+        _check(self.batch_size >= 1, f"judges.batch_size must be >= 1, got {self.batch_size}")
         for k in ("critic_weight", "coherence_weight", "novelty_weight"):
             _check(getattr(self, k) >= 0, f"judges.{k} must be >= 0, got {getattr(self, k)}")

@@ -63,7 +63,14 @@ def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys
     """Score `texts` with every judge of `panel`; `duplicate_reason(i)` words the rejection of a
     text already accepted at index i; two texts are the same text when `canonical` (the domain's,
     e.g. canonical SMILES) makes them equal."""
-    scores = {j.name: safe_score(j, texts) for j in panel}
+    # Each judge sees at most cfg.batch_size texts at once, so no judge builds a tensor (or, when
+    # it fails, a one-text-at-a-time retry) the size of the whole generation. Judges score each
+    # text on its own, so the chunking changes no score; decisions need every judge, so they come after.
+    scores: dict[str, list[JudgeScore]] = {j.name: [] for j in panel}
+    for a in range(0, len(texts), cfg.batch_size):
+        part = texts[a : a + cfg.batch_size]
+        for j in panel:
+            scores[j.name] += safe_score(j, part)
     seen: dict[str, int] = {}
     out = []
     for i, t in enumerate(texts):

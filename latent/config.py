@@ -11,7 +11,11 @@ SAMPLERS = ("dark", "prior", "interpolate", "lm")
 
 @dataclass
 class SampleConfig:
-    n_candidates: int = 96  # per generation, split over `samplers`
+    # Per generation, split over `samplers`. 1000 so that a generation's yield (about 10% accepted,
+    # a few % true and new) is counted in hundreds rather than tens, while decode + judge stay under
+    # a quarter of a generation's time on 2 CPU cores (issue 17; docs/generate-side.md). Decode and
+    # judge take them in chunks (decode.chunk_size, judges.batch_size), so memory does not grow with it.
+    n_candidates: int = 1000
     samplers: list[str] = field(default_factory=lambda: ["dark"])
     k: int = 5  # neighbours for the kNN occupancy score
     pool_factor: int = 20  # dark sampler: proposals drawn per kept candidate

@@ -99,6 +99,7 @@ class Config:
 PERF_KEYS = [
     ("run", "out"), ("run", "generations"), ("run", "threads"), ("run", "device"),
     ("base", "batch_size"), ("sllm", "batch_size"), ("decode", "batch_size"),
+    ("decode", "chunk_size"), ("judges", "batch_size"),  # how many candidates at once
     ("decode", "backend"), ("decode", "base_url"), ("retrain", "batch_size"),
     ("run", "db"), ("run", "db_schema"),  # where the rows are stored, not what they hold
     ("decode", "tensor_parallel_size"), ("decode", "data_parallel_size"),  # vLLM's parallelism

@@ -20,6 +20,7 @@ from sqlmodel import Session, delete, select
 
 from loop.artifacts import atomic_dir, check
 from storage.db import stage_detail
+from storage.queries import generate_share
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
 
 if TYPE_CHECKING:
@@ -203,12 +204,18 @@ def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
     dc = loop.cfg.decode
     with_latent = [c for c in cands if c.latent is not None]
     plain = [c for c in cands if c.latent is None]
-    if with_latent:
-        z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in with_latent])
-        emb, _ = soft_prompts(sllm, model, tok, z)
-        for c, t in zip(with_latent, be.generate_from_embeds(emb, dc.max_new_tokens, dc.temperature, seed)):
+    # Soft prompts (chunk, K+1, E) are built a chunk at a time, so memory does not grow with
+    # sample.n_candidates. A chunk is a whole number of backend batches and starts its seeds at its
+    # offset, so each batch gets the seed it would get in one call: the texts do not depend on the chunk size.
+    chunk = max(1, dc.chunk_size // dc.batch_size) * dc.batch_size
+    for a in range(0, len(with_latent), chunk):
+        part = with_latent[a : a + chunk]
+        z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in part])  # (chunk, latent_dim)
+        emb, _ = soft_prompts(sllm, model, tok, z)  # (chunk, K+1, E)
+        for c, t in zip(part, be.generate_from_embeds(emb, dc.max_new_tokens, dc.temperature, seed + a)):
             c.text = t
             s.add(c)
+        del emb
     if plain:
         for c, t in zip(plain, be.sample(len(plain), dc.max_new_tokens, dc.lm_temperature, seed + 1)):
             c.text = t
@@ -317,7 +324,9 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
                 nov.append(dist)
     novelty = float(np.mean(nov)) if nov else None
     distinct2 = distinct_n([c.text for c in acc], 2) if acc else None
-    timings = {st.name: round(st.seconds, 1) for st in s.exec(select(StageRow).where(StageRow.generation == g))}
+    stage_rows = s.exec(select(StageRow).where(StageRow.generation == g)).all()
+    timings = {st.name: round(st.seconds, 1) for st in stage_rows}
+    share = generate_share({st.name: st.seconds for st in stage_rows})  # of this generation's stage time
     rate = len(acc) / max(len(cands), 1)
     dom = loop.domain
     line = (f"gen {g} | candidates {len(cands)} | accepted {len(acc)} ({rate:.1%}) | "
@@ -326,7 +335,8 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
             f"distinct-2 {'n/a' if distinct2 is None else f'{distinct2:.2f}'} | "
             f"dark {'n/a' if dark_share is None else f'{dark_share:.0%}'} | "
             f"dark once re-encoded {'n/a' if text_dark is None else f'{text_dark:.0%}'} | "
-            + " ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+            + " ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+            + (f" | decode+judge {share:.0%}" if share is not None else ""))
     extra = dom.generation_metrics([c.text or "" for c in cands], loop.data)
     if extra:
         line += " | " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())

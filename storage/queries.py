@@ -35,6 +35,25 @@ _ROW = (
 EXPORT_FIELDS = ("id", "generation", "sampler", "text", "decision", "reason", "verdict", "true_new", "total")
 
 
+# The generate side of a generation: turning sampled latents into judged candidates (issue 17).
+GENERATE_STAGES = ("decode", "judge")
+
+
+def generate_share(seconds: dict[str, float]) -> float | None:
+    """Share of a generation's time spent decoding and judging: (decode + judge) seconds over the
+    sum of its stages' seconds (stage name -> seconds, from the stage table).
+
+    The evaluate stage is left out of the sum: it computes the metrics line that prints this share
+    before its own row exists, and leaving it out everywhere gives the line and `inspect` the same
+    figure (it takes a few seconds: the held-out perplexity). None when decode or judge has no
+    timing yet, or there is no time at all."""
+    timed = {k: float(v) for k, v in seconds.items() if k != "evaluate" and v is not None}
+    total = sum(timed.values())
+    if total <= 0 or any(k not in timed for k in GENERATE_STAGES):
+        return None
+    return sum(timed[k] for k in GENERATE_STAGES) / total
+
+
 class QueryError(ValueError):
     """A filter or sort the database cannot answer: the message names it and the choices."""
 
@@ -66,7 +85,8 @@ def run_info(engine) -> dict | None:
 
 
 def summary(engine) -> dict:
-    """Run info plus, per generation: stages, counts per sampler x decision, accepted, true_new, metrics line."""
+    """Run info plus, per generation: stages, counts per sampler x decision, accepted, true_new, metrics line,
+    and the decode + judge share of its time (`generate_share`)."""
     run = run_info(engine)
     gens: dict[int, dict] = defaultdict(
         lambda: {"stages": [], "counts": {}, "candidates": 0, "accepted": 0, "rejected": 0,
@@ -95,6 +115,8 @@ def summary(engine) -> dict:
             gens[gen]["true_new"] = n
         for m in s.exec(select(Metric)):
             gens[m.generation]["metrics_line"] = m.line
+    for g in gens.values():
+        g["generate_share"] = generate_share({st["name"]: st["seconds"] for st in g["stages"]})
     return {"run": run, "generations": [{"generation": k, **gens[k]} for k in sorted(gens)]}
 
 
