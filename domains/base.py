@@ -117,6 +117,13 @@ class Domain:
         the evaluate stage's detail (molecules: the MOSES metrics). None by default."""
         return {}
 
+    def reference_table(self, decodes: dict[str, list[str]], splits: CorpusSplits, note: str = "") -> dict | None:
+        """The domain's published benchmark table with a row per sampler beside it (molecules: the
+        MOSES table): {"rows": {name: {column: value}}, "table": str}. `decodes`: each sampler's
+        texts; `note`: what produced them (the training budget), printed under the table. None
+        where the domain has no such table."""
+        return None
+
     # -- the self-trained base model ----------------------------------------------------------
     def train_tokenizer(self, texts: list[str], vocab_size: int):
         """The tokenizer a base model trained from scratch on this domain uses (byte-level BPE

@@ -180,11 +180,22 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                 per_seed[name].append(figs)
                 log.info("seed %d %s: %s", seed, name, per_seed[name][-1])
     result = summarise_discovery(per_seed, budget, seeds)
+    # the domain's published benchmark (molecules: the MOSES table), each sampler's decodes of all seeds pooled
+    c = cfg
+    trained = (f"Training budget: generation {g} of run {run_dir.name} ({len(data.train)} training texts; base model "
+               + (c.base.model if c.base.model else f"trained {c.base.epochs} epochs")
+               + f"; SLLM {c.sllm.epochs} epochs + {c.sllm.continue_epochs} per later generation).")
+    ref = loop.domain.reference_table({n: [r["text"] for r in samples if r["sampler"] == n] for n in samplers}, data,
+                                      trained)
+    if ref is not None:
+        result["reference"] = {"rows": ref["rows"], "n": ref["n"], "table": ref["table"]}
     result.update({"generation": g, "budget_per_sampler": budget, "seeds": seeds, "calibration": calib,
                    "dark_threshold": occ.threshold, "envelope_radius": occ.radius,
                    "gmm_components": int(occ.gmm.n_components) if occ.gmm is not None else None,
                    "zones": len(zones)})
     table = discovery_table(result)
+    if ref is not None:
+        table += "\n\n" + ref["table"]
     seconds = time.perf_counter() - t0
     result["seconds"] = seconds
     exp_dir = run_dir / "experiments"

@@ -181,6 +181,19 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
         if verdict != "true":
             assert decision == "rejected" and "invalid SMILES" in reason
     con.close()
+    # discovery on the run: the MOSES table per sampler, beside the paper's rows and a same-size train sample
+    js = tmp_path / "disc.json"
+    p = run_cli(["experiment", "discovery", "--run", str(out), "--budget", "6", "--seeds", "1", "--only", "dark,lm",
+                 "--json", str(js), "-q"])
+    assert "| paper: CharRNN | 30000 |" in p.stdout and "| MOSES train, n=6 | 6 |" in p.stdout, p.stdout
+    ref = json.loads(js.read_text())["result"]["reference"]
+    assert set(ref["rows"]) == {"dark", "lm", "MOSES train, n=6"} and ref["n"] == 6
+    train_row = ref["rows"]["MOSES train, n=6"]
+    assert train_row["valid"] == 1.0 and "Novelty" not in train_row  # a train sample: scored without novelty
+    for name in ("dark", "lm"):
+        r = ref["rows"][name]
+        assert 0 <= r["valid"] <= 1 and (r["valid"] == 0 or 0 <= r["Novelty"] <= 1)
+    assert "Training budget: generation 0" in p.stdout
 
 
 def test_moses_statistics_reader_refuses_anything_but_arrays():

@@ -266,6 +266,52 @@ class MoleculesDomain(Domain):
         return out
 
 
+    def reference_table(self, decodes: dict[str, list[str]], splits: CorpusSplits, note: str = "") -> dict | None:
+        """Each sampler's decodes scored with the MOSES metrics (against all of MOSES test and scaffold
+        test, from the statistics MOSES ships; Novelty against all of MOSES train), beside the paper's
+        rows and beside a sample of MOSES train of the same size scored the same way: FCD, Unique@k
+        and the set metrics depend on the sample size (the paper scores 30,000), so only that
+        same-size Train row tells what a perfect generator would score at this n."""
+        import warnings
+
+        from domains.molecules import metrics
+        from domains.molecules.data import load_split
+
+        try:
+            test, test_sf = metrics.moses_reference("test"), metrics.moses_reference("test_scaffolds")
+        except CorpusError:
+            return None  # a user corpus without the MOSES files: no published table to stand beside
+        rows: dict[str, dict[str, float]] = {}
+        sizes = [len(t) for t in decodes.values() if t]
+        if not sizes:
+            return None
+        n = max(sizes)
+        with warnings.catch_warnings():  # a near-singular covariance of few decodes: FCD is then rough
+            warnings.simplefilter("ignore")
+            train = train_set()
+            for name, texts in decodes.items():
+                if texts:
+                    rows[name] = metrics.moses_metrics(texts, test, test_sf, train=train)
+            rows[f"MOSES train, n={n}"] = metrics.moses_metrics(load_split("train", n, 1), test, test_sf)
+        cols = REFERENCE_COLUMNS
+        lines = ["| model | n | " + " | ".join(cols) + " |", "| --- | --- |" + " --- |" * len(cols)]
+        fmt = lambda v: "–" if v is None or v != v else f"{v:.3f}"  # noqa: E731  (NaN -> –)
+        for name, r in rows.items():
+            size = len(decodes.get(name, [])) or n
+            lines.append(f"| {name} | {size} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+        for name, r in metrics.PAPER_ROWS.items():
+            lines.append(f"| paper: {name} | 30000 | " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+        lines.append("MOSES metrics (Polykovskiy et al. 2020); paper rows: means over 3 x 30,000 samples. FCD, "
+                     "Unique and Scaf depend on n: compare a sampler with the same-size MOSES train row, not the paper's. "
+                     "The paper's Train row lists Novelty 1.0; a train sample is 0.0 novel by construction."
+                     + (f" {note}" if note else ""))
+        return {"rows": rows, "table": "\n".join(lines), "n": n}
+
+
+REFERENCE_COLUMNS = ("valid", "unique@1000", "FCD/Test", "SNN/Test", "Frag/Test", "Scaf/TestSF", "IntDiv", "Filters",
+                     "Novelty")
+
+
 class MosesTrainSet:
     """Every MOSES training molecule (canonical SMILES, as the csv holds them: 99.97% of a sample
     of 3,000 are unchanged by this RDKit's canonicalisation), read on the first membership test,
