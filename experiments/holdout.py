@@ -13,7 +13,39 @@ from experiments.common import plain_table, store_experiment
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------- holdout
+# ---------------------------------------------------------------------------- shared by every domain
+def locate(occ, z1: np.ndarray, z2: np.ndarray) -> tuple[dict, tuple[np.ndarray, ...]]:
+    """Where one group's NN2 latents `z2` (N, D) fall in NN1's map `occ`, beside NN1's own latents
+    `z1` of the same texts: (the HOLDOUT_ROWS figures, (dark, gmm_dark, inside, density score) per text)."""
+    dark2, gdark2, inside2 = occ.is_dark(z2), occ.gmm_dark(z2), occ.inside(z2)
+    dens2 = occ.density_score(z2)
+    drift = np.linalg.norm(z2 - z1, axis=1) / occ.threshold
+    figures = {
+        "dark_share_nn2_in_nn1_map": float(dark2.mean()),
+        "gmm_dark_share_nn2_in_nn1_map": float(gdark2.mean()),
+        "outside_envelope_share": float((~inside2).mean()),
+        "knn_dark_share_ignoring_envelope": float((dens2 > 1).mean()),
+        "dark_share_nn1_own_encoding": float(occ.is_dark(z1).mean()),
+        "density_score_median": float(np.median(dens2)),
+        "drift_nn1_to_nn2": float(np.median(drift)),
+    }
+    return figures, (dark2, gdark2, inside2, dens2)
+
+
+def location_rows(groups: dict, names: tuple[str, ...]) -> list[list[str]]:
+    """The HOLDOUT_ROWS lines of a holdout table, one column per group in `names`."""
+    return [[label] + [fmt.format(groups[n][key]) for n in names] for key, label, fmt in HOLDOUT_ROWS]
+
+
+def calibration_line(c: dict, what: str = "held-out texts of topics it saw") -> str | None:
+    """The map's false-dark rate on real texts it never trained on (`OccupancyMap.calibrate`)."""
+    if c.get("false_dark_rate") is None:
+        return None
+    return (f"NN1 map false-dark rate on {c['heldout']} {what}: kNN "
+            f"{c['false_dark_rate']:.1%}, GMM {c['false_dark_rate_gmm']:.1%}")
+
+
+# ---------------------------------------------------------------------------- holdout (maths)
 def _save_sllm_atomic(sllm, folder: Path) -> None:
     from loop.artifacts import atomic_dir
     from sllm.model import save_sllm
@@ -115,8 +147,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             want = topic if gname == "topic" else control
             z2 = encode(nn2, model, tok, orig)  # (N, latent)
             z1 = encode(nn1, model, tok, orig)
-            dark2, gdark2, inside2 = occ.is_dark(z2), occ.gmm_dark(z2), occ.inside(z2)
-            dens2 = occ.density_score(z2)
+            where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2)
             dec = {}
             for dname, net in (("nn1", nn1), ("nn2", nn2)):
                 emb, _ = soft_prompts(net, model, tok, z2)
@@ -145,16 +176,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                     "on_topic_nn2": float(np.mean([v2[i].topic == want for i in idx])),
                 }
 
-            drift = np.linalg.norm(z2 - z1, axis=1) / occ.threshold
             per_group[gname] = {
-                "topic": want, "texts": len(orig), "seen_by_nn1": gname == "control",
-                "dark_share_nn2_in_nn1_map": float(dark2.mean()),
-                "gmm_dark_share_nn2_in_nn1_map": float(gdark2.mean()),
-                "outside_envelope_share": float((~inside2).mean()),
-                "knn_dark_share_ignoring_envelope": float((dens2 > 1).mean()),
-                "dark_share_nn1_own_encoding": float(occ.is_dark(z1).mean()),
-                "density_score_median": float(np.median(dens2)),
-                "drift_nn1_to_nn2": float(np.median(drift)),
+                "topic": want, "texts": len(orig), "seen_by_nn1": gname == "control", **where,
                 # the envelope test rejects most NN2 latents of the control too (encoder drift), so the
                 # subset uses the density criterion alone: kNN-darker than NN1's texts (sample.dark_quantile)
                 "all": figures(np.ones(len(orig), bool)), "dark_only": figures(dens2 > 1),
@@ -212,9 +235,7 @@ HOLDOUT_DECODE_ROWS = [
 def holdout_table(result: dict) -> str:
     g = result["groups"]
     headers = ["figure", f"topic {result['topic']} (unseen by NN1)", f"control {result['control']} (seen)"]
-    rows = []
-    for key, label, fmt in HOLDOUT_ROWS:
-        rows.append([label] + [fmt.format(g[n][key]) for n in ("topic", "control")])
+    rows = location_rows(g, ("topic", "control"))
     for sub, title in (("all", "all texts"), ("dark_only", "only NN2 latents kNN-darker than NN1's texts")):
         rows.append([f"-- decodes of {title}: n", *[str(g[n][sub]["texts"]) for n in ("topic", "control")]])
         for key, label in HOLDOUT_DECODE_ROWS:
@@ -226,9 +247,8 @@ def holdout_table(result: dict) -> str:
     lines = [plain_table(headers, rows),
              f"setup: NN1 = SLLM trained without {result['topic']}; NN2 = NN1 continued {result['continue_epochs']} "
              f"epoch(s) on the corpus with it; {base}. BLEU is sacrebleu corpus BLEU / 100; cosine is MiniLM."]
-    if c.get("false_dark_rate") is not None:
-        lines.append(f"NN1 map false-dark rate on {c['heldout']} held-out texts of topics it saw: kNN "
-                     f"{c['false_dark_rate']:.1%}, GMM {c['false_dark_rate_gmm']:.1%}")
+    if calibration_line(c):
+        lines.append(calibration_line(c))
     return "\n".join(lines)
 
 
