@@ -9,6 +9,7 @@ from pathlib import Path
 
 from experiments.discovery import SAMPLERS, discovery
 from experiments.holdout import holdout
+from experiments.holdout_molecules import TOPIC as MOLECULES_TOPIC, holdout_molecules
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def main(argv: list[str]) -> int:
         return 2
     name = argv[0]
     about = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
-             "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes"}
+             "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes "
+                        "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)"}
     p = argparse.ArgumentParser(prog=f"run.py experiment {name}", parents=[run_parser()], add_help=False,
                                 description=about[name])
     p.add_argument("--json", help="where to write the figures (default RUN_DIR/experiments/NAME-TIME.json)")
@@ -41,12 +43,18 @@ def main(argv: list[str]) -> int:
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
         p.add_argument("--only", help="comma-separated subset of samplers (default dark,prior,interpolate,lm)")
     else:
-        p.add_argument("--topic", required=True, choices=ALL_TOPICS, help="topic T held out of NN1")
-        p.add_argument("--control", choices=ALL_TOPICS, help="a topic NN1 did see (default: another one)")
+        p.add_argument("--topic", choices=(*ALL_TOPICS, MOLECULES_TOPIC),
+                       help=f"topic T held out of NN1 (maths: required; molecules: {MOLECULES_TOPIC}, the only one)")
+        p.add_argument("--control", choices=ALL_TOPICS, help="maths: a topic NN1 did see (default: another one); "
+                       "molecules: always MOSES test molecules")
         p.add_argument("--continue-epochs", type=int, help="NN2's continued epochs (default sllm.continue_epochs)")
-        p.add_argument("--max-texts", type=int, default=96, help="texts per topic encoded and decoded (default 96)")
+        p.add_argument("--max-texts", type=int, default=96, help="texts per topic encoded and decoded (default 96); "
+                       "molecules: the size of part B and of the control")
         p.add_argument("--base-sees-topic", action="store_true",
-                       help="train the base LM on every topic (default: without T, the cleanest test)")
+                       help="maths: train the base LM on every topic (default: without T, the cleanest test)")
+        p.add_argument("--run", help="molecules: a finished molecules run whose generation 0 (base model, SLLM, map) "
+                       "is NN1 (default: make one, resumable, at OUT/run)")
+        p.add_argument("--part-a", type=int, help="molecules: scaffold-test molecules NN2 continues on (default 1000)")
     args = p.parse_args(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.quiet:
@@ -158,11 +166,18 @@ def _main_holdout(args, cfg) -> int:
     from common.errors import ConfigError
     from domains.base import get_domain
 
+    if args.run or cfg.corpus.domain_name == "molecules":
+        return _main_holdout_molecules(args, cfg)
     domain = get_domain(cfg.corpus.domain_name)
     if not domain.topics or domain.verifier is None or cfg.corpus.path is not None:
         raise ConfigError("experiment holdout needs a domain's own corpus with topics and a verifier (maths); "
                           "drop --corpus and --domain")
     ALL_TOPICS = domain.topics
+    if args.topic is None or args.topic not in ALL_TOPICS:
+        raise ConfigError(f"--topic {args.topic or '(missing)'}: the {domain.name} holdout needs --topic, one of "
+                          f"{', '.join(ALL_TOPICS)}")
+    if args.part_a is not None:
+        raise ConfigError(f"--part-a is for the molecules holdout (--domain molecules); drop it on {domain.name}")
     if cfg.base.model:
         raise ConfigError("experiment holdout trains its own base model without the topic; drop --base-model")
     control = args.control or next(t for t in ALL_TOPICS if t != args.topic)
@@ -174,6 +189,59 @@ def _main_holdout(args, cfg) -> int:
         raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
     res = holdout(cfg, out, args.topic, control, cont, args.max_texts, args.base_sees_topic,
                   Path(args.json) if args.json else None)
+    print(res["table"])
+    print(f"\nexperiment {res['experiment_id']} stored in {out / 'runs.db'}; figures {res['artifacts']['json']}; "
+          f"{res['seconds']:.0f} s")
+    return 0
+
+
+def _main_holdout_molecules(args, cfg) -> int:
+    """NN1 = generation 0 of a molecules run (--run, or one made at OUT/run); see experiments/holdout_molecules.py."""
+    from common.errors import ConfigError
+    from loop.runner import Loop, run_config
+
+    if args.domain not in (None, "molecules"):
+        raise ConfigError(f"--run is for the molecules holdout; --domain {args.domain} trains its own NN1 without the "
+                          "topic: drop --run")
+    if args.topic not in (None, MOLECULES_TOPIC):
+        raise ConfigError(f"--topic {args.topic}: on molecules the held-out topic is {MOLECULES_TOPIC} (the MOSES "
+                          "scaffold-test molecules); drop --topic")
+    if args.control:
+        raise ConfigError(f"--control {args.control}: on molecules the control is MOSES test molecules; drop --control")
+    if args.base_sees_topic:
+        raise ConfigError("--base-sees-topic: on molecules the base model is the run's, trained on MOSES train only; "
+                          "drop it")
+    part_a = 1000 if args.part_a is None else args.part_a
+    if part_a < 1 or args.max_texts < 1:
+        raise ConfigError(f"--part-a and --max-texts must be >= 1, got {part_a} and {args.max_texts}")
+    out = Path(args.out) if args.out else Path("runs") / f"holdout-{MOLECULES_TOPIC}"
+    if args.run:
+        run_dir = Path(args.run)
+        if not (run_dir / "runs.db").is_file():
+            raise ConfigError(f"--run {run_dir}: no runs.db there; pass a molecules run folder made by "
+                              "`python run.py --domain molecules --out DIR`")
+        ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
+        ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "seed", "base_model", "corpus", "rubric",
+                                                          "samplers", "config") if getattr(args, a, None) is not None]
+        if ignored:
+            log.warning("--run uses that run's own settings; ignoring %s", ", ".join(ignored))
+        threads = cfg.run.threads
+        cfg = run_config(run_dir)  # the run's own settings, so its models load as they were trained
+        cfg.run.threads = threads
+    else:
+        if cfg.corpus.path is not None:
+            raise ConfigError("the molecules holdout needs NN1 trained on MOSES train, which holds no scaffold-test "
+                              "molecule; drop --corpus")
+        run_dir = out / "run"
+        cfg.run.out = str(run_dir)
+        if args.generations is None:
+            cfg.run.generations = 1
+        print(f"making sure run {run_dir} has generation 0 (resumable)", file=sys.stderr)
+        Loop(cfg).run()
+    cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
+    if cont < 1:
+        raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
+    res = holdout_molecules(cfg, run_dir, out, part_a, args.max_texts, cont, Path(args.json) if args.json else None)
     print(res["table"])
     print(f"\nexperiment {res['experiment_id']} stored in {out / 'runs.db'}; figures {res['artifacts']['json']}; "
           f"{res['seconds']:.0f} s")
