@@ -20,7 +20,10 @@ class NoveltyJudge:
     name = "novelty"
 
     def __init__(self, embed_fn: Callable[[list[str]], np.ndarray], corpus_texts: list[str], min_distance: float = 0.02,
-                 metric: str = "cosine"):
+                 metric: str = "cosine", corpus_embeddings: np.ndarray | None = None):
+        """corpus_embeddings: embed_fn(corpus_texts), when the caller has them already (the loop
+        keeps the corpus's in its embedding cache: embedding ~17,000 maths texts again every
+        generation took most of the judge stage)."""
         if not corpus_texts:
             raise ValueError("NoveltyJudge needs at least one corpus text to measure distance to")
         if not 0 <= min_distance <= 2:
@@ -29,7 +32,12 @@ class NoveltyJudge:
             raise ValueError(f"metric must be cosine or jaccard, got {metric!r}")
         self.embed_fn, self.min_distance, self.metric = embed_fn, min_distance, metric
         self.corpus_texts = list(corpus_texts)
-        self._corpus_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(self._embed(self.corpus_texts))
+        if corpus_embeddings is None:
+            corpus_embeddings = self._embed(self.corpus_texts)
+        elif np.shape(corpus_embeddings)[0] != len(self.corpus_texts) or np.ndim(corpus_embeddings) != 2:
+            raise ValueError(f"corpus_embeddings has shape {np.shape(corpus_embeddings)} for {len(self.corpus_texts)} "
+                             "corpus texts; pass embed_fn(corpus_texts) (N, d), or None to compute them")
+        self._corpus_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(corpus_embeddings)
         self.accepted_texts: list[str] = []
         self._accepted_emb = None  # (A, d)
         self._accepted_index = None

@@ -25,14 +25,18 @@ COHERENCE_REFERENCE = 256  # corpus texts that calibrate the coherence judge
 
 
 def build_panel(domain: Domain, cfg: JudgeConfig, model, tokenizer, train: list[Text], previous: list[str],
-                seed: int) -> list:
+                seed: int, corpus_embeddings: np.ndarray | None = None) -> list:
+    """corpus_embeddings: the domain embedder's `embed` of the `train` texts, when the caller has
+    them (the loop's embedding cache); the novelty judge computes them otherwise. Not used for a
+    domain whose novelty is on bit vectors (those are the embedder's `bits`)."""
     rng = np.random.default_rng(seed)
     ref_idx = rng.choice(len(train), size=min(COHERENCE_REFERENCE, len(train)), replace=False)
     embedder = domain.meaning_embedder()
     if getattr(embedder, "metric", "cosine") == "jaccard":  # bit vectors: Tanimoto distance on the bits
         novelty = NoveltyJudge(embedder.bits, [t.text for t in train], cfg.min_novelty, metric="jaccard")
     else:
-        novelty = NoveltyJudge(embedder.embed, [t.text for t in train], cfg.min_novelty)
+        novelty = NoveltyJudge(embedder.embed, [t.text for t in train], cfg.min_novelty,
+                               corpus_embeddings=corpus_embeddings)
     if previous:
         novelty.add_accepted(previous)
     if domain.rule_critic is not None:

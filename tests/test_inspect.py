@@ -325,3 +325,33 @@ def test_reading_while_a_run_writes(run_dir, capsys):
     assert "generation 2" in out
     out, _ = _out(capsys, [run_dir["dir"], "export", "--all"])
     assert len(out.splitlines()) == 6 + written[0]
+
+
+@pytest.mark.parametrize("seconds, share", [
+    ({"sllm": 60, "map": 10, "sample": 5, "decode": 15, "judge": 10, "retrain": 100, "evaluate": 50}, 0.125),
+    ({"base": 100, "sllm": 50, "decode": 30, "judge": 20}, 0.25),
+    ({"decode": 3, "judge": 1, "evaluate": 9}, 1.0),  # evaluate is left out of the sum
+    ({"sample": 1, "judge": 2}, None),  # no decode timing yet
+    ({}, None),
+    ({"decode": 0.0, "judge": 0.0}, None),
+])
+def test_generate_share(seconds, share):
+    got = queries.generate_share(seconds)
+    assert got == share if share is None else got == pytest.approx(share)
+
+
+def test_summary_reports_the_decode_judge_share(tmp_path, capsys):
+    """inspect prints each generation's decode + judge share, computed from the stage table."""
+    engine = open_db(tmp_path, create=True)
+    with Session(engine) as s:
+        for name, sec in (("sllm", 30), ("map", 5), ("sample", 1), ("decode", 6), ("judge", 4), ("retrain", 54),
+                          ("evaluate", 100)):
+            s.add(Stage(generation=0, name=name, started_at=_t(), seconds=sec))
+        for name, sec in (("sllm", 30), ("decode", 6)):  # generation 1 is still judging
+            s.add(Stage(generation=1, name=name, started_at=_t(), seconds=sec))
+        s.commit()
+    gens = queries.summary(engine)["generations"]
+    engine.dispose()
+    assert [g["generate_share"] for g in gens] == [pytest.approx(0.1), None]
+    out, _ = _out(capsys, [str(tmp_path)])
+    assert out.count("decode+judge: ") == 1 and "decode+judge: 10.0% of the generation's stage time" in out

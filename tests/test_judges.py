@@ -370,3 +370,60 @@ def test_rubric_file_is_used_and_checked(tiny_lm, tmp_path):
             load_rubric(f)
     with pytest.raises(ConfigError, match="not found"):
         load_rubric(tmp_path / "missing.txt")
+
+
+class Recording:
+    """A judge that records the size of every batch it is handed; it fails on any batch holding 'boom'."""
+
+    def __init__(self, name):
+        self.name, self.sizes = name, []
+
+    def score(self, texts):
+        self.sizes.append(len(texts))
+        if any("boom" in t for t in texts):
+            raise RuntimeError("boom")
+        return [JudgeScore(len(t) / 100, f"len {len(t)}", {"distance": 1.0}) for t in texts]
+
+
+def test_judge_texts_hands_each_judge_at_most_batch_size_texts():
+    """A generation's 1000+ candidates reach a judge judges.batch_size at a time, never in one go
+    (issue 17), with the same scores and decisions as one batch; a judge that fails on one text
+    retries one text at a time only within that text's batch."""
+    from judges.panel import judge_texts
+
+    texts = [f"{i} plus {i} equals {2 * i}." for i in range(23)] + ["1 plus 1 equals 2."]
+    texts[17] = "boom"
+    runs = {}
+    for bs in (5, 1000):
+        panel = [Recording("coherence"), Recording("novelty")]
+        cfg = JudgeConfig(require_true=False, min_coherence=0, min_novelty=0, batch_size=bs)
+        runs[bs] = (panel, judge_texts(panel, texts, cfg, frozenset()))
+    panel, chunked = runs[5]
+    for j in panel:  # 24 texts in batches of 5 (the 4th, with 'boom', retried one text at a time)
+        assert j.sizes == [5, 5, 5, 5, 1, 1, 1, 1, 1, 4], j.sizes
+    one_go = runs[1000][1]
+    assert [(j.accepted, j.reason, j.total) for j in chunked] == [(j.accepted, j.reason, j.total) for j in one_go]
+    assert chunked[17].scores["coherence"].score is None and "boom" in chunked[17].scores["coherence"].reason
+    # a duplicate is found across batches: the last text repeats the second (index 1)
+    assert chunked[1].accepted and not chunked[-1].accepted and "duplicate of text 1" in chunked[-1].reason
+    with pytest.raises(ValueError, match="judges.batch_size must be >= 1, got 0"):
+        JudgeConfig(batch_size=0)
+
+
+def test_novelty_takes_the_corpus_embeddings_it_is_given():
+    """The loop hands the novelty judge the corpus's cached embeddings: the same scores as embedding
+    the corpus itself, without calling embed_fn on it; a wrong shape is refused with the fix."""
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return bow_embed(texts)
+
+    cands = ["5 plus 1 equals 6.", "A square has 4 sides.", "Dogs bark at night."]
+    own = NoveltyJudge(bow_embed, CORPUS).score(cands)
+    given = NoveltyJudge(counting, CORPUS, corpus_embeddings=bow_embed(CORPUS))
+    assert calls == []  # the corpus was not embedded again
+    assert [(s.score, s.reason) for s in given.score(cands)] == [(s.score, s.reason) for s in own]
+    assert calls == [3]
+    with pytest.raises(ValueError, match="corpus_embeddings has shape"):
+        NoveltyJudge(bow_embed, CORPUS, corpus_embeddings=bow_embed(CORPUS[:5]))

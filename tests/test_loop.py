@@ -101,6 +101,14 @@ def test_full_loop_every_stage(reference_run):
     assert (out / "gen-001" / "map" / "occupancy.json").is_file()
     mp = json.loads(con.execute("SELECT detail_json FROM stage WHERE generation = 1 AND name = 'map'").fetchone()[0])
     assert mp["knn_index"] == "flat"
+    # each line ends its timings with the decode + judge share of the generation, from the stage table
+    from storage.queries import generate_share
+
+    for g in (0, 1):
+        secs = dict(con.execute("SELECT name, seconds FROM stage WHERE generation = ?", (g,)).fetchall())
+        line = con.execute("SELECT line FROM metric WHERE generation = ?", (g,)).fetchone()[0]
+        assert f" | decode+judge {generate_share(secs):.0%}" in line, (line, secs)
+        assert f" | decode+judge {generate_share(secs):.0%}" in p.stdout
     con.close()
 
 
@@ -155,3 +163,42 @@ def test_language_texts_only_for_the_built_in_domain_and_its_topics(tmp_path):
     (tmp_path / "c.txt").write_text("one text\nanother text\n")
     assert language_texts(build_config({}, {"sllm.false_texts": 40, "corpus.path": str(tmp_path / "c.txt")})) == []
     assert language_texts(build_config({}, {"sllm.false_texts": 0})) == []
+
+
+def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_path, monkeypatch):
+    """decode.chunk_size, not sample.n_candidates, bounds the soft prompts (chunk, K+1, E) built at
+    once (issue 17), and the texts do not depend on it."""
+    import shutil
+
+    from sqlmodel import Session, select
+
+    import sllm.train
+    from loop.runner import Loop, run_config, stage_seed
+    from loop.stages import run_decode
+    from storage.db import open_db
+    from storage.models import Candidate
+
+    run = tmp_path / "run"
+    shutil.copytree(one_generation_run, run)
+    sizes = []
+    real = sllm.train.soft_prompts
+
+    def spy(sllm_, model, tok, z):
+        sizes.append(len(z))
+        return real(sllm_, model, tok, z)
+
+    monkeypatch.setattr(sllm.train, "soft_prompts", spy)
+    cfg = run_config(run)
+    loop, seed, texts = Loop(cfg), stage_seed(cfg.run.seed, 0, "decode"), {}
+    engine = open_db(run)
+    for chunk in (1024, 5):  # batches of 2: chunks of 4 (5 rounded down to whole batches)
+        cfg.decode.batch_size, cfg.decode.chunk_size = 2, chunk
+        sizes.clear()
+        with Session(engine) as s:
+            run_decode(loop, s, 0, seed)
+            texts[chunk] = [c.text for c in s.exec(select(Candidate).where(Candidate.generation == 0)
+                                                   .order_by(Candidate.seq))]
+            s.rollback()
+        assert sizes == ([6] if chunk == 1024 else [4, 2])  # TINY: 8 candidates, 6 with a latent (2 are lm's)
+    engine.dispose()
+    assert texts[5] == texts[1024] and all(t is not None for t in texts[5])
