@@ -31,6 +31,10 @@ class SLLMConfig:
     paraphrase_weight: float = 0.01
     paraphrase_tau: float = 0.05  # InfoNCE temperature (cosine similarities / tau)
     latent_l2: float = 1e-3  # keeps the latent cloud in a known envelope
+    # Weight of the prompt-copy term (sllm.train.prompt_copy_error): the soft prompts should spell the
+    # text's own token embeddings, right-aligned in the K slots, which the base model's pretrained copy
+    # mechanism then reproduces. 0 = off (the built-in domain reaches its round trip without it).
+    prompt_copy_weight: float = 0.0
     # How many of the domain's language texts (Domain.language_texts; maths: verifier-checked FALSE
     # sentences) join the SLLM's training texts. They teach the domain's language (any numbers in
     # any template) and carry no true fact, so no held-out truth leaks; the corpus alone is too
@@ -49,7 +53,7 @@ class SLLMConfig:
         _check(self.false_texts >= 0, f"sllm.false_texts must be >= 0, got {self.false_texts}")
         _check(self.continue_epochs >= 0, f"sllm.continue_epochs must be >= 0, got {self.continue_epochs}")
         _check(self.enc_dim % self.enc_heads == 0, f"sllm.enc_dim ({self.enc_dim}) must be divisible by sllm.enc_heads ({self.enc_heads})")
-        for k in ("meaning_weight", "paraphrase_weight", "latent_l2"):
+        for k in ("meaning_weight", "paraphrase_weight", "latent_l2", "prompt_copy_weight"):
             _check(getattr(self, k) >= 0, f"sllm.{k} must be >= 0, got {getattr(self, k)}")
         _check(self.lr > 0, f"sllm.lr must be > 0, got {self.lr}")
         _check(self.paraphrase_tau > 0, f"sllm.paraphrase_tau must be > 0, got {self.paraphrase_tau}")

@@ -123,10 +123,34 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
         if meaning:
             terms["meaning"] = ((1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).sum()
                                 * (share.scale / share.total))
+    if cfg.prompt_copy_weight > 0:
+        per_text = prompt_copy_error(prompts, emb, mask)  # (B,)
+        terms["copy"] = per_text.mean() if share is None else per_text.sum() * (share.scale / share.total)
     total = rec + cfg.latent_l2 * terms["l2"]
     if "meaning" in terms:
         total = total + cfg.meaning_weight * terms["meaning"]
+    if "copy" in terms:
+        total = total + cfg.prompt_copy_weight * terms["copy"]
     return total, terms
+
+
+def prompt_copy_error(prompts: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per text: how far the soft prompts are from the text's own token embeddings (BOS, tokens,
+    EOS) placed in the last L of the K slots, as squared error relative to the embeddings' mean
+    square. Prompts that spell the text out make the decode input [BOS text EOS][BOS ...], the
+    copy units the base model was pretrained on (lm.base_model.pack_sequences), so its copy
+    mechanism reproduces the text; the reconstruction term alone may leave the decoder at the
+    base model's unconditional loss (docs/research-log.md). prompts (B, K, E), emb (B, T, E),
+    mask (B, T) -> (B,)."""
+    B, K, E = prompts.shape
+    T = emb.shape[1]
+    L = mask.sum(1)  # (B,) tokens of each text, BOS and EOS included
+    idx = torch.arange(K, device=prompts.device)[None, :] - (K - L)[:, None]  # (B, K) token held by slot k
+    slot = (idx >= 0) & (idx < L[:, None])  # texts longer than K keep their last K tokens
+    target = torch.gather(emb, 1, idx.clamp(0, T - 1)[..., None].expand(B, K, E))  # (B, K, E)
+    scale = emb[mask.bool()].pow(2).mean().clamp(min=1e-8)  # the embeddings' own mean square
+    err = (prompts - target).pow(2).mean(-1) / scale  # (B, K)
+    return (err * slot).sum(1) / slot.sum(1).clamp(min=1)
 
 
 def paraphrase_loss(z: torch.Tensor, fact_ids: torch.Tensor, tau: float) -> torch.Tensor:

@@ -288,3 +288,42 @@ def test_checkpoint_describes_itself(tiny_lm, tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match="no readable config.json.*rerun its sllm stage"):
         load_sllm(tmp_path)
+
+
+def test_prompt_copy_error_is_zero_when_prompts_spell_the_text():
+    """The prompt-copy term: zero when the prompts hold the text's embeddings right-aligned (slots left
+    of the text are free), positive otherwise; a text longer than K keeps its last K tokens."""
+    from sllm.train import prompt_copy_error
+
+    g = torch.Generator().manual_seed(0)
+    emb, mask = torch.randn(2, 5, 4, generator=g), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    p = torch.zeros(2, 6, 4)
+    p[0, 3:], p[1, 1:] = emb[0, :3], emb[1]
+    assert torch.equal(prompt_copy_error(p, emb, mask), torch.zeros(2))
+    p[0, 0] = 100.0  # a free slot
+    assert torch.equal(prompt_copy_error(p, emb, mask), torch.zeros(2))
+    p[1, 1] += 1.0  # a wrong token embedding
+    err = prompt_copy_error(p, emb, mask)
+    assert err[0] == 0 and err[1] > 0
+    short = torch.stack([emb[0, :3], emb[1, 2:]])  # K = 3: the second text keeps its last 3 tokens
+    assert torch.equal(prompt_copy_error(short, emb, mask), torch.zeros(2))
+
+
+def test_prompt_copy_term_joins_the_loss_only_when_weighted(tiny_lm):
+    from sllm.config import SLLMConfig
+    from sllm.model import SLLM
+    from sllm.train import _token_batch, sllm_losses
+
+    tok, model = tiny_lm
+    E = model.get_input_embeddings().weight.shape[1]
+    seqs = [tok.encode("3 plus 4 equals 7.")[:6], tok.encode("2 times 5 equals 10.")[:6]]
+    ids, mask, emb, enc_in = _token_batch(model, tok, seqs, "cpu", "embeddings")
+    for w in (0.0, 0.5):
+        torch.manual_seed(0)
+        cfg = SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=8, pool_queries=2, encoder_input="embeddings",
+                         prompt_copy_weight=w)
+        sllm = SLLM(E, cfg, meaning_dim=4)
+        total, terms = sllm_losses(sllm, model, ids, mask, emb, enc_in=enc_in)
+        assert ("copy" in terms) == (w > 0)
+        if w:
+            assert terms["copy"] > 0 and torch.isclose(total, terms["rec"] + cfg.latent_l2 * terms["l2"] + w * terms["copy"])
