@@ -124,6 +124,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     import torch
 
     from common.errors import ConfigError
+    from domains.files import CorpusError
     from domains.molecules.domain import train_scaffolds
     from domains.molecules.metrics import scaffold
     from loop.runner import Loop
@@ -144,7 +145,11 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     seed = cfg.run.seed
     # scaffold-test molecules (parts A and B) and MOSES test molecules (the control), seeded subsets
     corpus = dataclasses.replace(cfg.corpus, knowledge_texts=part_a + max_texts, eval_texts=max_texts)
-    held = loop.domain.load(corpus, seed)
+    try:
+        held = loop.domain.load(corpus, seed)
+    except CorpusError as e:
+        raise ConfigError(f"--part-a {part_a} + --max-texts {max_texts}: more molecules than MOSES holds ({e}); "
+                          "ask for fewer") from None
     a_list, b_list = split_parts([t.text for t in held.knowledge], max_texts, part_a, seed)
     control = [t.text for t in held.eval]
     data = loop.data  # the run's own training corpus, as NN1 trained on it
