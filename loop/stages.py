@@ -20,8 +20,8 @@ from sqlmodel import Session, delete, select
 
 from loop.artifacts import atomic_dir, check
 from storage.db import stage_detail
-from storage.queries import generate_share
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
+from storage.queries import generate_share
 
 if TYPE_CHECKING:
     from loop.runner import Loop
