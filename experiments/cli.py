@@ -52,8 +52,12 @@ def main(argv: list[str]) -> int:
                        "molecules: the size of part B and of the control")
         p.add_argument("--base-sees-topic", action="store_true",
                        help="maths: train the base LM on every topic (default: without T, the cleanest test)")
-        p.add_argument("--run", help="molecules: a finished molecules run whose generation 0 (base model, SLLM, map) "
-                       "is NN1 (default: make one, resumable, at OUT/run)")
+        p.add_argument("--run", action="append", help="molecules: a finished molecules run whose generation 0 (base "
+                       "model, SLLM, map) is NN1 (default: make one, resumable, at OUT/run); repeat it with runs of "
+                       "other training seeds (--seed) for intervals over them")
+        p.add_argument("--train-seeds", help="comma-separated training seeds, e.g. 0,1,2: the whole experiment once "
+                       "per seed (its models in OUT/seed-S, resumable), then every figure's mean and 95%% interval "
+                       "over the seeds")
         p.add_argument("--part-a", type=int, help="molecules: scaffold-test molecules NN2 continues on (default 1000)")
     args = p.parse_args(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -162,12 +166,96 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     return 0
 
 
+def _train_seeds(text: str | None) -> list[int] | None:
+    from common.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--train-seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--train-seeds {text!r}: give at least 2 different seeds, e.g. 0,1,2")
+    return seeds
+
+
 def _main_holdout(args, cfg) -> int:
+    from common.errors import ConfigError
+
+    seeds = _train_seeds(args.train_seeds)
+    runs = [Path(r) for r in args.run or []]
+    if seeds and runs:
+        raise ConfigError("--train-seeds makes one run per seed; to use runs you have, repeat --run instead")
+    if len(set(runs)) < len(runs):
+        raise ConfigError("--run: the same run folder is given twice; pass runs of different training seeds")
+    if len(runs) > 1 or seeds:
+        return _main_holdout_seeds(args, cfg, runs, seeds)
+    res = _holdout_one(args, cfg, runs[0] if runs else None, None, Path(args.json) if args.json else None)
+    print(res["table"])
+    print(f"\nexperiment {res['experiment_id']} stored in {res['out'] / 'runs.db'}; figures {res['artifacts']['json']}; "
+          f"{res['seconds']:.0f} s")
+    return 0
+
+
+def _default_out(args, cfg) -> Path:
+    if args.out:
+        return Path(args.out)
+    molecules = bool(args.run) or cfg.corpus.domain_name == "molecules"
+    return Path("runs") / f"holdout-{MOLECULES_TOPIC if molecules else args.topic}"
+
+
+def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) -> int:
+    """The holdout once per training seed (a run of each, or one made per seed), then every figure's
+    mean and 95% interval over the seeds (`experiments.holdout.combine_holdout_seeds`)."""
+    import copy
+    import json
+    import time
+
+    from common.errors import ConfigError
+    from experiments.holdout import combine_holdout_seeds
+    from loop.runner import run_config
+
+    out = _default_out(args, cfg)
+    results, jobs = {}, []
+    if runs:
+        for r in runs:
+            if not (r / "runs.db").is_file():
+                raise ConfigError(f"--run {r}: no runs.db there; pass molecules run folders made by "
+                                  "`python run.py --domain molecules --seed S --out DIR`")
+        rseeds = [run_config(r).run.seed for r in runs]
+        if len(set(rseeds)) < len(rseeds):
+            raise ConfigError(f"--run: the runs share a training seed ({rseeds}); make them with different --seed")
+        jobs = [(s, r, cfg) for s, r in zip(rseeds, runs)]
+    else:
+        for s in seeds:
+            c = copy.deepcopy(cfg)
+            c.run.seed = s
+            jobs.append((s, None, c))
+    for s, r, c in jobs:
+        res = _holdout_one(args, c, r, out / f"seed-{s}", None)
+        print(f"--- training seed {s} ({res['out']})\n{res['table']}\n")
+        results[f"seed-{s}"] = {"seed": s, "result": res}
+    combined = combine_holdout_seeds({k: v["result"] for k, v in results.items()})
+    print(combined["table"])
+    path = Path(args.json) if args.json else out / "experiments" / f"holdout-seeds-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": {k: {"seed": v["seed"], "out": str(v["result"]["out"]),
+                                             "experiment_id": v["result"]["experiment_id"],
+                                             "json": v["result"]["artifacts"]["json"],
+                                             "seconds": v["result"]["seconds"]} for k, v in results.items()},
+                                "combined": combined}, indent=2, default=str))
+    print(f"\nfigures over {len(results)} training seeds: {path}")
+    return 0
+
+
+def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path | None) -> dict:
+    """One holdout experiment (maths, or molecules with or without `run`); its result, with `out`."""
     from common.errors import ConfigError
     from domains.base import get_domain
 
-    if args.run or cfg.corpus.domain_name == "molecules":
-        return _main_holdout_molecules(args, cfg)
+    if run is not None or cfg.corpus.domain_name == "molecules":
+        return _holdout_molecules_one(args, cfg, run, out or _default_out(args, cfg), json_path)
     domain = get_domain(cfg.corpus.domain_name)
     if not domain.topics or domain.verifier is None or cfg.corpus.path is not None:
         raise ConfigError("experiment holdout needs a domain's own corpus with topics and a verifier (maths); "
@@ -183,20 +271,17 @@ def _main_holdout(args, cfg) -> int:
     control = args.control or next(t for t in ALL_TOPICS if t != args.topic)
     if control == args.topic:
         raise ConfigError(f"--control must differ from --topic ({args.topic}); pick a topic NN1 sees")
-    out = Path(args.out) if args.out else Path("runs") / f"holdout-{args.topic}"
+    out = out or _default_out(args, cfg)
     cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
     if cont < 1:
         raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
-    res = holdout(cfg, out, args.topic, control, cont, args.max_texts, args.base_sees_topic,
-                  Path(args.json) if args.json else None)
-    print(res["table"])
-    print(f"\nexperiment {res['experiment_id']} stored in {out / 'runs.db'}; figures {res['artifacts']['json']}; "
-          f"{res['seconds']:.0f} s")
-    return 0
+    res = holdout(cfg, out, args.topic, control, cont, args.max_texts, args.base_sees_topic, json_path)
+    res["out"] = out
+    return res
 
 
-def _main_holdout_molecules(args, cfg) -> int:
-    """NN1 = generation 0 of a molecules run (--run, or one made at OUT/run); see experiments/holdout_molecules.py."""
+def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Path | None) -> dict:
+    """NN1 = generation 0 of a molecules run (`run`, or one made at OUT/run); see experiments/holdout_molecules.py."""
     from common.errors import ConfigError
     from loop.runner import Loop, run_config
 
@@ -214,9 +299,8 @@ def _main_holdout_molecules(args, cfg) -> int:
     part_a = 1000 if args.part_a is None else args.part_a
     if part_a < 1 or args.max_texts < 1:
         raise ConfigError(f"--part-a and --max-texts must be >= 1, got {part_a} and {args.max_texts}")
-    out = Path(args.out) if args.out else Path("runs") / f"holdout-{MOLECULES_TOPIC}"
-    if args.run:
-        run_dir = Path(args.run)
+    if run is not None:
+        run_dir = run
         if not (run_dir / "runs.db").is_file():
             raise ConfigError(f"--run {run_dir}: no runs.db there; pass a molecules run folder made by "
                               "`python run.py --domain molecules --out DIR`")
@@ -241,8 +325,6 @@ def _main_holdout_molecules(args, cfg) -> int:
     cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
     if cont < 1:
         raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
-    res = holdout_molecules(cfg, run_dir, out, part_a, args.max_texts, cont, Path(args.json) if args.json else None)
-    print(res["table"])
-    print(f"\nexperiment {res['experiment_id']} stored in {out / 'runs.db'}; figures {res['artifacts']['json']}; "
-          f"{res['seconds']:.0f} s")
-    return 0
+    res = holdout_molecules(cfg, run_dir, out, part_a, args.max_texts, cont, json_path)
+    res["out"] = out
+    return res

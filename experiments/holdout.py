@@ -32,6 +32,21 @@ def locate(occ, z1: np.ndarray, z2: np.ndarray) -> tuple[dict, tuple[np.ndarray,
     return figures, (dark2, gdark2, inside2, dens2)
 
 
+def reencode(occ, nn1, model, tok, decodes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The round-trip check of NN1's decodes: each decode encoded again by NN1 and placed in NN1's
+    map: (dark (N,), density score (N,)). A decode of a dark latent that re-encodes into an occupied
+    region snapped back to known content."""
+    from sllm.train import encode
+
+    z = encode(nn1, model, tok, [t or " " for t in decodes])
+    return occ.is_dark(z), occ.density_score(z)
+
+
+def reencode_figures(dark: np.ndarray, dens: np.ndarray, idx: np.ndarray) -> dict:
+    """Of the texts `idx`: the share of NN1's decodes still dark once re-encoded, and their median density score."""
+    return {"reencoded_dark_nn1": float(dark[idx].mean()), "reencoded_density_median_nn1": float(np.median(dens[idx]))}
+
+
 def location_rows(groups: dict, names: tuple[str, ...]) -> list[list[str]]:
     """The HOLDOUT_ROWS lines of a holdout table, one column per group in `names`."""
     return [[label] + [fmt.format(groups[n][key]) for n in names] for key, label, fmt in HOLDOUT_ROWS]
@@ -77,7 +92,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
 
     t0 = time.perf_counter()
     domain = get_domain(cfg.corpus.domain_name)
-    verify, embed = domain.verifier, domain.meaning_embedder().embed
+    verify, embed = domain.verifier, domain.meaning_embedder().embed  # the figures' space
+    target = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's
     all_topics = domain.topics
 
     def language_texts(topics=None):
@@ -116,8 +132,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             extra = language_texts(tuple(t for t in all_topics if t != topic))
             texts = [t.text for t in without + extra]
             torch.manual_seed(cfg.run.seed)
-            nn1 = SLLM(E, cfg.sllm, domain.meaning_embedder().dim)
-            train_sllm(nn1, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+            nn1 = SLLM(E, cfg.sllm, target.dim)
+            train_sllm(nn1, model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed,
                        fact_keys=[t.fact_key for t in without + extra], desc="NN1 (without topic)")
             _save_sllm_atomic(nn1, out / "nn1")
@@ -128,7 +144,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             extra = language_texts()
             texts = [t.text for t in train_all + extra]
             nn2 = load_sllm(out / "nn1", dev)
-            train_sllm(nn2, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+            train_sllm(nn2, model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed + 1,
                        fact_keys=[t.fact_key for t in train_all + extra], desc="NN2 (continued with topic)")
             _save_sllm_atomic(nn2, out / "nn2")
@@ -152,6 +168,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             for dname, net in (("nn1", nn1), ("nn2", nn2)):
                 emb, _ = soft_prompts(net, model, tok, z2)
                 dec[dname] = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
+            rdark, rdens = reencode(occ, nn1, model, tok, dec["nn1"])
             e_orig, e1, e2 = embed(orig), embed(dec["nn1"]), embed(dec["nn2"])
             v1 = [verify(t) for t in dec["nn1"]]
             v2 = [verify(t) for t in dec["nn2"]]
@@ -174,6 +191,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                     "true_nn2": float(np.mean([v2[i].status == "true" for i in idx])),
                     "on_topic_nn1": float(np.mean([v1[i].topic == want for i in idx])),
                     "on_topic_nn2": float(np.mean([v2[i].topic == want for i in idx])),
+                    **reencode_figures(rdark, rdens, idx),
                 }
 
             per_group[gname] = {
@@ -190,7 +208,9 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                         "true_new": vs[i].status == "true" and vs[i].fact_key not in train_fact_keys,
                         "density_score": float(dens2[i]), "dark": bool(dark2[i]),
                         "detail": {"topic": want, "decoded_topic": vs[i].topic, "gmm_dark": bool(gdark2[i]),
-                                   "inside": bool(inside2[i])},
+                                   "inside": bool(inside2[i]),
+                                   **({"reencoded_density": float(rdens[i]), "reencoded_dark": bool(rdark[i])}
+                                      if dname == "nn1" else {})},
                     })
         timings["measure_s"] = time.perf_counter() - t1
     result = {"topic": topic, "control": control, "base_sees_topic": base_sees_topic,
@@ -229,6 +249,8 @@ HOLDOUT_DECODE_ROWS = [
     ("exact_nn1", "exact match NN1 decode"), ("exact_nn2", "exact match NN2 decode"),
     ("true_nn1", "verifier true, NN1 decode"), ("true_nn2", "verifier true, NN2 decode"),
     ("on_topic_nn1", "parsed as the same topic, NN1 decode"), ("on_topic_nn2", "parsed as the same topic, NN2 decode"),
+    ("reencoded_dark_nn1", "NN1 decode dark once re-encoded by NN1"),
+    ("reencoded_density_median_nn1", "median density score of NN1 decode re-encoded"),
 ]
 
 
@@ -278,3 +300,61 @@ def _ensure_run_row(engine, cfg) -> None:
             s.add(Run(seed=cfg.run.seed, config_json=json.dumps(cfg.to_dict()), config_hash=cfg.result_hash(),
                       versions_json=json.dumps(versions())))
             s.commit()
+
+
+# ---------------------------------------------------------------------------- intervals over training seeds
+def _numeric_leaves(d: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_numeric_leaves(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def combine_holdout_seeds(results: dict[str, dict]) -> dict:
+    """Intervals over training seeds: each run of the holdout (one training seed: its own NN1, NN2 and,
+    on molecules, its own base model and map) is one observation of every figure; per figure the mean
+    and 95% Student-t interval over them. Figures missing in a run (an empty dark-only subset) count
+    only where present, and `n` says over how many."""
+    from experiments.common import _fmt_ci, ci95
+
+    leaves = {name: {**_numeric_leaves(r["groups"], "groups/"),
+                     **_numeric_leaves(r.get("calibration_nn1_map", {}), "calibration/")}
+              for name, r in results.items()}
+    keys = list(dict.fromkeys(k for v in leaves.values() for k in v))
+    figures = {k: ci95([v[k] for v in leaves.values() if k in v]) for k in keys}
+    groups = ("topic", "control")
+    first = next(iter(results.values()))
+    names = [first["groups"][g]["topic"] for g in groups]
+    rows = []
+    loc = [key for key, _, _ in HOLDOUT_ROWS] + ["scaffold_in_nn1_training", "scaffold_in_part_a"]
+    decode_keys = [k.split("/", 3)[3] for k in keys if k.startswith("groups/topic/all/") and k.count("/") == 3]
+    labels = {key: label for key, label, _ in HOLDOUT_ROWS}
+    labels.update(HOLDOUT_DECODE_ROWS)
+
+    def cell(k: str) -> str:
+        c = figures.get(k)
+        if c is None or c["mean"] is None:
+            return "–"
+        digits = 0 if k.endswith("/texts") else (2 if "density" in k or "drift" in k else 3)
+        return _fmt_ci(c, digits) + ("" if c["n"] == len(results) else f" (n={c['n']})")
+
+    for key in loc:
+        if any(f"groups/{g}/{key}" in figures for g in groups):
+            rows.append([labels.get(key, key.replace("_", " "))] + [cell(f"groups/{g}/{key}") for g in groups])
+    for sub, title in (("all", "all texts"), ("dark_only", "only NN2 latents kNN-darker than NN1's texts")):
+        rows.append([f"-- decodes of {title}: n", *[cell(f"groups/{g}/{sub}/texts") for g in groups]])
+        for key in decode_keys:
+            if key != "texts":
+                rows.append(["   " + labels.get(key, key.replace("_", " "))]
+                            + [cell(f"groups/{g}/{sub}/{key}") for g in groups])
+    for key in ("false_dark_rate", "false_dark_rate_gmm"):
+        if f"calibration/{key}" in figures:
+            rows.append([f"NN1 map {key.replace('_', ' ')} (held-out texts)", cell(f"calibration/{key}"), ""])
+    headers = ["figure", f"{names[0]} (unseen by NN1)", f"control {names[1]}"]
+    table = "\n".join([plain_table(headers, rows),
+                       f"mean [95% CI, Student t over {len(results)} training seeds]; shares as fractions (0-1), "
+                       "counts (n_) per run; (n=k): the figure exists in k runs only (an empty subset elsewhere)"])
+    return {"figures": figures, "runs": list(results), "table": table}

@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.common import plain_table, store_experiment
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_sllm_atomic, calibration_line,
-                                 locate, location_rows)
+                                 locate, location_rows, reencode, reencode_figures)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def decode_arrays(orig: list[str], dec: list[str], part_a: frozenset[str], train
     }
 
 
-def decode_figures(arr: dict[str, dict[str, np.ndarray]], mask: np.ndarray) -> dict:
+def decode_figures(arr: dict[str, dict[str, np.ndarray]], mask: np.ndarray,
+                   reencoded: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The decode figures of the texts in `mask`: shares in [0, 1], Tanimoto means over valid
     decodes (None when none is valid), counts prefixed n_."""
     idx = np.flatnonzero(mask)
@@ -96,6 +97,8 @@ def decode_figures(arr: dict[str, dict[str, np.ndarray]], mask: np.ndarray) -> d
     out["identical_nn1_nn2"] = float(np.mean([x is not None and x == y for x, y in zip(c1, c2)]))
     t12 = tanimoto_pairs([x or "" for x in c1], [y or "" for y in c2])
     out["tanimoto_nn1_vs_nn2"] = float(t12[both].mean()) if both.any() else None
+    if reencoded is not None:  # (dark, density score) of NN1's decodes encoded again by NN1
+        out.update(reencode_figures(*reencoded, idx))
     return out
 
 
@@ -174,7 +177,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
             extra = loop.language_texts()
             items = data.train + extra
             texts = [t.text for t in items] + a_list
-            embed = loop.domain.meaning_embedder().embed
+            embed = loop.domain.meaning_target(cfg.corpus.meaning).embed
             nn2 = loop.load_sllm(0, model)
             train_sllm(nn2, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed + 1,
@@ -200,6 +203,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                 emb, _ = soft_prompts(net, model, tok, z)
                 dec[dname] = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, seed)
             arr = {d: decode_arrays(orig, dec[d], a_set, data.train_fact_keys) for d, _ in DECODERS}
+            rdark, rdens = reencode(occ, nn1, model, tok, dec["nn1"])
             scaf = [scaffold(s) for s in orig]
             per_group[gname] = {
                 "topic": TOPIC if gname == "topic" else "MOSES test", "texts": len(orig),
@@ -208,7 +212,8 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                 "scaffold_in_part_a": float(np.mean([s in a_scaf for s in scaf])) if gname == "topic" else None,
                 **where,
                 # as on maths: the subset uses the density criterion alone (kNN-darker than NN1's texts)
-                "all": decode_figures(arr, np.ones(len(orig), bool)), "dark_only": decode_figures(arr, dens2 > 1),
+                "all": decode_figures(arr, np.ones(len(orig), bool), (rdark, rdens)),
+                "dark_only": decode_figures(arr, dens2 > 1, (rdark, rdens)),
             }
             for i, o in enumerate(orig):
                 for d, _ in DECODERS:
@@ -220,7 +225,9 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                         "detail": {"group": gname, "gmm_dark": bool(gdark2[i]), "inside": bool(inside2[i]),
                                    "exact": bool(a["exact"][i]), "tanimoto": float(a["tanimoto"][i]),
                                    "same_scaffold": bool(a["same_scaffold"][i]),
-                                   "rediscovered": bool(a["rediscovered"][i])},
+                                   "rediscovered": bool(a["rediscovered"][i]),
+                                   **({"reencoded_density": float(rdens[i]), "reencoded_dark": bool(rdark[i])}
+                                      if d == "nn1" else {})},
                     })
         timings["measure_s"] = time.perf_counter() - t1
     result = {"domain": "molecules", "topic": TOPIC, "control": "MOSES test", "run": str(run_dir),
@@ -253,7 +260,9 @@ DECODE_ROWS = [  # (key prefix, label, format); each cell: NN1 decode / NN2 deco
     ("valid_new", "valid and absent from MOSES train", "{:.1%}"),
 ]
 PAIR_ROWS = [("identical_nn1_nn2", "NN1 and NN2 decode the same molecule", "{:.1%}"),
-             ("tanimoto_nn1_vs_nn2", "mean Tanimoto NN1 vs NN2 decode (both valid)", "{:.3f}")]
+             ("tanimoto_nn1_vs_nn2", "mean Tanimoto NN1 vs NN2 decode (both valid)", "{:.3f}"),
+             ("reencoded_dark_nn1", "NN1 decode dark once re-encoded by NN1", "{:.1%}"),
+             ("reencoded_density_median_nn1", "median density score of NN1 decode re-encoded", "{:.2f}")]
 
 
 def _cell(d: dict, key: str, fmt: str) -> str:

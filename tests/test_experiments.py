@@ -152,8 +152,9 @@ def test_holdout_numbers_table_db(holdout_run):
         for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share"):
             assert 0 <= grp[k] <= 1
         for k, v in grp["all"].items():
-            if k != "texts":
+            if k not in ("texts", "reencoded_density_median_nn1"):
                 assert 0 <= v <= 1 + 1e-6, (g, k, v)
+        assert grp["all"]["reencoded_density_median_nn1"] >= 0  # the round-trip check of NN1's decodes
         assert grp["all"]["texts"] == 8  # 4 facts x 2 phrasings
     assert res["groups"]["control"]["seen_by_nn1"] and not res["groups"]["topic"]["seen_by_nn1"]
     con = sqlite3.connect(out / "runs.db")
@@ -161,6 +162,13 @@ def test_holdout_numbers_table_db(holdout_run):
     con.close()
     assert kinds == {"topic/nn1": 8, "topic/nn2": 8, "control/nn1": 8, "control/nn2": 8}
     assert "holdout" in run_cli(["inspect", str(out), "experiments"]).stdout
+    assert "NN1 decode dark once re-encoded by NN1" in p.stdout
+    con = sqlite3.connect(out / "runs.db")
+    details = [json.loads(d) for (d,) in con.execute("SELECT detail_json FROM experimentsample WHERE kind = 'topic/nn1'")]
+    con.close()
+    assert all(isinstance(d["reencoded_dark"], bool) and d["reencoded_density"] >= 0 for d in details)
+    share = res["groups"]["topic"]["all"]["reencoded_dark_nn1"]
+    assert share == pytest.approx(sum(d["reencoded_dark"] for d in details) / len(details))
 
 
 def test_holdout_resumes_and_refuses_another_setup(holdout_run):
@@ -169,3 +177,45 @@ def test_holdout_resumes_and_refuses_another_setup(holdout_run):
     assert "texts encoded by NN2" in p.stdout  # models reused, measured again
     bad = run_cli(["experiment", "holdout", "--topic", "money", "--out", str(out), *TINY], check=False)
     assert bad.returncode == 2 and "another holdout setup" in bad.stderr
+
+
+def test_holdout_over_training_seeds(tmp_path):
+    """--train-seeds: one holdout per seed in OUT/seed-S, then each figure's mean and interval over them."""
+    js = tmp_path / "seeds.json"
+    out = tmp_path / "h"
+    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--control", "addition", "--train-seeds", "0,1",
+                 "--out", str(out), "--json", str(js), *TINY])
+    assert "--- training seed 0" in p.stdout and "--- training seed 1" in p.stdout
+    assert "over 2 training seeds" in p.stdout and "NN1 decode dark once re-encoded by NN1" in p.stdout
+    doc = json.loads(js.read_text())
+    assert sorted(doc["runs"]) == ["seed-0", "seed-1"]
+    per_seed = []
+    for name, r in doc["runs"].items():
+        assert Path(r["out"]) == out / name and (out / name / "nn1").is_dir() and (out / name / "nn2").is_dir()
+        per_seed.append(json.loads(Path(r["json"]).read_text())["result"])
+    assert per_seed[0]["groups"]["topic"]["all"] != per_seed[1]["groups"]["topic"]["all"] or \
+        per_seed[0]["calibration_nn1_map"] != per_seed[1]["calibration_nn1_map"]  # two trainings, not one twice
+    for key in ("groups/topic/dark_share_nn2_in_nn1_map", "groups/topic/all/reencoded_dark_nn1",
+                "groups/control/all/exact_nn1"):
+        fig = doc["combined"]["figures"][key]
+        vals = [_leaf(r["groups"], key.split("/")[1:]) for r in per_seed]
+        assert fig["n"] == 2 and fig["mean"] == pytest.approx(sum(vals) / 2)
+        assert fig["lo"] <= fig["mean"] <= fig["hi"]
+
+
+def _leaf(d, path):
+    for k in path:
+        d = d[k]
+    return d
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-seeds", "0"], "at least 2 different seeds"),
+    (["--train-seeds", "0,0"], "at least 2 different seeds"),
+    (["--train-seeds", "a,b"], "comma-separated integers"),
+    (["--train-seeds", "0,1", "--run", "x", "--run", "y"], "repeat --run instead"),
+    (["--run", "x", "--run", "x"], "given twice"),
+])
+def test_holdout_seed_errors(tmp_path, args, message):
+    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--out", str(tmp_path / "h"), *args, "-q"], check=False)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr

@@ -95,8 +95,11 @@ def test_molecules_holdout_parts_models_figures_table(mol_holdout):
             for k, v in f.items():
                 if k.startswith("n_"):
                     assert 0 <= v <= f["texts"], (name, sub, k)
+                elif k == "reencoded_density_median_nn1":
+                    assert v >= 0
                 elif k != "texts" and v is not None:
                     assert 0 <= v <= 1 + 1e-9, (name, sub, k, v)
+        assert 0 <= g["all"]["reencoded_dark_nn1"] <= 1  # the round-trip check of NN1's decodes
         assert g["all"]["texts"] == 20 and g["dark_only"]["texts"] <= 20
     assert res["groups"]["topic"]["scaffold_in_nn1_training"] == 0  # scaffold-test: none in MOSES train
     assert 0 <= res["groups"]["topic"]["scaffold_in_part_a"] <= 1
@@ -156,3 +159,15 @@ def test_molecules_holdout_refuses_more_molecules_than_there_are(mol_holdout, ca
                  "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--part-a 200000" in err and "\n" not in err, err
+
+
+@needs_moses
+def test_molecules_holdout_refuses_runs_of_one_training_seed(mol_holdout, tmp_path):
+    import shutil
+
+    run = mol_holdout[0] / "run"
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    p = run_cli(["experiment", "holdout", "--run", str(run), "--run", str(twin), "--out", str(tmp_path / "h"), *PARTS,
+                 "-q"], check=False)
+    assert p.returncode == 2 and "share a training seed" in p.stderr
