@@ -135,7 +135,7 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     from sllm.train import train_sllm
 
     domain = get_domain(cfg.corpus.domain_name)
-    embedder = domain.meaning_embedder()
+    embedder = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's target (the figures use the domain's own)
     train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
     timings = {}
     # the domain's language texts (maths: verifier-checked false sentences: no true fact, held out or not)
@@ -157,6 +157,7 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     res = evaluate(sllm, model, tok, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
+    res["meaning_target"] = {"name": embedder.name, "dim": embedder.dim}
     res["final_losses"] = info["final"]
     res.update(timings)
     return res

@@ -107,6 +107,24 @@ class Domain:
 
         return MINILM
 
+    def meaning_targets(self) -> dict[str, Callable[[], Embedder]]:
+        """Meaning targets the domain offers in place of its own (`corpus.meaning`): name -> maker."""
+        return {}
+
+    def meaning_target(self, name: str = "") -> Embedder:
+        """The embedder whose space the SLLM's meaning term predicts: the domain's own
+        (`meaning_embedder`) unless `name` (`corpus.meaning`) picks another one it offers."""
+        if not name:
+            return self.meaning_embedder()
+        offered = self.meaning_targets()
+        if name not in offered:
+            from common.errors import ConfigError
+
+            choice = f"one of {', '.join(offered)}" if offered else "none but its own: drop the setting"
+            raise ConfigError(f"corpus.meaning {name!r}: the {self.name} domain offers {choice} "
+                              "(--set corpus.meaning=NAME)")
+        return offered[name]()
+
     @property
     def verifier(self) -> Callable[[str], Verdict] | None:
         """text -> Verdict, where the domain can check truth; None where it cannot."""

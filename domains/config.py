@@ -21,6 +21,10 @@ class CorpusConfig:
     max_texts: int = 0
     eval_texts: int = 1000
     knowledge_texts: int = 1000
+    # The SLLM's meaning target: "" = the domain's own (maths, text: MiniLM; molecules: Morgan
+    # fingerprints), or another one the domain offers (molecules: morgan, descriptors). Novelty is
+    # always measured in the domain's own space.
+    meaning: str = ""
 
     def __post_init__(self):
         from domains.base import DOMAINS

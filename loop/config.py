@@ -170,6 +170,11 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
         raise ConfigError(str(e)) from None
+    if parts["corpus"].meaning:  # a meaning target the domain does not offer: refused before any work
+        from domains.base import get_domain
+
+        name = parts["corpus"].domain_name
+        get_domain(name).meaning_target(parts["corpus"].meaning)
     return Config(**parts)
 
 

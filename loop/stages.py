@@ -75,7 +75,7 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
     extra = [t.text for t in loop.language_texts()]  # e.g. the maths domain's false sentences
     texts = loop.data.train_texts + accepted + extra
     keys = [t.fact_key for t in loop.data.train] + [None] * (len(accepted) + len(extra))
-    embedder = loop.domain.meaning_embedder()
+    embedder = loop.domain.meaning_target(cfg.corpus.meaning)
     targets = None
     if cfg.sllm.meaning_weight > 0:  # corpus + language texts are the same every generation: cached
         with distributed.main_first():  # several processes: rank 0 writes the cache, the others then read it

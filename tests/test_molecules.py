@@ -2,6 +2,7 @@
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rdkit")
@@ -61,6 +62,37 @@ def test_canonical_verify_and_fingerprints():
     assert z.shape == (3, MORGAN.dim)
     assert abs(float((z[0] ** 2).sum()) - 1) < 1e-5 and float(abs(z[2]).sum()) == 0  # invalid: zero row
     assert MORGAN.bits([ASPIRIN]).dtype == bool
+
+
+@needs_moses
+def test_descriptor_meaning_target(tmp_path):
+    """--set corpus.meaning=descriptors: RDKit descriptors, standardised on MOSES train, as the SLLM's target;
+    novelty stays on Morgan bits. A name the domain does not offer is refused before any work."""
+    from common.errors import ConfigError
+    from domains.base import get_domain
+    from domains.molecules.domain import DescriptorEmbedder
+    from loop.config import build_config
+    from tests.test_loop import run_cli
+
+    dom = get_domain("molecules")
+    e = dom.meaning_target("descriptors")
+    assert isinstance(e, DescriptorEmbedder) and dom.meaning_target("") is MORGAN and dom.meaning_embedder() is MORGAN
+    z = e.embed([ASPIRIN, "OC(=O)c1ccccc1OC(C)=O", "CCCCCCCCCCCCCCCCCCCC", "C1CC"])
+    assert z.shape == (4, e.dim) and e.dim > 100 and np.isfinite(z).all()
+    assert abs(float((z[0] ** 2).sum()) - 1) < 1e-5 and float(abs(z[3]).sum()) == 0  # invalid: zero row
+    assert float(z[0] @ z[1]) == pytest.approx(1.0, abs=1e-5) and float(z[0] @ z[2]) < 0.9  # one molecule, two spellings
+    mu, sd = e.stats()
+    assert (sd > 0).all() and np.isfinite(mu).all()
+    with pytest.raises(ConfigError, match="offers one of morgan, descriptors"):
+        build_config(None, {"corpus.domain": "molecules", "corpus.meaning": "bogus"})
+    with pytest.raises(ConfigError, match="maths domain offers none but its own"):
+        build_config(None, {"corpus.meaning": "descriptors"})
+    out = tmp_path / "b.json"
+    run_cli(["bench", "sllm", "-q", "--json", str(out), "--base-dir", str(tmp_path / "base"), *TINY_MOL,
+             "--set", "corpus.meaning=descriptors"])
+    res = json.loads(out.read_text())["results"]["full"]
+    assert res["heldout_texts"] == 60 and 0 <= res["exact_match"] <= 1
+    assert res["meaning_target"] == {"name": e.name, "dim": e.dim} and res["final_losses"]["meaning"] >= 0
 
 
 def test_read_smiles_file_counts_invalid_lines(tmp_path):
