@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "sentence_transformers", "transformers", "peft"):
+    for noisy in ("httpx", "sentence_transformers", "transformers", "peft", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from domains import CorpusError
     from lm.base_model import ModelError

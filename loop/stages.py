@@ -365,9 +365,10 @@ def clear_evaluate(s: Session, g: int) -> None:
     s.exec(delete(Metric).where(Metric.generation == g))
 
 
-def distinct_n(texts: list[str], n: int) -> float:
+def distinct_n(texts: list[str], n: int) -> float | None:
+    """Share of distinct word n-grams; None where the texts hold none (one-word texts such as SMILES)."""
     grams = [tuple(t.split()[i : i + n]) for t in texts for i in range(max(0, len(t.split()) - n + 1))]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return len(set(grams)) / len(grams) if grams else None
 
 
 # ------------------------------------------------------------------------------ the stages

@@ -202,3 +202,11 @@ def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_pa
         assert sizes == ([6] if chunk == 1024 else [4, 2])  # TINY: 8 candidates, 6 with a latent (2 are lm's)
     engine.dispose()
     assert texts[5] == texts[1024] and all(t is not None for t in texts[5])
+
+
+def test_distinct_n_says_none_for_one_word_texts():
+    """SMILES are one 'word' each: no bigrams, so distinct-2 is n/a (None), not a misleading 0."""
+    from loop.stages import distinct_n
+
+    assert distinct_n(["CCO", "c1ccccc1"], 2) is None
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
