@@ -96,6 +96,20 @@ class Domain:
         knowledge (maths: verifier-checked false sentences). None by default."""
         return []
 
+    def base_texts(self, cfg: CorpusConfig, seed: int, n: int, exclude: set[str]) -> list[str]:
+        """`n` texts for the base model's pretraining only (`base.extra_texts`), none in `exclude`
+        (the corpus); a domain that holds nothing beyond its corpus refuses."""
+        self.check_base_texts(cfg, n)
+        return []
+
+    def check_base_texts(self, cfg: CorpusConfig, n: int) -> None:
+        """Refuse `base.extra_texts = n` before any work where the domain cannot supply them."""
+        if n:
+            from common.errors import ConfigError
+
+            raise ConfigError(f"base.extra_texts {n}: the {self.name} domain holds no texts beyond its corpus; "
+                              "drop the setting (--set base.extra_texts=0)")
+
     # -- meaning, novelty, truth --------------------------------------------------------------
     def canonical(self, text: str) -> str:
         """The form two texts share when they are the same text (de-duplication, novelty)."""

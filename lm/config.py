@@ -26,12 +26,17 @@ class BaseConfig:
     copy_pool: int = 8000
     lr: float = 3e-3
     batch_size: int = 32  # performance knob
+    # Texts the base model pretrains on beyond the corpus, drawn by the domain from what it holds
+    # besides (molecules: more MOSES training molecules); the SLLM, the map and novelty never see
+    # them. 0: the corpus alone. A base model overfits a small corpus (docs/molecules.md).
+    extra_texts: int = 0
 
     def __post_init__(self):
         for k in ("vocab_size", "hidden", "layers", "heads", "max_len", "pack_len", "epochs", "batch_size"):
             _check(getattr(self, k) >= 1, f"base.{k} must be >= 1, got {getattr(self, k)}")
         _check(self.copy_units >= 0, f"base.copy_units must be >= 0, got {self.copy_units}")
         _check(self.copy_pool >= 0, f"base.copy_pool must be >= 0, got {self.copy_pool}")
+        _check(self.extra_texts >= 0, f"base.extra_texts must be >= 0, got {self.extra_texts}")
         _check(self.hidden % self.heads == 0, f"base.hidden ({self.hidden}) must be divisible by base.heads ({self.heads})")
         _check(self.lr > 0, f"base.lr must be > 0, got {self.lr}")
 

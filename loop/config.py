@@ -175,6 +175,10 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
 
         name = parts["corpus"].domain_name
         get_domain(name).meaning_target(parts["corpus"].meaning)
+    if parts["base"].extra_texts:  # likewise texts beyond the corpus for the base model
+        from domains.base import get_domain
+
+        get_domain(parts["corpus"].domain_name).check_base_texts(parts["corpus"], parts["base"].extra_texts)
     return Config(**parts)
 
 

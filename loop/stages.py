@@ -55,11 +55,15 @@ def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
         tok, model = loop.model(None)  # validates the folder through the same loading code
         return {"path": cfg.base.model, "trained": False, "params": sum(p.numel() for p in model.parameters())}
     d = loop.data
+    extra = (loop.domain.base_texts(cfg.corpus, seed, cfg.base.extra_texts, set(d.train_texts))
+             if cfg.base.extra_texts else [])
     with atomic_dir(loop.out / "base", (g, "base")) as tmp:
-        info = train_small_base(d.train_texts, cfg.base, tmp, seed, groups=[t.fact_key for t in d.train],
+        info = train_small_base(d.train_texts + extra, cfg.base, tmp, seed,
+                                groups=[t.fact_key for t in d.train] + [None] * len(extra),
                                 copy_texts=[t.text for t in loop.language_texts()],
                                 tokenizer_fn=loop.domain.train_tokenizer)
-    return {"path": str(loop.out / "base"), "trained": True, "params": info["params"], "final_loss": info["final_loss"]}
+    return {"path": str(loop.out / "base"), "trained": True, "params": info["params"], "final_loss": info["final_loss"],
+            "texts": len(d.train_texts) + len(extra), "extra_texts": len(extra)}
 
 
 # ------------------------------------------------------------------------------------ sllm

@@ -199,11 +199,13 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
     from tests.test_loop import run_cli
 
     out = tmp_path / "run"
-    p = run_cli(["--generations", "1", "--out", str(out), *TINY_MOL])
+    p = run_cli(["--generations", "1", "--out", str(out), *TINY_MOL, "--set", "base.extra_texts=100"])
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("gen 0 |")][0]
     for key in ("valid", "valid-new", "unique", "novel", "IntDiv", "filters", "SNN/Test", "FCD/Test", "rediscovered"):
         assert f"{key} " in line, (key, line)
     con = sqlite3.connect(out / "runs.db")
+    base = json.loads(con.execute("SELECT detail_json FROM stage WHERE name='base'").fetchone()[0])
+    assert base["extra_texts"] == 100 and base["texts"] == 500  # 400 corpus molecules (eval: MOSES test) + 100
     detail = json.loads(con.execute("SELECT detail_json FROM stage WHERE name='evaluate'").fetchone()[0])
     m = detail["domain_metrics"]
     assert m["decodes"] == 12 and 0 <= m.get("unique", 0) <= 1
@@ -226,6 +228,31 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
         r = ref["rows"][name]
         assert 0 <= r["valid"] <= 1 and (r["valid"] == 0 or 0 <= r["Novelty"] <= 1)
     assert "Training budget: generation 0" in p.stdout
+
+
+@needs_moses
+def test_base_extra_texts_come_from_moses_train_beyond_the_corpus(tmp_path):
+    """base.extra_texts: more MOSES training molecules for the base model only, none in the corpus,
+    the same draw for the same seed; refused before any work where a domain has none."""
+    from common.errors import ConfigError
+    from domains.config import CorpusConfig
+    from domains.molecules.data import load_split
+    from loop.config import build_config
+
+    dom = get_domain("molecules")
+    corpus = set(load_split("train", 500, 0))
+    extra = dom.base_texts(CorpusConfig(domain="molecules"), 0, 300, corpus)
+    assert len(extra) == len(set(extra)) == 300 and not corpus & set(extra)
+    assert extra == dom.base_texts(CorpusConfig(domain="molecules"), 0, 300, corpus)
+    assert extra != dom.base_texts(CorpusConfig(domain="molecules"), 1, 300, corpus)
+    with pytest.raises(ConfigError, match="maths domain holds no texts beyond its corpus"):
+        build_config(None, {"base.extra_texts": "10"})
+    smi = tmp_path / "m.smi"
+    smi.write_text("CCO\n")
+    with pytest.raises(ConfigError, match="not from --corpus"):
+        build_config(None, {"corpus.domain": "molecules", "corpus.path": str(smi), "base.extra_texts": "10"})
+    with pytest.raises(ConfigError, match="base.extra_texts must be >= 0"):
+        build_config(None, {"base.extra_texts": "-1"})
 
 
 def test_moses_statistics_reader_refuses_anything_but_arrays():

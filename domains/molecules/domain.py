@@ -259,6 +259,27 @@ class MoleculesDomain(Domain):
             knowledge = []  # a user corpus without the MOSES files: no held-out knowledge set
         return [Text(s, "molecule", s) for s in smiles], [Text(s, "molecule", s) for s in knowledge]
 
+    def check_base_texts(self, cfg, n: int) -> None:
+        if not n:
+            return
+        from common.errors import ConfigError
+
+        if cfg.path is not None:
+            raise ConfigError(f"base.extra_texts {n}: extra base-model molecules come from MOSES train, not from "
+                              f"--corpus {cfg.path}; drop the setting or the --corpus")
+
+    def base_texts(self, cfg, seed: int, n: int, exclude: set[str]) -> list[str]:
+        """`n` more MOSES training molecules, none in the corpus, a seeded draw (file order kept)."""
+        from domains.molecules.data import load_split
+
+        self.check_base_texts(cfg, n)
+        pool = [m for m in load_split("train") if m not in exclude]
+        if n > len(pool):
+            raise CorpusError(f"base.extra_texts {n}: MOSES train holds {len(pool)} molecules beyond the corpus; "
+                              f"pass at most that")
+        idx = np.sort(np.random.default_rng([seed, 4099]).choice(len(pool), size=n, replace=False))
+        return [pool[i] for i in idx]
+
     def load(self, cfg, seed: int) -> CorpusSplits:
         from domains.molecules.data import load_split
 
