@@ -205,6 +205,14 @@ def _default_out(args, cfg) -> Path:
     return Path("runs") / f"holdout-{MOLECULES_TOPIC if molecules else args.topic}"
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    from common.errors import ConfigError
+
+    if not (run_dir / "runs.db").is_file():
+        raise ConfigError(f"--run {run_dir}: no runs.db there; pass a molecules run folder made by "
+                          "`python run.py --domain molecules --seed S --out DIR`")
+
+
 def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) -> int:
     """The holdout once per training seed (a run of each, or one made per seed), then every figure's
     mean and 95% interval over the seeds (`experiments.holdout.combine_holdout_seeds`)."""
@@ -220,9 +228,7 @@ def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) ->
     results, jobs = {}, []
     if runs:
         for r in runs:
-            if not (r / "runs.db").is_file():
-                raise ConfigError(f"--run {r}: no runs.db there; pass molecules run folders made by "
-                                  "`python run.py --domain molecules --seed S --out DIR`")
+            _check_run_dir(r)
         rseeds = [run_config(r).run.seed for r in runs]
         if len(set(rseeds)) < len(rseeds):
             raise ConfigError(f"--run: the runs share a training seed ({rseeds}); make them with different --seed")
@@ -301,9 +307,7 @@ def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Pa
         raise ConfigError(f"--part-a and --max-texts must be >= 1, got {part_a} and {args.max_texts}")
     if run is not None:
         run_dir = run
-        if not (run_dir / "runs.db").is_file():
-            raise ConfigError(f"--run {run_dir}: no runs.db there; pass a molecules run folder made by "
-                              "`python run.py --domain molecules --out DIR`")
+        _check_run_dir(run_dir)
         ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
         ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "seed", "base_model", "corpus", "rubric",
                                                           "samplers", "config") if getattr(args, a, None) is not None]

@@ -42,7 +42,7 @@ def reencode(occ, nn1, model, tok, decodes: list[str]) -> tuple[np.ndarray, np.n
     return occ.is_dark(z), occ.density_score(z)
 
 
-def reencode_figures(dark: np.ndarray, dens: np.ndarray, idx: np.ndarray) -> dict:
+def nn1_reencode_figures(dark: np.ndarray, dens: np.ndarray, idx: np.ndarray) -> dict:
     """Of the texts `idx`: the share of NN1's decodes still dark once re-encoded, and their median density score."""
     return {"reencoded_dark_nn1": float(dark[idx].mean()), "reencoded_density_median_nn1": float(np.median(dens[idx]))}
 
@@ -191,7 +191,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                     "true_nn2": float(np.mean([v2[i].status == "true" for i in idx])),
                     "on_topic_nn1": float(np.mean([v1[i].topic == want for i in idx])),
                     "on_topic_nn2": float(np.mean([v2[i].topic == want for i in idx])),
-                    **reencode_figures(rdark, rdens, idx),
+                    **nn1_reencode_figures(rdark, rdens, idx),
                 }
 
             per_group[gname] = {

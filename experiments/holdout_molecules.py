@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.common import plain_table, store_experiment
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_sllm_atomic, calibration_line,
-                                 locate, location_rows, reencode, reencode_figures)
+                                 locate, location_rows, reencode, nn1_reencode_figures)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def decode_figures(arr: dict[str, dict[str, np.ndarray]], mask: np.ndarray,
     t12 = tanimoto_pairs([x or "" for x in c1], [y or "" for y in c2])
     out["tanimoto_nn1_vs_nn2"] = float(t12[both].mean()) if both.any() else None
     if reencoded is not None:  # (dark, density score) of NN1's decodes encoded again by NN1
-        out.update(reencode_figures(*reencoded, idx))
+        out.update(nn1_reencode_figures(*reencoded, idx))
     return out
 
 

@@ -170,15 +170,13 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
         raise ConfigError(str(e)) from None
-    if parts["corpus"].meaning:  # a meaning target the domain does not offer: refused before any work
+    if parts["corpus"].meaning or parts["base"].extra_texts:
+        # a meaning target or base-model texts the domain does not offer: refused before any work
         from domains.base import get_domain
 
-        name = parts["corpus"].domain_name
-        get_domain(name).meaning_target(parts["corpus"].meaning)
-    if parts["base"].extra_texts:  # likewise texts beyond the corpus for the base model
-        from domains.base import get_domain
-
-        get_domain(parts["corpus"].domain_name).check_base_texts(parts["corpus"], parts["base"].extra_texts)
+        domain = get_domain(parts["corpus"].domain_name)
+        domain.meaning_target(parts["corpus"].meaning)
+        domain.check_base_texts(parts["corpus"], parts["base"].extra_texts)
     return Config(**parts)
 
 

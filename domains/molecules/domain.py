@@ -144,6 +144,12 @@ class DescriptorEmbedder:
         return (z / np.maximum(norm, 1e-12)).astype(np.float32)  # (N, dim)
 
 
+@functools.lru_cache(maxsize=1)
+def descriptor_embedder() -> DescriptorEmbedder:
+    """The process's one DescriptorEmbedder: its standardisation over MOSES train is computed once."""
+    return DescriptorEmbedder()
+
+
 def verify(text: str) -> Verdict:
     c = canonical(text)
     if c is None:
@@ -299,7 +305,7 @@ class MoleculesDomain(Domain):
         return MORGAN
 
     def meaning_targets(self) -> dict:
-        return {"morgan": lambda: MORGAN, "descriptors": DescriptorEmbedder}
+        return {"morgan": lambda: MORGAN, "descriptors": descriptor_embedder}
 
     @property
     def verifier(self) -> Callable[[str], Verdict]:
