@@ -105,7 +105,7 @@ class VllmBackend:
     name = "vllm"
 
     def __init__(self, model_path: str, adapter: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 max_model_len: int = 1024, max_lora_rank: int = 16, kv_cache_bytes: int | None = None,
+                 max_model_len: int = 1024, max_lora_rank: int = 64, kv_cache_bytes: int | None = None,
                  enable_prefix_caching: bool = True, block_size: int | None = None, dtype: str = "float32",
                  gpu_memory_utilization: float = 0.5, tokenizer=None, tensor_parallel_size: int = 1,
                  data_parallel_size: int = 1):

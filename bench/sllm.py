@@ -61,37 +61,71 @@ def paraphrase_closeness(z: np.ndarray, keys: list[str | None]) -> float | None:
     return wins / total if total else None
 
 
-def roundtrip(sllm, model, tok, backend, texts: list[str], max_new_tokens: int) -> list[str]:
-    from sllm.train import encode, soft_prompts
+def roundtrip(codec, backend, texts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy decodes of `texts`, each from its own latent."""
+    from sllm.codec import GenParams
 
-    z = encode(sllm, model, tok, texts)
-    emb, _ = soft_prompts(sllm, model, tok, z)
-    return backend.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+    return codec.decode(codec.encode(texts), backend, GenParams(max_new_tokens, 0.0, 0))
 
 
-def evaluate(sllm, model, tok, heldout, train, domain, max_new_tokens: int = 32, n_pairs: int = 100,
-             seed: int = 0, n_prior: int = 200) -> dict:
-    """All bench figures for one trained SLLM on `domain`'s texts."""
+def single_words(texts: list[str]) -> bool:
+    """Texts of one whitespace word each (SMILES): token F1 over words is then exact match again."""
+    return all(len(t.split()) <= 1 for t in texts)
+
+
+def error_positions(codec, texts: list[str], decoded: list[str]) -> dict:
+    """Where greedy decodes first go wrong: the first differing token's index, over the decodes
+    that are not exact copies (token level, so a different spelling of one canonical form counts)."""
+    from sllm.codec import first_error
+
+    pos = [first_error(codec.tokenizer, a, b) for a, b in zip(texts, decoded)]
+    wrong = [p for p in pos if p is not None]
+    lengths = [len(codec.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
+    if not wrong:
+        return {"wrong": 0, "median": None, "first_two": None, "relative_median": None, "mean_tokens": float(np.mean(lengths))}
+    rel = [p / n for p, n in zip(pos, lengths) if p is not None]
+    return {"wrong": len(wrong), "median": float(np.median(wrong)), "first_two": float(np.mean([p < 2 for p in wrong])),
+            "relative_median": float(np.median(rel)), "mean_tokens": float(np.mean(lengths))}
+
+
+def diagnose(codec, texts: list[str], z: np.ndarray, seed: int = 0) -> dict:
+    """Teacher-forced token accuracy and CE with each text's own latent and with the latents
+    shuffled across texts (how much the decoder reads z)."""
+    from sllm.codec import teacher_forced
+
+    own = teacher_forced(codec.sllm, codec.model, codec.tokenizer, texts, z)
+    perm = np.random.default_rng(seed).permutation(len(z))
+    if len(z) > 1:  # a derangement: no text keeps its own latent
+        perm = np.roll(np.arange(len(z)), 1)[np.random.default_rng(seed).permutation(len(z))]
+        perm = perm if not (perm == np.arange(len(z))).any() else np.roll(np.arange(len(z)), 1)
+    shuf = teacher_forced(codec.sllm, codec.model, codec.tokenizer, texts, z[perm])
+    return {"tf_accuracy": own["token_accuracy"], "tf_accuracy_shuffled": shuf["token_accuracy"],
+            "tf_ce": own["ce"], "tf_ce_shuffled": shuf["ce"]}
+
+
+def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: int = 100,
+             seed: int = 0, n_prior: int = 200, n_dark: int = 200) -> dict:
+    """All bench figures for one trained SLLM (a `Codec`) on `domain`'s texts."""
     import sacrebleu
 
     from backends.transformers_backend import TransformersBackend
-    from sllm.train import encode, soft_prompts
+    from sllm.codec import GenParams, teacher_forced
 
     verify, embed = domain.verifier, domain.meaning_embedder().embed
-
     be = TransformersBackend("")
-    be.tokenizer, be.model = tok, model
+    be.tokenizer, be.model = codec.tokenizer, codec.model
+    greedy = GenParams(max_new_tokens, 0.0, 0)
     texts = [t.text for t in heldout]
     t0 = time.perf_counter()
-    out = roundtrip(sllm, model, tok, be, texts, max_new_tokens)
+    z_held = codec.encode(texts)
+    out = codec.decode(z_held, be, greedy)
     decode_s = time.perf_counter() - t0
     em = float(np.mean([domain.canonical(a) == domain.canonical(b) for a, b in zip(texts, out)]))
     bleu = sacrebleu.corpus_bleu(out, [texts]).score
-    f1 = float(np.mean([token_f1(a, b) for a, b in zip(texts, out)]))
+    f1 = None if single_words(texts) else float(np.mean([token_f1(a, b) for a, b in zip(texts, out)]))
     ea, eb = embed(texts), embed(out)
     cos = float(np.mean((ea * eb).sum(1)))
-    z_held = encode(sllm, model, tok, texts)
-    z_train = encode(sllm, model, tok, [t.text for t in train])
+    z_train = codec.encode([t.text for t in train])
     norms = np.linalg.norm(z_train, axis=1)
     res = {
         "heldout_texts": len(texts), "exact_match": em, "bleu": bleu, "token_f1": f1, "embedding_cosine": cos,
@@ -101,13 +135,17 @@ def evaluate(sllm, model, tok, heldout, train, domain, max_new_tokens: int = 32,
         "decode_seconds": decode_s,
         "examples": [{"text": a, "decoded": b} for a, b in list(zip(texts, out))[:8]],
     }
+    res.update(diagnose(codec, texts, z_held, seed))
+    # the same on training texts: a gap to the held-out figure is generalisation, none is capacity or budget
+    fit = [t.text for t in train[: len(texts)]]
+    res["tf_accuracy_train"] = teacher_forced(codec.sllm, codec.model, codec.tokenizer, fit, codec.encode(fit))["token_accuracy"]
+    res["first_error"] = error_positions(codec, texts, out)
     if verify is not None:
         rng = np.random.default_rng(seed)
         i, j = rng.integers(0, len(z_train), n_pairs), rng.integers(0, len(z_train), n_pairs)
         ts = np.linspace(0, 1, 7)[1:-1]  # 5 interior points
         pts = np.concatenate([(1 - t) * z_train[i] + t * z_train[j] for t in ts]).astype(np.float32)
-        emb, _ = soft_prompts(sllm, model, tok, pts)
-        dec = be.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+        dec = codec.decode(pts, be, greedy)
         verdicts = [verify(x).status for x in dec]
         res["interpolation_parseable"] = float(np.mean([v != "unparseable" for v in verdicts]))
         res["interpolation_true"] = float(np.mean([v == "true" for v in verdicts]))
@@ -115,30 +153,73 @@ def evaluate(sllm, model, tok, heldout, train, domain, max_new_tokens: int = 32,
         # where no text was encoded (molecules: the validity of decodes of random prior latents)
         mu, cov = z_train.mean(0), np.cov(z_train, rowvar=False)
         pts = rng.multivariate_normal(mu, cov, size=n_prior, method="eigh").astype(np.float32)
-        emb, _ = soft_prompts(sllm, model, tok, pts)
-        dec = be.generate_from_embeds(emb, max_new_tokens, 0.0, 0)
+        dec = codec.decode(pts, be, greedy)
         verdicts = [verify(x).status for x in dec]
         res["prior_parseable"] = float(np.mean([v != "unparseable" for v in verdicts]))
         res["prior_true"] = float(np.mean([v == "true" for v in verdicts]))
         res["prior_unique"] = len({domain.canonical(x) for x, v in zip(dec, verdicts) if v == "true"}) / n_prior
+        # off the data: how far a latent moves in one decode + re-encode, against the corpus's own
+        # nearest-neighbour distance scale
+        res.update(drift(codec, z_train, {"heldout": (z_held, out), "prior": (pts, dec)}))
+    res.update(still_dark(codec, be, greedy, z_train, seed, n_dark))
     return res
 
 
-def train_and_evaluate(cfg, base_dir: Path) -> dict:
-    """Build the data, train the base model into `base_dir` (or reuse the one there), train an
-    SLLM, evaluate it."""
+def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int) -> dict:
+    """The `dark` sampler's latents in an occupancy map of the training latents (the loop's map, at
+    the default settings), decoded greedily and encoded again: the share still dark (the loop's
+    "dark once re-encoded") and the median re-encode drift over the corpus's nearest-neighbour step."""
     import torch
 
+    from latent.config import SampleConfig
+    from latent.occupancy import OccupancyMap
+    from latent.samplers import sample_dark
+
+    cfg = SampleConfig()
+    occ = OccupancyMap.fit(z_train, cfg, seed=seed % 2**31, threads=torch.get_num_threads())
+    pts, _, _ = sample_dark(occ, n, cfg, np.random.default_rng([seed, 31]))
+    dec = codec.decode(pts, be, greedy)
+    back = codec.reencode(dec)
+    return {"dark_still_dark": float(occ.is_dark(back).mean()), "dark_decodes": len(pts),
+            "reencode_drift_dark": drift(codec, z_train, {"dark": (pts, dec)})["reencode_drift_dark"]}
+
+
+def drift(codec, z_train: np.ndarray, decoded: dict[str, tuple[np.ndarray, list[str]]]) -> dict:
+    """|z - enc(dec(z))| for each set of latents and their decodes (`decoded`: name -> (z, texts)),
+    divided by the median distance from a corpus latent to its nearest other corpus latent (1.0 =
+    one neighbour step): how far one decode and re-encode moves a latent."""
+    import faiss
+
+    x = np.ascontiguousarray(z_train[:20000], dtype=np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(x)
+    d, _ = index.search(x[:2000], 2)
+    scale = float(np.median(np.sqrt(np.maximum(d[:, 1], 0))))
+    out = {"nn_distance_median": scale}
+    for name, (z, texts) in decoded.items():
+        back = codec.reencode(texts)
+        out[f"reencode_drift_{name}"] = float(np.median(np.linalg.norm(back - z, axis=1)) / max(scale, 1e-12))
+    return out
+
+
+def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curve_texts: int = 200) -> dict:
+    """Build the data, train the base model into `base_dir` (or reuse the one there), train an
+    SLLM, evaluate it. `curve`: training steps at which the greedy exact match (and teacher-forced
+    accuracy) of the first `curve_texts` held-out texts is measured, as training goes."""
+    import torch
+
+    from backends.transformers_backend import TransformersBackend
     from domains.base import get_domain
     from lm.base_model import load_base_model, train_small_base
-    from sllm.model import SLLM
+    from sllm.codec import Codec, GenParams
     from sllm.train import train_sllm
 
     domain = get_domain(cfg.corpus.domain_name)
     embedder = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's target (the figures use the domain's own)
     train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
     timings = {}
-    # the domain's language texts (maths: verifier-checked false sentences: no true fact, held out or not)
+    # the domain's language texts (maths: verifier-checked false sentences: no true fact, held out or not;
+    # molecules: further MOSES training molecules)
     extra = domain.language_texts(cfg.corpus, cfg.run.seed, cfg.sllm.false_texts)
     if not (base_dir / "config.json").is_file():
         t0 = time.perf_counter()
@@ -149,16 +230,33 @@ def train_and_evaluate(cfg, base_dir: Path) -> dict:
     texts = [t.text for t in train + extra]
     targets = embedder.embed(texts) if cfg.sllm.meaning_weight > 0 else None
     torch.manual_seed(cfg.run.seed)
-    sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm, embedder.dim)
+    codec = Codec.new(cfg.sllm, model, tok, embedder.dim)
+    points: list[dict] = []
+    probe = [t.text for t in heldout[:curve_texts]]
+
+    def measure(step: int) -> None:
+        be = TransformersBackend("")
+        be.tokenizer, be.model = tok, codec.model
+        z = codec.encode(probe)
+        out = codec.decode(z, be, GenParams(cfg.decode.max_new_tokens, 0.0, 0))
+        em = float(np.mean([domain.canonical(a) == domain.canonical(b) for a, b in zip(probe, out)]))
+        points.append({"step": step, "exact_match": em, **diagnose(codec, probe, z, cfg.run.seed)})
+        log.info("step %d: exact %.3f", step, em)
+
     t0 = time.perf_counter()
-    info = train_sllm(sllm, model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
-                      cfg.run.seed, fact_keys=[t.fact_key for t in train + extra], desc="SLLM")
+    info = train_sllm(codec.sllm, codec.model, tok, texts, targets, cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size,
+                      cfg.run.seed, fact_keys=[t.fact_key for t in train + extra], desc="SLLM",
+                      on_step=measure if curve else None, at_steps=frozenset(curve or ()))
     timings["sllm_s"] = time.perf_counter() - t0
-    res = evaluate(sllm, model, tok, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    if curve and info["steps"] not in curve:
+        measure(info["steps"])
+    res = evaluate(codec, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
+    res["steps"] = info["steps"]
     res["meaning_target"] = {"name": embedder.name, "dim": embedder.dim}
     res["final_losses"] = info["final"]
+    res["exact_by_step"] = points
     res.update(timings)
     return res
 
@@ -204,38 +302,134 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
         raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (corpus.holdout_share="
                           f"{c.holdout_share} of facts_per_topic={c.facts_per_topic}); nothing to measure")
     tok, model = loop.model(adapter)
-    sllm = loop.load_sllm(g, model)
-    res = evaluate(sllm, model, tok, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens,
-                   seed=cfg.run.seed)
+    codec = loop.codec(g, model, tok)
+    res = evaluate(codec, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
     res.update(run=str(run_dir), generation=g, heldout_left_out=len(loop.data.knowledge) - len(heldout))
     return res, cfg
 
 
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
+           ("tf_accuracy", "{:.1%}"), ("tf_accuracy_train", "{:.1%}"), ("tf_accuracy_shuffled", "{:.1%}"), ("tf_ce", "{:.3f}"),
+           ("tf_ce_shuffled", "{:.3f}"), ("first_error.median", "{:.1f}"), ("first_error.first_two", "{:.1%}"),
            ("paraphrase_closer_than_other_fact", "{:.1%}"), ("interpolation_parseable", "{:.1%}"),
            ("interpolation_true", "{:.1%}"), ("prior_parseable", "{:.1%}"), ("prior_true", "{:.1%}"),
-           ("prior_unique", "{:.1%}"), ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"),
-           ("latent_norm_std", "{:.2f}"), ("sllm_s", "{:.0f}")]
+           ("prior_unique", "{:.1%}"), ("reencode_drift_heldout", "{:.2f}"), ("reencode_drift_prior", "{:.2f}"),
+           ("reencode_drift_dark", "{:.2f}"), ("dark_still_dark", "{:.1%}"),
+           ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"), ("latent_norm_std", "{:.2f}"),
+           ("steps", "{:.0f}"), ("sllm_s", "{:.0f}")]
 
 
-def table(rows: dict[str, dict]) -> str:
+def figure(row: dict, key: str):
+    """A figure of one result row; "first_error.median" reads a nested one."""
+    for part in key.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def _cell(v, fmt: str) -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def table(rows: dict[str, dict], summary: dict[str, dict] | None = None) -> str:
+    """One column per result row; with `summary`, a last column of mean [95% interval] over them."""
     names = list(rows)
-    lines = ["| figure | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+    head = names + (["mean [95% CI]"] if summary else [])
+    lines = ["| figure | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
     for key, fmt in FIGURES:
-        vals = []
-        for n in names:
-            v = rows[n].get(key)
-            vals.append("–" if v is None else fmt.format(v))
+        vals = [_cell(figure(rows[n], key), fmt) for n in names]
+        if summary:
+            c = summary.get(key) or {}
+            if c.get("mean") is None:
+                vals.append("n/a")
+            elif c.get("lo") is None:
+                vals.append(fmt.format(c["mean"]))
+            else:
+                vals.append(f"{fmt.format(c['mean'])} [{fmt.format(c['lo'])}, {fmt.format(c['hi'])}]")
         lines.append(f"| {key} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
+def summarise(rows: list[dict]) -> dict[str, dict]:
+    """Mean and 95% interval (Student t over the rows, one per training seed) of every figure."""
+    from common.stats import ci95
+
+    out = {}
+    for key, _ in FIGURES:
+        vals = [figure(r, key) for r in rows]
+        out[key] = ci95([v for v in vals if v is not None]) if any(v is not None for v in vals) else {"mean": None}
+    return out
+
+
+def curve_table(rows: dict[str, dict]) -> str:
+    """Greedy exact match (and teacher-forced accuracy) against training steps, one row per step."""
+    by_step: dict[int, dict[str, dict]] = {}
+    for name, r in rows.items():
+        for pt in r.get("exact_by_step") or []:
+            by_step.setdefault(pt["step"], {})[name] = pt
+    if not by_step:
+        return ""
+    names = list(rows)
+    lines = ["| step | " + " | ".join(f"{n}: exact / tf acc" for n in names) + " |", "| --- |" + " --- |" * len(names)]
+    for step in sorted(by_step):
+        cells = []
+        for n in names:
+            pt = by_step[step].get(n)
+            cells.append("–" if pt is None else f"{pt['exact_match']:.1%} / {pt['tf_accuracy']:.1%}")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    """What a figure depends on beyond the code: thread count, package versions, the command."""
+    import platform
+
+    import peft
+    import torch
+    import transformers
+
+    return {"threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__, "numpy": np.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "command": " ".join(["python", "run.py", *sys.argv[1:]])}
+
+
 ABLATIONS = {
-    "full": {},
-    "no meaning term": {"sllm.meaning_weight": 0.0},
-    "no paraphrase term": {"sllm.paraphrase_weight": 0.0},
-    "reconstruction only": {"sllm.meaning_weight": 0.0, "sllm.paraphrase_weight": 0.0},
+    # the loss terms
+    "terms": {
+        "full": {},
+        "no meaning term": {"sllm.meaning_weight": 0.0},
+        "no paraphrase term": {"sllm.paraphrase_weight": 0.0},
+        "reconstruction only": {"sllm.meaning_weight": 0.0, "sllm.paraphrase_weight": 0.0},
+    },
+    # how the latent reaches the base model (each on top of the settings given)
+    "channel": {
+        "soft prompts": {"sllm.decoder_lora_r": 0, "sllm.word_dropout": 0.0},
+        "+ decoder LoRA r16": {"sllm.decoder_lora_r": 16, "sllm.word_dropout": 0.0},
+        "+ LoRA + word dropout 0.3": {"sllm.decoder_lora_r": 16, "sllm.word_dropout": 0.3},
+        "soft prompts + word dropout 0.3": {"sllm.decoder_lora_r": 0, "sllm.word_dropout": 0.3},
+    },
+    # the decoder adapter alone, the pair to run over several training seeds
+    "adapter": {
+        "soft prompts": {"sllm.decoder_lora_r": 0},
+        "+ decoder LoRA r16": {"sllm.decoder_lora_r": 16},
+    },
+    # the off-manifold cycle term, off and on
+    "cycle": {
+        "no cycle term": {"sllm.cycle_weight": 0.0},
+        "cycle term 1.0": {"sllm.cycle_weight": 1.0},
+    },
 }
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    from common.errors import ConfigError
+
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: pass whole numbers separated by commas, e.g. 0,1,2") from None
+    if not vals or any(v < 0 for v in vals):
+        raise ConfigError(f"{what} {text!r}: pass one or more numbers >= 0, separated by commas")
+    return vals
 
 
 def main(argv: list[str]) -> int:
@@ -246,7 +440,15 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="run.py bench sllm", parents=[run_parser()], add_help=False,
                                 description="SLLM round-trip benchmark on held-out texts")
-    p.add_argument("--ablation", action="store_true", help="also train without each loss term and compare")
+    p.add_argument("--ablation", nargs="?", const="terms", choices=sorted(ABLATIONS),
+                   help="train one SLLM per variant and compare: terms (without each loss term; the default), "
+                        "channel (soft prompts, decoder LoRA, word dropout), adapter (without and with the decoder "
+                        "LoRA) or cycle (without and with the off-manifold cycle term)")
+    p.add_argument("--seeds", help="training seeds, e.g. 0,1,2: one base model and SLLM per seed (one base model "
+                                   "for all with --base-dir), and each figure's mean and 95%% interval over them; "
+                                   "default: run.seed alone")
+    p.add_argument("--curve", help="training steps at which to measure greedy exact match on 200 held-out texts "
+                                   "as training goes, e.g. 200,400,800 (the last step is always measured)")
     p.add_argument("--json", default="bench-sllm.json", help="where to write the figures (JSON)")
     p.add_argument("--run", help="measure this run folder's own SLLM and base model instead of training new ones")
     p.add_argument("--generation", type=int, help="with --run: which generation's SLLM (default: the latest)")
@@ -289,12 +491,20 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return _report({f"{args.run} gen {res['generation']}": res}, run_cfg, args.json)
-    variants = ABLATIONS if args.ablation else {"full": {}}
-    rows = {}
+    variants = ABLATIONS[args.ablation] if args.ablation else {"full": {}}
+    try:
+        seeds = parse_ints(args.seeds, "--seeds") if args.seeds else [base_cfg.run.seed]
+        curve = parse_ints(args.curve, "--curve") if args.curve else None
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows: dict[str, dict] = {}
+    groups: dict[str, list[str]] = {}  # variant -> its rows, one per seed
     from loop.config import build_config
 
-    # One base model for every variant: --base-dir's (kept), or a temporary one removed when the bench
-    # ends (it is ~1 MB a run). Comparing SLLM settings on one saved base model skips its training.
+    # One base model per seed for every variant: --base-dir's (kept; then one for every seed), or
+    # temporary ones removed when the bench ends (~1 MB each). Comparing SLLM settings on one saved
+    # base model skips its training.
     with contextlib.ExitStack() as stack:
         if args.base_dir:
             base_dir = Path(args.base_dir)
@@ -307,20 +517,41 @@ def main(argv: list[str]) -> int:
                       "base-model folder (e.g. RUN_DIR/base) or an empty one", file=sys.stderr)
                 return 2
             base_dir.mkdir(parents=True, exist_ok=True)
+            base_for = lambda seed: base_dir  # noqa: E731
         else:
-            base_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-base-")))
-        for name, extra in variants.items():
-            cfg = build_config(base_cfg.to_dict(), extra)
-            print(f"training: {name}", file=sys.stderr, flush=True)
-            rows[name] = train_and_evaluate(cfg, base_dir)
-    return _report(rows, base_cfg, args.json)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-base-")))
+            base_for = lambda seed: tmp / f"seed-{seed}"  # noqa: E731
+        for seed in seeds:
+            for name, extra in variants.items():
+                cfg = build_config(base_cfg.to_dict(), {**extra, "run.seed": seed})
+                row = name if len(seeds) == 1 else f"{name} s{seed}"
+                print(f"training: {row}", file=sys.stderr, flush=True)
+                base_for(seed).mkdir(parents=True, exist_ok=True)
+                rows[row] = train_and_evaluate(cfg, base_for(seed), curve)
+                rows[row]["seed"] = seed
+                groups.setdefault(name, []).append(row)
+    summary = {name: summarise([rows[r] for r in names]) for name, names in groups.items()} if len(seeds) > 1 else None
+    return _report(rows, base_cfg, args.json, summary)
 
 
-def _report(rows: dict[str, dict], cfg, json_path: str) -> int:
-    print(table(rows))
+def _report(rows: dict[str, dict], cfg, json_path: str, summary: dict[str, dict] | None = None) -> int:
+    env = environment()
+    if summary and len(summary) == 1:
+        print(table(rows, next(iter(summary.values()))))
+    else:
+        print(table(rows))
+        for name, summ in (summary or {}).items():
+            print(f"\n{name}: mean [95% CI] over seeds")
+            print(table({}, summ))
+    curves = curve_table(rows)
+    if curves:
+        print("\ngreedy exact match / teacher-forced token accuracy against training steps (200 held-out texts):")
+        print(curves)
     print("\nexamples (held-out text -> decoded):")
     for ex in next(iter(rows.values()))["examples"][:5]:
         print(f"  {ex['text']!r} -> {ex['decoded']!r}")
-    Path(json_path).write_text(json.dumps({"settings": cfg.to_dict(), "results": rows}, indent=2))
+    print(f"\n{env['threads']} threads, torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}")
+    Path(json_path).write_text(json.dumps({"settings": cfg.to_dict(), "environment": env, "results": rows,
+                                           "summary": summary}, indent=2))
     print(f"\nwrote {json_path}")
     return 0

@@ -96,6 +96,9 @@ class Domain:
         knowledge (maths: verifier-checked false sentences). None by default."""
         return []
 
+    def check_language_texts(self, cfg: CorpusConfig, n: int) -> None:
+        """Refuse `sllm.false_texts = n` before any work where the domain cannot supply them."""
+
     def base_texts(self, cfg: CorpusConfig, seed: int, n: int, exclude: set[str]) -> list[str]:
         """`n` texts for the base model's pretraining only (`base.extra_texts`), none in `exclude`
         (the corpus); a domain that holds nothing beyond its corpus refuses."""

@@ -91,7 +91,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
     from latent.samplers import draw
     from latent.zones import assign_zone, zones_from_rows
     from loop.runner import Loop
-    from sllm.train import encode, soft_prompts
+    from sllm.codec import GenParams
     from storage.db import RunLock, open_db
     from storage.models import Zone
 
@@ -107,15 +107,14 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             zones = zones_from_rows(s.exec(select(Zone).where(Zone.generation == g).order_by(Zone.label)).all())
         engine.dispose()
         tok, model = loop.model(adapter)
-        sllm = loop.load_sllm(g, model)
+        codec = loop.codec(g, model, tok)
+        model = codec.model
         be = loop.backend(adapter, (tok, model))
 
         def decode_latents(points, temperature, seed):
-            emb, _ = soft_prompts(sllm, model, tok, points)
-            return be.generate_from_embeds(emb, cfg.decode.max_new_tokens, temperature, seed)
+            return codec.decode(points, be, GenParams(cfg.decode.max_new_tokens, temperature, seed))
 
-        def encode_texts(texts):
-            return encode(sllm, model, tok, texts)
+        encode_texts = codec.encode
 
         latents = np.load(loop.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
         map_dir = loop.gen_dir(g) / "map"
@@ -123,11 +122,11 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             occ = OccupancyMap.load(map_dir, cfg.sample, threads=torch.get_num_threads())
         else:  # a run mapped before maps were saved whole
             occ = OccupancyMap.fit(latents, cfg.sample, threads=torch.get_num_threads())
-        calib = occ.calibrate(encode(sllm, model, tok, [t.text for t in data.eval]))
+        calib = occ.calibrate(codec.encode([t.text for t in data.eval]))
         if data.knowledge:
             # the domain's held-out knowledge (maths: held-out true facts) is exactly what "true and new"
             # means: where does it lie?
-            calib["heldout_facts"] = occ.calibrate(encode(sllm, model, tok, [t.text for t in data.knowledge]))
+            calib["heldout_facts"] = occ.calibrate(codec.encode([t.text for t in data.knowledge]))
         proj = PCA(n_components=2, random_state=0).fit(latents)
         panel = build_panel(loop.domain, cfg.judges, model, tok, data.train, previous, cfg.run.seed)
         dc = cfg.decode
@@ -144,7 +143,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                 if name == "lm":
                     texts = be.sample(budget, dc.max_new_tokens, dc.lm_temperature, 1000 * seed + si)
                     # no latent was sampled: place each text at its SLLM encoding (for the picture)
-                    pts = encode(sllm, model, tok, [t or " " for t in texts])
+                    pts = codec.reencode(texts)
                     z2 = pts
                 elif name == "dark-kept":
                     pts, texts, z2, spent = kept_dark(occ, budget, cfg.sample, rng, zones, decode_latents, encode_texts,

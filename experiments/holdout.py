@@ -32,13 +32,11 @@ def locate(occ, z1: np.ndarray, z2: np.ndarray) -> tuple[dict, tuple[np.ndarray,
     return figures, (dark2, gdark2, inside2, dens2)
 
 
-def reencode(occ, nn1, model, tok, decodes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The round-trip check of NN1's decodes: each decode encoded again by NN1 and placed in NN1's
-    map: (dark (N,), density score (N,)). A decode of a dark latent that re-encodes into an occupied
-    region snapped back to known content."""
-    from sllm.train import encode
-
-    z = encode(nn1, model, tok, [t or " " for t in decodes])
+def reencode(occ, nn1, decodes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The round-trip check of NN1's decodes: each decode encoded again by NN1 (a `Codec`) and placed
+    in NN1's map: (dark (N,), density score (N,)). A decode of a dark latent that re-encodes into an
+    occupied region snapped back to known content."""
+    z = nn1.reencode(decodes)
     return occ.is_dark(z), occ.density_score(z)
 
 
@@ -61,12 +59,11 @@ def calibration_line(c: dict, what: str = "held-out texts of topics it saw") -> 
 
 
 # ---------------------------------------------------------------------------- holdout (maths)
-def _save_sllm_atomic(sllm, folder: Path) -> None:
+def _save_codec_atomic(codec, folder: Path) -> None:
     from loop.artifacts import atomic_dir
-    from sllm.model import save_sllm
 
     with atomic_dir(folder) as tmp:
-        save_sllm(sllm, tmp)
+        codec.save(tmp)
 
 
 def _ready(folder: Path) -> bool:
@@ -86,8 +83,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     from latent.occupancy import OccupancyMap
     from lm.base_model import load_base_model, train_small_base
     from loop.artifacts import atomic_dir
-    from sllm.model import SLLM, load_sllm
-    from sllm.train import encode, soft_prompts, train_sllm
+    from sllm.codec import Codec, GenParams
+    from sllm.train import train_sllm
     from storage.db import RunLock, open_db
 
     t0 = time.perf_counter()
@@ -123,52 +120,51 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
                                  groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy],
                                  tokenizer_fn=domain.train_tokenizer)
             timings["base_s"] = time.perf_counter() - t1
+        # one copy of the base model per network: each wears its own decoder adapter
         tok, model = load_base_model(str(out / "base"), cfg.run.device)
-        E = model.get_input_embeddings().weight.shape[1]  # the base model's embedding width
-        dev = next(model.parameters()).device
         if not _ready(out / "nn1"):
             t1 = time.perf_counter()
             # false sentences of the other topics only: NN1 never sees the held-out topic's language
             extra = language_texts(tuple(t for t in all_topics if t != topic))
             texts = [t.text for t in without + extra]
             torch.manual_seed(cfg.run.seed)
-            nn1 = SLLM(E, cfg.sllm, target.dim)
-            train_sllm(nn1, model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+            nn1 = Codec.new(cfg.sllm, model, tok, target.dim)
+            model = nn1.model  # wearing NN1's new decoder adapter, if any
+            train_sllm(nn1.sllm, nn1.model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed,
                        fact_keys=[t.fact_key for t in without + extra], desc="NN1 (without topic)")
-            _save_sllm_atomic(nn1, out / "nn1")
+            _save_codec_atomic(nn1, out / "nn1")
             timings["nn1_s"] = time.perf_counter() - t1
-        nn1 = load_sllm(out / "nn1", dev)
+        nn1 = Codec.load(out / "nn1", model, tok)
         if not _ready(out / "nn2"):
             t1 = time.perf_counter()
             extra = language_texts()
             texts = [t.text for t in train_all + extra]
-            nn2 = load_sllm(out / "nn1", dev)
-            train_sllm(nn2, model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+            nn2 = Codec.load(out / "nn1", load_base_model(str(out / "base"), cfg.run.device)[1], tok)
+            train_sllm(nn2.sllm, nn2.model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed + 1,
                        fact_keys=[t.fact_key for t in train_all + extra], desc="NN2 (continued with topic)")
-            _save_sllm_atomic(nn2, out / "nn2")
+            _save_codec_atomic(nn2, out / "nn2")
             timings["nn2_s"] = time.perf_counter() - t1
-        nn2 = load_sllm(out / "nn2", dev)
+        nn2 = Codec.load(out / "nn2", load_base_model(str(out / "base"), cfg.run.device)[1], tok)
 
         t1 = time.perf_counter()
-        occ = OccupancyMap.fit(encode(nn1, model, tok, [t.text for t in without]), cfg.sample,
-                               threads=torch.get_num_threads())
-        calib = occ.calibrate(encode(nn1, model, tok, [t.text for t in heldout_seen]))
-        be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
-        be.tokenizer, be.model = tok, model
+        occ = OccupancyMap.fit(nn1.encode([t.text for t in without]), cfg.sample, threads=torch.get_num_threads())
+        calib = occ.calibrate(nn1.encode([t.text for t in heldout_seen]))
+        greedy = GenParams(cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
         per_group, samples = {}, []
         for gname, items in groups.items():
             orig = [t.text for t in items]
             want = topic if gname == "topic" else control
-            z2 = encode(nn2, model, tok, orig)  # (N, latent)
-            z1 = encode(nn1, model, tok, orig)
+            z2 = nn2.encode(orig)  # (N, latent)
+            z1 = nn1.encode(orig)
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2)
             dec = {}
             for dname, net in (("nn1", nn1), ("nn2", nn2)):
-                emb, _ = soft_prompts(net, model, tok, z2)
-                dec[dname] = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
-            rdark, rdens = reencode(occ, nn1, model, tok, dec["nn1"])
+                be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
+                be.tokenizer, be.model = tok, net.model
+                dec[dname] = net.decode(z2, be, greedy)
+            rdark, rdens = reencode(occ, nn1, dec["nn1"])
             e_orig, e1, e2 = embed(orig), embed(dec["nn1"]), embed(dec["nn2"])
             v1 = [verify(t) for t in dec["nn1"]]
             v2 = [verify(t) for t in dec["nn2"]]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import plain_table, store_experiment
-from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_sllm_atomic, calibration_line,
+from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
                                  locate, location_rows, reencode, nn1_reencode_figures)
 
 log = logging.getLogger(__name__)
@@ -124,16 +124,15 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                       json_path: Path | None) -> dict:
     """The NN1/NN2 test on molecules against run `run_dir` (cfg = that run's own settings).
     Resumable: NN2 is reused from `out` when there; nothing is written into `run_dir`."""
-    import torch
-
     from common.errors import ConfigError
     from domains.files import CorpusError
     from domains.molecules.domain import train_scaffolds
     from domains.molecules.metrics import scaffold
     from loop.runner import Loop
     from loop.stages import load_map
-    from sllm.model import load_sllm
-    from sllm.train import encode, soft_prompts, train_sllm
+    from lm.base_model import load_base_model
+    from sllm.codec import Codec, GenParams
+    from sllm.train import train_sllm
     from storage.db import RunLock, open_db
 
     t0 = time.perf_counter()
@@ -169,41 +168,43 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         engine.dispose()
         (out / "parts.json").write_text(json.dumps({"A": a_list, "B": b_list, "control": control}))
         tok, model = loop.model(None)  # generation 0's base model: no adapter
-        dev = next(model.parameters()).device
-        nn1 = loop.load_sllm(0, model)
+        nn1 = loop.codec(0, model, tok)
         occ = load_map(loop, 0)
+
+        def second_copy():  # NN2 wears its own decoder adapter: a model of its own
+            return load_base_model(loop.base_path(), cfg.run.device)[1]
+
         if not _ready(out / "nn2"):
             t1 = time.perf_counter()
             extra = loop.language_texts()
             items = data.train + extra
             texts = [t.text for t in items] + a_list
             embed = loop.domain.meaning_target(cfg.corpus.meaning).embed
-            nn2 = loop.load_sllm(0, model)
-            train_sllm(nn2, model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
+            nn2 = Codec.load(loop.gen_dir(0) / "sllm", second_copy(), tok)
+            train_sllm(nn2.sllm, nn2.model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed + 1,
                        fact_keys=[t.fact_key for t in items] + a_list, desc="NN2 (continued with scaffold-test A)")
-            _save_sllm_atomic(nn2, out / "nn2")
+            _save_codec_atomic(nn2, out / "nn2")
             timings["nn2_s"] = time.perf_counter() - t1
-        nn2 = load_sllm(out / "nn2", dev)
+        nn2 = Codec.load(out / "nn2", second_copy(), tok)
 
         t1 = time.perf_counter()
         eval_latents = loop.gen_dir(0) / "map" / "eval_latents.npy"
         calib = occ.calibrate(np.load(eval_latents) if eval_latents.is_file()
-                              else encode(nn1, model, tok, [t.text for t in data.eval]))
-        be = loop.backend(None, (tok, model))
+                              else nn1.encode([t.text for t in data.eval]))
+        greedy = GenParams(cfg.decode.max_new_tokens, 0.0, seed)
         train_scaf = train_scaffolds(data)
         a_scaf = {scaffold(x) for x in a_list} - {None}
         per_group, samples = {}, []
         for gname, orig in (("topic", b_list), ("control", control)):
-            z2 = encode(nn2, model, tok, orig)  # (N, latent)
-            z1 = encode(nn1, model, tok, orig)
+            z2 = nn2.encode(orig)  # (N, latent)
+            z1 = nn1.encode(orig)
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2)
             dec = {}
             for dname, net, z in (("nn1", nn1, z2), ("nn2", nn2, z2), ("nn1_own", nn1, z1)):
-                emb, _ = soft_prompts(net, model, tok, z)
-                dec[dname] = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, seed)
+                dec[dname] = net.decode(z, loop.backend(None, (tok, net.model)), greedy)
             arr = {d: decode_arrays(orig, dec[d], a_set, data.train_fact_keys) for d, _ in DECODERS}
-            rdark, rdens = reencode(occ, nn1, model, tok, dec["nn1"])
+            rdark, rdens = reencode(occ, nn1, dec["nn1"])
             scaf = [scaffold(s) for s in orig]
             per_group[gname] = {
                 "topic": TOPIC if gname == "topic" else "MOSES test", "texts": len(orig),

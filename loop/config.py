@@ -177,6 +177,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         domain = get_domain(parts["corpus"].domain_name)
         domain.meaning_target(parts["corpus"].meaning)
         domain.check_base_texts(parts["corpus"], parts["base"].extra_texts)
+        domain.check_language_texts(parts["corpus"], parts["sllm"].false_texts)
     return Config(**parts)
 
 

@@ -130,11 +130,22 @@ class Loop:
         if adapter is not None:
             check(adapter, "the LoRA adapter")
 
-    def load_sllm(self, g: int, model):
-        from sllm.model import load_sllm
+    def codec(self, g: int, model, tok):
+        """Generation g's SLLM on `model` (a `Codec`), its decoder adapter attached. The codec's model
+        takes `model`'s place in the model cache: the adapter is off outside the codec's decodes, so
+        every other user sees the same model, and the next codec finds the adapter to replace."""
+        from sllm.codec import Codec
 
         check(self.gen_dir(g) / "sllm", f"the SLLM checkpoint of generation {g}")
-        return load_sllm(self.gen_dir(g) / "sllm", next(model.parameters()).device)
+        codec = Codec.load(self.gen_dir(g) / "sllm", model, tok)
+        self.share_model(model, codec.model)
+        return codec
+
+    def share_model(self, old, new) -> None:
+        """`new` (the same weights, wrapped) replaces `old` in the model cache."""
+        for k, (tok, m) in list(self.models.items()):
+            if m is old:
+                self.models[k] = (tok, new)
 
     # -------------------------------------------------------------- run setup
     def ensure_run(self, engine) -> None:

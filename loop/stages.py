@@ -70,7 +70,7 @@ def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
 def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
     from lm import distributed
     from lm.embedder import embed_cached
-    from sllm.model import SLLM, save_sllm
+    from sllm.codec import Codec
     from sllm.train import train_sllm
 
     cfg = loop.cfg
@@ -87,19 +87,20 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
         n = len(loop.data.train_texts)
         targets = np.concatenate([fixed[:n], embedder.embed(accepted), fixed[n:]])
     if g == 0:
-        sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg.sllm, embedder.dim)
+        codec = Codec.new(cfg.sllm, model, tok, embedder.dim)
+        loop.share_model(model, codec.model)
         epochs = cfg.sllm.epochs
     else:
-        sllm = loop.load_sllm(g - 1, model)
+        codec = loop.codec(g - 1, model, tok)
         epochs = cfg.sllm.continue_epochs
     torch.manual_seed(seed)
     loop.gen_dir(g).mkdir(parents=True, exist_ok=True)
-    info = train_sllm(sllm, model, tok, texts, targets, epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed,
+    info = train_sllm(codec.sllm, codec.model, tok, texts, targets, epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed,
                       fact_keys=keys, desc=f"SLLM gen {g}",
                       checkpoint=loop.gen_dir(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
     if distributed.is_main():  # several processes (torchrun): every rank trained, rank 0 alone writes
         with atomic_dir(loop.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
-            save_sllm(sllm, tmp)
+            codec.save(tmp)
     return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,
             "final": info["final"]}
 
@@ -108,13 +109,13 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
 def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
     from latent.occupancy import OccupancyMap
     from latent.zones import find_zones
-    from sllm.train import encode, soft_prompts
+    from sllm.codec import GenParams
 
     cfg = loop.cfg
     tok, model = loop.model(loop.adapter_for(s, g))
-    sllm = loop.load_sllm(g, model)
+    codec = loop.codec(g, model, tok)
     texts = loop.data.train_texts + loop.accepted_texts(s, g - 1)
-    latents = encode(sllm, model, tok, texts)
+    latents = codec.encode(texts)
     # fitted once (sample and decode load it); FAISS on torch's thread count, so that it never changes
     # the OpenMP threads torch's later arithmetic runs on (a resumed run must equal an uninterrupted one)
     occ = OccupancyMap.fit(latents, cfg.sample, seed=seed % 2**31, threads=torch.get_num_threads())
@@ -125,15 +126,14 @@ def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
     zones = find_zones(occ, dark, n_probe, cfg.sample.n_zones, seed % 2**31)
     decoded = []
     if zones:
-        be = loop.backend(loop.adapter_for(s, g), (tok, model))
-        emb, _ = soft_prompts(sllm, model, tok, np.stack([z.centre for z in zones]))
-        decoded = be.generate_from_embeds(emb, cfg.decode.max_new_tokens, 0.0, seed)
+        be = loop.backend(loop.adapter_for(s, g), (tok, codec.model))
+        decoded = codec.decode(np.stack([z.centre for z in zones]), be, GenParams(cfg.decode.max_new_tokens, 0.0, seed))
     s.exec(delete(Zone).where(Zone.generation == g))
     for z, text in zip(zones, decoded):
         s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
                    volume=z.volume, axes_json=json.dumps(z.axes),
                    neighbours_json=json.dumps([texts[i] for i in z.neighbours]), decoded=text))
-    heldout = encode(sllm, model, tok, [t.text for t in loop.data.eval])  # (N_eval, latent_dim)
+    heldout = codec.encode([t.text for t in loop.data.eval])  # (N_eval, latent_dim)
     with atomic_dir(loop.gen_dir(g) / "map", (g, "map")) as tmp:
         occ.save(tmp)  # latents.npy, the index settings and figures: no refit later
         # for the run report's map (report/): held-out real texts and (at most 2,000) dark probe points
@@ -199,11 +199,11 @@ def clear_sample(s: Session, g: int) -> None:
 
 # ---------------------------------------------------------------------------------- decode
 def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
-    from sllm.train import encode, soft_prompts
+    from sllm.codec import GenParams
 
     tok, model = loop.model(loop.adapter_for(s, g))
-    sllm = loop.load_sllm(g, model)
-    be = loop.backend(loop.adapter_for(s, g), (tok, model))
+    codec = loop.codec(g, model, tok)
+    be = loop.backend(loop.adapter_for(s, g), (tok, codec.model))
     cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
     dc = loop.cfg.decode
     with_latent = [c for c in cands if c.latent is not None]
@@ -215,11 +215,9 @@ def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
     for a in range(0, len(with_latent), chunk):
         part = with_latent[a : a + chunk]
         z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in part])  # (chunk, latent_dim)
-        emb, _ = soft_prompts(sllm, model, tok, z)  # (chunk, K+1, E)
-        for c, t in zip(part, be.generate_from_embeds(emb, dc.max_new_tokens, dc.temperature, seed + a)):
+        for c, t in zip(part, codec.decode(z, be, GenParams(dc.max_new_tokens, dc.temperature, seed + a))):
             c.text = t
             s.add(c)
-        del emb
     if plain:
         for c, t in zip(plain, be.sample(len(plain), dc.max_new_tokens, dc.lm_temperature, seed + 1)):
             c.text = t
@@ -230,7 +228,7 @@ def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
     latent_dark: list[bool] = []  # the candidates the samplers drew as latents
     if cands:
         occ = load_map(loop, g)
-        dark = occ.is_dark(encode(sllm, model, tok, [c.text or " " for c in cands]))
+        dark = occ.is_dark(codec.reencode([c.text for c in cands]))
         for c, d in zip(cands, dark):
             still_dark.setdefault(c.sampler, []).append(bool(d))
             if c.latent is not None:

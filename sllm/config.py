@@ -40,6 +40,19 @@ class SLLMConfig:
     # any template) and carry no true fact, so no held-out truth leaks; the corpus alone is too
     # small to learn a round trip that generalises. A domain without them ignores this.
     false_texts: int = 16000
+    # Rank of the decoder adapter (sllm.adapter): a LoRA on every linear layer of the frozen base
+    # model, trained with the SLLM and active only while decoding from a latent. 0 = none: the latent
+    # reaches the base model as input soft prompts alone.
+    decoder_lora_r: int = 0
+    # Word dropout (Bowman et al. 2016): the share of teacher-forced input tokens (BOS aside) whose
+    # embedding is zeroed in training, so that the decoder must read the latent to fill them in.
+    word_dropout: float = 0.0
+    # Off-manifold cycle term (sllm.train.cycle_loss): every `cycle_every` steps, `cycle_batch` latents
+    # drawn from N(0, I) are decoded greedily and the encoder is pulled to map each decode back to its
+    # latent, so that a dark latent's decode stays where it was decoded from. 0 = off.
+    cycle_weight: float = 0.0
+    cycle_every: int = 10
+    cycle_batch: int = 32
     epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
     lr: float = 1e-3
@@ -51,9 +64,13 @@ class SLLMConfig:
         _check(self.encoder_input in ENCODER_INPUTS,
                f"sllm.encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         _check(self.false_texts >= 0, f"sllm.false_texts must be >= 0, got {self.false_texts}")
+        _check(self.decoder_lora_r >= 0, f"sllm.decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
+        _check(self.cycle_every >= 1 and self.cycle_batch >= 2,
+               f"sllm.cycle_every must be >= 1 and sllm.cycle_batch >= 2, got {self.cycle_every}, {self.cycle_batch}")
+        _check(0 <= self.word_dropout < 1, f"sllm.word_dropout must be in [0, 1), got {self.word_dropout}")
         _check(self.continue_epochs >= 0, f"sllm.continue_epochs must be >= 0, got {self.continue_epochs}")
         _check(self.enc_dim % self.enc_heads == 0, f"sllm.enc_dim ({self.enc_dim}) must be divisible by sllm.enc_heads ({self.enc_heads})")
-        for k in ("meaning_weight", "paraphrase_weight", "latent_l2", "prompt_copy_weight"):
+        for k in ("meaning_weight", "paraphrase_weight", "latent_l2", "prompt_copy_weight", "cycle_weight"):
             _check(getattr(self, k) >= 0, f"sllm.{k} must be >= 0, got {getattr(self, k)}")
         _check(self.lr > 0, f"sllm.lr must be > 0, got {self.lr}")
         _check(self.paraphrase_tau > 0, f"sllm.paraphrase_tau must be > 0, got {self.paraphrase_tau}")

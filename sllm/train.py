@@ -10,6 +10,7 @@ import math
 import os
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,34 +19,11 @@ from tqdm.auto import tqdm
 
 from lm import distributed
 from lm.base_model import encode_texts, pad_batch
+from sllm import adapter
+from sllm.codec import last_hidden, token_batch
 from sllm.model import SLLM, decoder_inputs
 
 log = logging.getLogger(__name__)
-
-
-def _token_batch(model, tokenizer, seqs, device, encoder_input: str = "embeddings", hidden=None):
-    """-> ids, mask, input embeddings (B, T, E), encoder input (B, T, E or 2E).
-    `hidden`: these texts' last hidden states, already computed (see `_hidden_cache`)."""
-    ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    with torch.no_grad():  # the base model stays frozen
-        emb = model.get_input_embeddings()(ids)
-        enc_in = emb
-        if encoder_input == "hidden":
-            hidden = _last_hidden(model, emb, mask) if hidden is None else hidden[:, : ids.shape[1]]
-            enc_in = torch.cat([emb, hidden.to(emb.dtype)], dim=-1)
-    return ids, mask, emb, enc_in
-
-
-def _last_hidden(model, emb, mask):
-    hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-    if hidden.shape[-1] != emb.shape[-1]:  # e.g. a model that projects its embeddings in and out
-        from common.errors import ConfigError
-
-        raise ConfigError(f"sllm.encoder_input=hidden needs a base model whose hidden states match its "
-                          f"embeddings ({hidden.shape[-1]} vs {emb.shape[-1]}): "
-                          "use --set sllm.encoder_input=embeddings")
-    return hidden
 
 
 HIDDEN_CACHE_BYTES = 2 << 30
@@ -70,7 +48,7 @@ def _hidden_cache(model, tokenizer, seqs, batch_size: int, device, encoder_input
             continue
         ids, mask = pad_batch(seqs[i : i + batch_size], tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
-        cache[i : i + len(ids), : ids.shape[1]] = _last_hidden(model, model.get_input_embeddings()(ids), mask).float()
+        cache[i : i + len(ids), : ids.shape[1]] = last_hidden(model, model.get_input_embeddings()(ids), mask).float()
     return distributed.sum_(cache)  # zeros where another rank computed: the sum is exact
 
 
@@ -99,7 +77,12 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     z = sllm.encode(emb if enc_in is None else enc_in, mask)  # (B, latent)
     prompts = sllm.prompts(z)  # (B, K, E)
     K = prompts.shape[1]
-    inputs = torch.cat([prompts, emb], dim=1)  # (B, K+T, E)
+    dec_emb = emb
+    if sllm.training and cfg.word_dropout > 0:  # BOS (position 0) is always given, as at decode time
+        keep = torch.rand(emb.shape[:2], device=emb.device) >= cfg.word_dropout  # (B, T)
+        keep[:, 0] = True
+        dec_emb = emb * keep[..., None].to(emb.dtype)
+    inputs = torch.cat([prompts, dec_emb], dim=1)  # (B, K+T, E)
     att = torch.cat([torch.ones(ids.shape[0], K, dtype=mask.dtype, device=mask.device), mask], dim=1)
     # Position K+t (token t, from BOS on) predicts token t+1; BOS is given at decode time, not
     # predicted. Logits of the K prompt positions are never used: `logits_to_keep` skips them
@@ -132,6 +115,29 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     if "copy" in terms:
         total = total + cfg.prompt_copy_weight * terms["copy"]
     return total, terms
+
+
+def cycle_loss(sllm: SLLM, model, tokenizer, z_off: torch.Tensor) -> torch.Tensor:
+    """Off the data, decode then encode again should give the latent back. `z_off` (B, latent_dim):
+    latents drawn from the standardised latent space's own prior N(0, I), mostly where no text
+    lies; each is decoded greedily (no gradient: the decode is discrete) and the encoder is pulled
+    to map that decode back to its latent (mean squared error per dimension, running statistics as
+    at eval). The encoder thereby learns to invert the decoder off the data, as back-translation
+    trains a reverse model on the forward model's outputs (Sennrich et al. 2016)."""
+    with torch.no_grad():
+        emb, att = decoder_inputs(model, tokenizer, sllm.prompts(z_off))  # (B, K+1, E)
+        out = model.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=sllm.cfg.max_tokens - 2,
+                             do_sample=False, top_p=None, top_k=None, temperature=None,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    seqs = []
+    for row in out.tolist():  # (new tokens): cut at the first EOS, then BOS + text + EOS as encode_texts gives
+        ids = [t for t in row[: row.index(tokenizer.eos_token_id)] if t != tokenizer.pad_token_id] \
+            if tokenizer.eos_token_id in row else [t for t in row if t != tokenizer.pad_token_id]
+        seqs.append([tokenizer.bos_token_id] + ids[: sllm.cfg.max_tokens - 2] + [tokenizer.eos_token_id])
+    device = z_off.device
+    _, mask, _, enc_in = token_batch(model, tokenizer, seqs, device, sllm.cfg.encoder_input)
+    z_back = sllm.encode(enc_in, mask, running_stats=True)  # (B, latent_dim)
+    return (z_back - z_off).pow(2).mean()
 
 
 def prompt_copy_error(prompts: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -263,7 +269,8 @@ class _GlobalBatchNorm:
 
 def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: np.ndarray | None,
                epochs: int, lr: float, batch_size: int, seed: int, fact_keys: list[str | None] | None = None,
-               desc: str = "sllm", checkpoint: str | Path | None = None) -> dict:
+               desc: str = "sllm", checkpoint: str | Path | None = None,
+               on_step: Callable[[int], None] | None = None, at_steps: set[int] | frozenset = frozenset()) -> dict:
     """Train the SLLM (base model frozen: gradients flow through it to the soft prompts only).
 
     Batched; bfloat16 autocast on CUDA. With `checkpoint`, the state (weights, optimiser,
@@ -274,6 +281,11 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     the shared seed and takes its share of each; DistributedDataParallel averages the gradients,
     equal to one process's on the same global batch `batch_size` (float rounding aside). Rank 0
     alone writes the checkpoint; every rank reads it.
+
+    A model wearing the decoder adapter (`sllm.adapter.attach`) trains it with the SLLM: its
+    weights join the optimiser and it is on in every reconstruction pass. `on_step(n)` is called
+    after step n for each n in `at_steps` (the bench's exact match against training steps), with
+    the SLLM in eval mode; training goes on after it.
     """
     distributed.init()
     device = next(model.parameters()).device
@@ -287,7 +299,8 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
         groups = [index.setdefault(k, len(index)) if k else -1 for k in fact_keys]
         hard = HardNegatives(groups, meaning_targets, batch_size, seed) or None
     targets = None if meaning_targets is None else torch.as_tensor(meaning_targets, dtype=torch.float32)
-    opt = torch.optim.AdamW(sllm.parameters(), lr=lr, weight_decay=0.01)
+    dec_params = adapter.decoder_parameters(model)
+    opt = torch.optim.AdamW(list(sllm.parameters()) + dec_params, lr=lr, weight_decay=0.01)
     steps = max(1, epochs * math.ceil(len(seqs) / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     history = []
@@ -298,6 +311,8 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
         state = torch.load(ckpt, map_location=device, weights_only=True)
         if state.get("fingerprint") == fingerprint:
             sllm.load_state_dict(state["sllm"])
+            for p_, v in zip(dec_params, state.get("decoder", [])):
+                p_.data.copy_(v)
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             rng.setstate(state["rng"])
@@ -312,7 +327,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
         hidden = _hidden_cache(model, tokenizer, seqs, batch_size, device, sllm.cfg.encoder_input)
 
     def inputs(idx: list[int]):  # ids, mask, embeddings, encoder input of these training texts
-        return _token_batch(model, tokenizer, [seqs[j] for j in idx], device, sllm.cfg.encoder_input,
+        return token_batch(model, tokenizer, [seqs[j] for j in idx], device, sllm.cfg.encoder_input,
                             None if hidden is None else hidden[idx])
 
     def losses(batch: list[int]):  # -> total, terms of this global batch (under DDP: of this rank's share)
@@ -337,12 +352,18 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 hz = distributed.gather(sllm.encode(henc, hmask, running_stats=True), hsh)
                 terms["para"] = paraphrase_loss(hz, torch.tensor(fid, device=device), sllm.cfg.paraphrase_tau)
                 total = total + sllm.cfg.paraphrase_weight * terms["para"]
+            if sllm.cfg.cycle_weight > 0 and done % sllm.cfg.cycle_every == 0:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + done)  # the same after a resume
+                z_off = torch.randn(sllm.cfg.cycle_batch, sllm.cfg.latent_dim, generator=g).to(device)
+                terms["cycle"] = cycle_loss(sllm, model, tokenizer, z_off)
+                total = total + sllm.cfg.cycle_weight * terms["cycle"]
         return total, terms
 
     several = distributed.world() > 1
     norm = _GlobalBatchNorm(sllm.norm) if several else None
     # the meaning head gets no gradient without its term; DDP must then be told to look for unused weights
     step = distributed.wrap(_Step(sllm, losses), find_unused_parameters=targets is None or sllm.cfg.meaning_weight == 0)
+    adapter.set_decoding(model, True, trainable=True)
     try:
         with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2,
                   **({} if distributed.is_main() else {"disable": True})) as bar:
@@ -356,7 +377,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                     total, terms = step(batch) if several else losses(batch)
                     opt.zero_grad(set_to_none=True)
                     total.backward()
-                    torch.nn.utils.clip_grad_norm_(sllm.parameters(), 1.0)
+                    torch.nn.utils.clip_grad_norm_(list(sllm.parameters()) + dec_params, 1.0)
                     opt.step()
                     sched.step()
                     for k, v in terms.items():
@@ -364,6 +385,10 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                     nb += 1
                     bar.update(1)
                     bar.set_postfix(rec=f"{terms['rec'].item():.3f}")
+                    if on_step is not None and done in at_steps:
+                        _pause(sllm, model, lambda: on_step(done),
+                               lambda: recalibrate_norm(sllm, model, tokenizer, seqs[:4096], batch_size, device,
+                                                        None if hidden is None else hidden[:4096]))
                 if several:  # each rank summed its scaled share: the ranks' average is the global batch's
                     sums = dict(zip(sums, distributed.mean(list(sums.values()))))
                 history.append({k: v / max(nb, 1) for k, v in sums.items()})
@@ -374,9 +399,11 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                     tmp = ckpt.with_name(ckpt.name + ".tmp")
                     torch.save({"fingerprint": fingerprint, "sllm": sllm.state_dict(), "opt": opt.state_dict(),
                                 "sched": sched.state_dict(), "rng": rng.getstate(), "history": history,
+                                "decoder": [p_.detach() for p_ in dec_params],
                                 "epoch": epoch + 1, "steps": done}, tmp)
                     os.replace(tmp, ckpt)
     finally:
+        adapter.set_decoding(model, False)
         if norm is not None:
             norm.remove()
             del step  # DDP's gradient hooks go with it, before these weights meet another backward pass
@@ -385,7 +412,22 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     sllm.eval()
     if ckpt is not None and distributed.is_main():
         ckpt.unlink(missing_ok=True)
-    return {"epochs": epochs, "history": history, "final": history[-1] if history else {}}
+    return {"epochs": epochs, "steps": steps, "history": history, "final": history[-1] if history else {}}
+
+
+def _pause(sllm: SLLM, model, fn, calibrate) -> None:
+    """Run `fn` on the SLLM as it stands, in eval mode, with latent statistics of its current
+    encoder (`calibrate`: running averages lag an encoder that still moves), then give training
+    its state back: the running statistics, train mode, the decoder adapter on and trainable."""
+    saved = {k: v.clone() for k, v in sllm.norm.state_dict().items()}
+    adapter.set_decoding(model, False)
+    try:
+        calibrate()
+        fn()
+    finally:
+        sllm.norm.load_state_dict(saved)
+        sllm.train()
+        adapter.set_decoding(model, True, trainable=True)
 
 
 @torch.no_grad()
@@ -398,30 +440,9 @@ def recalibrate_norm(sllm: SLLM, model, tokenizer, seqs, batch_size: int, device
     momentum, norm.momentum = norm.momentum, None  # None = cumulative average
     sllm.train()
     for i in range(0, len(seqs), batch_size):
-        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input,
+        _, mask, _, enc_in = token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input,
                                           None if hidden is None else hidden[i : i + batch_size])
         if len(seqs[i : i + batch_size]) > 1:
             sllm.encode(enc_in, mask)
     norm.momentum = momentum
     sllm.eval()
-
-
-@torch.no_grad()
-def encode(sllm: SLLM, model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
-    """Texts -> latents (N, latent_dim) float32."""
-    device = next(model.parameters()).device
-    sllm.eval()
-    seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        _, mask, _, enc_in = _token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input)
-        out.append(sllm.encode(enc_in, mask).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, sllm.cfg.latent_dim), np.float32)
-
-
-@torch.no_grad()
-def soft_prompts(sllm: SLLM, model, tokenizer, z: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (N, latent_dim) -> (inputs_embeds (N, K+1, E), attention_mask) ready for generation."""
-    device = next(model.parameters()).device
-    zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=device)
-    return decoder_inputs(model, tokenizer, sllm.prompts(zt))

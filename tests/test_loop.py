@@ -167,12 +167,12 @@ def test_language_texts_only_for_the_built_in_domain_and_its_topics(tmp_path):
 
 def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_path, monkeypatch):
     """decode.chunk_size, not sample.n_candidates, bounds the soft prompts (chunk, K+1, E) built at
-    once (issue 17), and the texts do not depend on it."""
+    once, and the texts do not depend on it."""
     import shutil
 
     from sqlmodel import Session, select
 
-    import sllm.train
+    import sllm.codec
     from loop.runner import Loop, run_config, stage_seed
     from loop.stages import run_decode
     from storage.db import open_db
@@ -181,13 +181,13 @@ def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_pa
     run = tmp_path / "run"
     shutil.copytree(one_generation_run, run)
     sizes = []
-    real = sllm.train.soft_prompts
+    real = sllm.codec.soft_prompts
 
     def spy(sllm_, model, tok, z):
         sizes.append(len(z))
         return real(sllm_, model, tok, z)
 
-    monkeypatch.setattr(sllm.train, "soft_prompts", spy)
+    monkeypatch.setattr(sllm.codec, "soft_prompts", spy)
     cfg = run_config(run)
     loop, seed, texts = Loop(cfg), stage_seed(cfg.run.seed, 0, "decode"), {}
     engine = open_db(run)

@@ -255,6 +255,28 @@ def test_base_extra_texts_come_from_moses_train_beyond_the_corpus(tmp_path):
         build_config(None, {"base.extra_texts": "-1"})
 
 
+def test_sllm_language_texts_are_moses_train_beyond_the_corpus(tmp_path):
+    """sllm.false_texts on molecules: more MOSES training molecules for the SLLM only, none in the
+    corpus, none held out; refused with a user's --corpus before any work."""
+    from common.errors import ConfigError
+    from domains.config import CorpusConfig
+    from domains.molecules.data import load_split
+    from loop.config import build_config
+
+    dom = get_domain("molecules")
+    cfg = CorpusConfig(domain="molecules", max_texts=500, knowledge_texts=50, eval_texts=50)
+    extra = dom.language_texts(cfg, 0, 200)
+    corpus = {t.text for t in dom.texts(cfg, 0)[0]}
+    held = set(load_split("test_scaffolds")) | set(load_split("test"))
+    texts = [t.text for t in extra]
+    assert len(set(texts)) == 200 and not corpus & set(texts) and not held & set(texts)
+    assert texts == [t.text for t in dom.language_texts(cfg, 0, 200)] and dom.language_texts(cfg, 0, 0) == []
+    smi = tmp_path / "m.smi"
+    smi.write_text("CCO\n")
+    with pytest.raises(ConfigError, match="sllm.false_texts 10: the SLLM's extra molecules come from MOSES train"):
+        build_config(None, {"corpus.domain": "molecules", "corpus.path": str(smi), "sllm.false_texts": "10"})
+
+
 def test_moses_statistics_reader_refuses_anything_but_arrays():
     """MOSES's shipped statistics are a pickle; the reader builds only arrays and Counters."""
     import io

@@ -38,36 +38,50 @@ def _killed_at_step(monkeypatch, n: int):
     monkeypatch.setattr(T, "sllm_losses", real)
 
 
-@pytest.mark.parametrize("paraphrase", [False, True], ids=["plain", "paraphrase term"])
-def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm, tmp_path, monkeypatch, paraphrase):
-    """With the paraphrase term on, its batches are drawn from the training's own generator: a
-    resumed training must draw the same ones as an uninterrupted one."""
+@pytest.mark.parametrize("variant", ["plain", "paraphrase term", "decoder adapter and cycle term"])
+def test_killed_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_lm_dir, tmp_path, monkeypatch, variant):
+    """With the paraphrase term on, its batches are drawn from the training's own generator, and
+    the cycle term's latents from the step number: a resumed training must draw the same ones as an
+    uninterrupted one, and restore the decoder adapter's weights with the SLLM's."""
     import dataclasses
 
     import sllm.train as T
+    from lm.base_model import load_base_model
+    from sllm import adapter
 
-    tok, model = tiny_lm
+    paraphrase, deep = variant == "paraphrase term", variant.startswith("decoder")
     keys = [f"fact{i // 2}" if i < 16 else None for i in range(40)] if paraphrase else None
 
     def fresh():
-        sllm = _fresh(tiny_lm)
-        sllm.cfg = dataclasses.replace(sllm.cfg, paraphrase_weight=0.5 if paraphrase else 0.0)
-        return sllm
+        tok, model = load_base_model(str(tiny_lm_dir))  # its own model: the adapter is attached to it
+        sllm = _fresh((tok, model))
+        sllm.cfg = dataclasses.replace(sllm.cfg, paraphrase_weight=0.5 if paraphrase else 0.0,
+                                       cycle_weight=1.0 if deep else 0.0, cycle_every=4, cycle_batch=4, max_tokens=24)
+        if deep:
+            torch.manual_seed(5)
+            model = adapter.attach(model, 2)
+        return sllm, model, tok
 
-    args = (model, tok, TINY_TEXTS[:40], None, 3, 2e-3, 8, 0)
+    def train(sllm, model, tok, **kw):
+        return T.train_sllm(sllm, model, tok, TINY_TEXTS[:40], None, 3, 2e-3, 8, 0, fact_keys=keys, **kw)
+
     ref = fresh()
-    info = T.train_sllm(ref, *args, fact_keys=keys)
+    info = train(*ref)
     assert all(h["para"] > 0 for h in info["history"]) if paraphrase else "para" not in info["final"]
+    assert all(h["cycle"] > 0 for h in info["history"]) if deep else "cycle" not in info["final"]
 
     ckpt = tmp_path / "sllm.ckpt"
     with _killed_at_step(monkeypatch, 12):  # 5 batches an epoch: the 12th step is in the third epoch
-        T.train_sllm(fresh(), *args, fact_keys=keys, checkpoint=ckpt)
+        train(*fresh(), checkpoint=ckpt)
     assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] == 2
     resumed = fresh()
-    info = T.train_sllm(resumed, *args, fact_keys=keys, checkpoint=ckpt)
+    info = train(*resumed, checkpoint=ckpt)
     assert not ckpt.exists() and len(info["history"]) == 3
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    for k, v in ref[0].state_dict().items():
+        assert torch.equal(v, resumed[0].state_dict()[k]), k
+    a, b = adapter.decoder_parameters(ref[1]), adapter.decoder_parameters(resumed[1])
+    assert len(a) == len(b) and bool(a) == deep
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_hard_negative_batches_hold_whole_facts_and_their_look_alikes():
@@ -124,7 +138,8 @@ def test_a_checkpoint_of_other_training_is_ignored(tiny_lm, tmp_path):
 def test_hidden_state_encoder_trains_encodes_and_decodes(tiny_lm):
     from loop.config import SLLMConfig
     from sllm.model import SLLM
-    from sllm.train import encode, soft_prompts, train_sllm
+    from sllm.codec import encode, soft_prompts
+    from sllm.train import train_sllm
 
     tok, model = tiny_lm
     E = model.get_input_embeddings().weight.shape[1]
@@ -158,8 +173,8 @@ def test_cached_hidden_states_and_kept_logits_give_the_same_loss(tiny_lm, monkey
     cache = T._hidden_cache(model, tok, seqs, 5, "cpu", "hidden")  # batches of 5 pad differently from the 4 below
     assert cache.shape == (12, max(map(len, seqs)), E)
     batch = [7, 2, 11, 0]
-    plain = T._token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden")
-    cached = T._token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden", cache[batch])
+    plain = T.token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden")
+    cached = T.token_batch(model, tok, [seqs[j] for j in batch], "cpu", "hidden", cache[batch])
     assert torch.allclose(plain[3], cached[3], atol=1e-5)
     kept = T.sllm_losses(sllm, model, *plain[:3], enc_in=plain[3])[0]
     monkeypatch.setattr(T, "_keeps_logits", lambda m: False)
@@ -174,7 +189,7 @@ def test_hidden_state_encoder_refuses_a_model_whose_hidden_size_differs():
     from types import SimpleNamespace
 
     from loop.config import ConfigError
-    from sllm.train import _token_batch
+    from sllm.codec import token_batch
 
     class ProjectingModel(torch.nn.Module):  # embeddings of 4, hidden states of 6 (as OPT-350m: 512 vs 1024)
         def __init__(self):
@@ -188,13 +203,15 @@ def test_hidden_state_encoder_refuses_a_model_whose_hidden_size_differs():
             return SimpleNamespace(hidden_states=[torch.zeros(*inputs_embeds.shape[:2], 6)])
 
     tok = SimpleNamespace(pad_token_id=0)
-    assert _token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "embeddings")[3].shape == (1, 3, 4)
+    assert token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "embeddings")[3].shape == (1, 3, 4)
     with pytest.raises(ConfigError, match="use --set sllm.encoder_input=embeddings"):
-        _token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "hidden")
+        token_batch(ProjectingModel(), tok, [[1, 2, 3]], "cpu", "hidden")
 
 
 def test_bench_figures():
-    from bench.sllm import effective_dimension, paraphrase_closeness, token_f1
+    from bench.sllm import effective_dimension, paraphrase_closeness, single_words, token_f1
+
+    assert single_words(["CCO", "c1ccccc1"]) and not single_words(["CCO", "3 plus 4 equals 7."])
 
     assert token_f1("3 plus 4 equals 7.", "3 plus 4 equals 7.") == 1.0
     assert token_f1("3 plus 4 equals 7.", "9 minus 2") == 0.0
@@ -225,9 +242,19 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     from bench.sllm import main
 
     assert main(["sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
-                 "--set", "corpus.facts_per_topic=5", "--set", "sllm.n_prompt=2"]) == 0
-    res2 = json.loads(out.read_text())["results"]["full"]
+                 "--set", "corpus.facts_per_topic=5", "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2",
+                 "--seeds", "0,1", "--curve", "2"]) == 0
+    saved = json.loads(out.read_text())
+    res2 = saved["results"]["full s1"]
     assert "base_s" not in res2 and "sllm_s" in res2 and (base / "config.json").stat().st_mtime_ns == stamp
+    # two training seeds: each figure's mean and interval, the curve, the machine it ran on
+    assert set(saved["results"]) == {"full s0", "full s1"} and saved["results"]["full s0"]["seed"] == 0
+    em = [saved["results"][k]["exact_match"] for k in ("full s0", "full s1")]
+    c = saved["summary"]["full"]["exact_match"]
+    assert c["n"] == 2 and c["mean"] == pytest.approx(np.mean(em)) and c["lo"] <= c["mean"] <= c["hi"]
+    assert [p["step"] for p in res2["exact_by_step"]] == [2, res2["steps"]]
+    assert 0 <= res2["tf_accuracy_shuffled"] <= 1 and 0 <= res2["tf_accuracy"] <= 1 and res2["tf_ce"] > 0
+    assert saved["environment"]["threads"] == 1 and saved["environment"]["torch"] == torch.__version__
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("not a model")
     assert main(["sllm", "-q", "--base-dir", str(tmp_path / "junk"), *TINY_MODELS]) == 2
@@ -312,12 +339,13 @@ def test_prompt_copy_error_is_zero_when_prompts_spell_the_text():
 def test_prompt_copy_term_joins_the_loss_only_when_weighted(tiny_lm):
     from sllm.config import SLLMConfig
     from sllm.model import SLLM
-    from sllm.train import _token_batch, sllm_losses
+    from sllm.codec import token_batch
+    from sllm.train import sllm_losses
 
     tok, model = tiny_lm
     E = model.get_input_embeddings().weight.shape[1]
     seqs = [tok.encode("3 plus 4 equals 7.")[:6], tok.encode("2 times 5 equals 10.")[:6]]
-    ids, mask, emb, enc_in = _token_batch(model, tok, seqs, "cpu", "embeddings")
+    ids, mask, emb, enc_in = token_batch(model, tok, seqs, "cpu", "embeddings")
     for w in (0.0, 0.5):
         torch.manual_seed(0)
         cfg = SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=8, pool_queries=2, encoder_input="embeddings",

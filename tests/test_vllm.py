@@ -127,6 +127,33 @@ def test_prompt_embeds_prefill_beside_decode_steps_with_an_adapter(engine, refer
     assert [list(o.token_ids) for o in short] == [f[:n] for f, n in zip(full, lengths)]
 
 
+def test_codec_with_a_decoder_adapter_decodes_as_transformers(engine, lm_dir, adapter_dir):
+    """An SLLM with a decoder adapter on a base wearing the loop's adapter: vLLM serves the two as
+    one merged LoRA, and its greedy texts equal the transformers backend's with both on."""
+    from backends.transformers_backend import TransformersBackend
+    from lm.base_model import load_base_model
+    from sllm import adapter as sllm_adapter
+    from sllm.codec import Codec, GenParams
+    from sllm.config import SLLMConfig
+
+    tok, model = load_base_model(str(lm_dir), adapter=str(adapter_dir))
+    torch.manual_seed(0)
+    codec = Codec.new(SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4, decoder_lora_r=8), model, tok, 384)
+    g = torch.Generator().manual_seed(2)
+    for name, p in codec.model.named_parameters():
+        if f".{sllm_adapter.DECODER}." in name and "lora_B" in name:
+            p.data.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    z = torch.randn(6, 16, generator=g).numpy()
+    be = TransformersBackend("")
+    be.tokenizer, be.model = tok, codec.model
+    want = codec.decode(z, be, GenParams(MAX_NEW, 0.0, 0))
+    engine.set_adapter(str(adapter_dir))
+    assert codec.decode(z, engine, GenParams(MAX_NEW, 0.0, 0)) == want
+    assert engine.adapter == str(adapter_dir)  # the loop's adapter again after the decode
+    emb, _ = codec.inputs(z)  # the same inputs with the decoder adapter off: other texts
+    assert be.generate_from_embeds(emb, MAX_NEW, 0.0, 0) != want
+
+
 def test_sampling_is_seeded(engine):
     engine.set_adapter(None)
     a = engine.sample(4, 8, 1.0, seed=3)

@@ -274,6 +274,13 @@ class MoleculesDomain(Domain):
             raise ConfigError(f"base.extra_texts {n}: extra base-model molecules come from MOSES train, not from "
                               f"--corpus {cfg.path}; drop the setting or the --corpus")
 
+    def check_language_texts(self, cfg, n: int) -> None:
+        if n and cfg.path is not None:
+            from common.errors import ConfigError
+
+            raise ConfigError(f"sllm.false_texts {n}: the SLLM's extra molecules come from MOSES train, not from "
+                              f"--corpus {cfg.path}; set sllm.false_texts=0 or drop the --corpus")
+
     def base_texts(self, cfg, seed: int, n: int, exclude: set[str]) -> list[str]:
         """`n` more MOSES training molecules, none in the corpus, a seeded draw (file order kept)."""
         from domains.molecules.data import load_split
@@ -285,6 +292,16 @@ class MoleculesDomain(Domain):
                               f"pass at most that")
         idx = np.sort(np.random.default_rng([seed, 4099]).choice(len(pool), size=n, replace=False))
         return [pool[i] for i in idx]
+
+    def language_texts(self, cfg, seed: int, n: int, topics=None) -> list[Text]:
+        """`n` more MOSES training molecules for the SLLM (`sllm.false_texts`), none in the corpus: an
+        encoder and decoder that see more molecules than the map holds generalise better, and, being
+        MOSES train, they hold nothing held out (scaffold test, test)."""
+        if not n:
+            return []
+        self.check_language_texts(cfg, n)
+        corpus = {t.text for t in self.texts(cfg, seed)[0]}
+        return [Text(m, "molecule", m) for m in self.base_texts(cfg, seed + 1, n, corpus)]
 
     def load(self, cfg, seed: int) -> CorpusSplits:
         from domains.molecules.data import load_split

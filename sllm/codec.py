@@ -1,0 +1,202 @@
+"""One object for a trained SLLM on its base model: encode texts, turn latents into what the base
+model reads, decode latents through a backend, re-encode decodes.
+
+The loop's stages, the experiments and the benches go through a `Codec`, so a change of how the
+latent reaches the base model (soft prompts, the decoder adapter) touches `sllm/` and
+`backends/` only.
+"""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lm.base_model import encode_texts, pad_batch
+from sllm import adapter
+from sllm.config import SLLMConfig
+from sllm.model import SLLM, decoder_inputs, load_sllm, save_sllm
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """How a backend writes text from the base model's inputs."""
+    max_new_tokens: int = 32
+    temperature: float = 0.0  # 0: greedy
+    seed: int = 0
+
+
+class Codec:
+    """An SLLM, the base model it sits on (wearing the SLLM's decoder adapter when it has one) and
+    that model's tokenizer. `model` is what every later call must use: attaching the adapter may
+    wrap the model it was given."""
+
+    def __init__(self, sllm: SLLM, model, tokenizer):
+        self.sllm, self.model, self.tokenizer = sllm, model, tokenizer
+        self._merged: Path | None = None
+
+    # -- building -----------------------------------------------------------------------------
+    @classmethod
+    def new(cls, cfg: SLLMConfig, model, tokenizer, meaning_dim: int) -> "Codec":
+        """A fresh, untrained SLLM (and decoder adapter, when `cfg.decoder_lora_r` > 0) on `model`."""
+        sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg, meaning_dim)
+        if cfg.decoder_lora_r > 0:
+            model = adapter.attach(model, cfg.decoder_lora_r)
+        return cls(sllm.to(next(model.parameters()).device), model, tokenizer)
+
+    @classmethod
+    def load(cls, folder: str | Path, model, tokenizer) -> "Codec":
+        """The codec saved in `folder` (by `save`) on `model`, its decoder adapter attached."""
+        folder = Path(folder)
+        sllm = load_sllm(folder, next(model.parameters()).device)
+        if (folder / adapter.FOLDER).is_dir():
+            model = adapter.attach(model, path=folder / adapter.FOLDER)
+        else:  # another SLLM's adapter on a shared model is not this one's
+            model = adapter.detach(model)
+        return cls(sllm, model, tokenizer)
+
+    def save(self, folder: str | Path) -> None:
+        """The SLLM (weights, config) and its decoder adapter in `folder` (made atomic by the caller)."""
+        save_sllm(self.sllm, folder)
+        if adapter.has_decoder(self.model):
+            adapter.save(self.model, Path(folder) / adapter.FOLDER)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.sllm.cfg.latent_dim
+
+    @property
+    def has_adapter(self) -> bool:
+        return adapter.has_decoder(self.model)
+
+    # -- the round trip -------------------------------------------------------------------------
+    def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """Texts -> latents (N, latent_dim) float32."""
+        return encode(self.sllm, self.model, self.tokenizer, texts, batch_size)
+
+    def inputs(self, z: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (N, latent_dim) -> (inputs_embeds (N, K+1, E), attention_mask) the base model reads
+        (with the decoder adapter on, when the codec has one)."""
+        return soft_prompts(self.sllm, self.model, self.tokenizer, z)
+
+    def decode(self, z: np.ndarray, backend, params: GenParams) -> list[str]:
+        """Latents (N, latent_dim) -> texts written by `backend` from the base model's inputs, the
+        decoder adapter on: switched on in the shared model for the transformers backend, served as
+        one merged LoRA (the model's own adapter plus the decoder's) by the vLLM backends."""
+        if len(z) == 0:
+            return []
+        emb, _ = self.inputs(z)  # (N, K+1, E)
+        if not self.has_adapter:
+            return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+        if backend.name == "transformers":
+            with adapter.decoding(self.model):
+                return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+        before = backend.adapter
+        backend.set_adapter(self.merged_adapter())
+        try:
+            return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+        finally:
+            backend.set_adapter(before)
+
+    def reencode(self, decoded: list[str]) -> np.ndarray:
+        """Each decode's own latent (an empty decode reads as one space): the round-trip check."""
+        return self.encode([t or " " for t in decoded])
+
+    def merged_adapter(self) -> Path:
+        """The model's own adapter plus the decoder adapter as one peft folder (for vLLM), written
+        once per codec to a temporary folder removed when the process ends."""
+        if self._merged is None:
+            tmp = Path(tempfile.mkdtemp(prefix="sllm-decode-adapter-"))
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+            self._merged = adapter.merged_for_vllm(self.model, tmp / "adapter")
+        return self._merged
+
+
+# ------------------------------------------------------- what the codec (and the SLLM's training) run
+def token_batch(model, tokenizer, seqs, device, encoder_input: str = "embeddings", hidden=None):
+    """-> ids, mask, input embeddings (B, T, E), encoder input (B, T, E or 2E).
+    `hidden`: these texts' last hidden states, already computed (see `_hidden_cache`)."""
+    ids, mask = pad_batch(seqs, tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.no_grad():  # the base model stays frozen
+        emb = model.get_input_embeddings()(ids)
+        enc_in = emb
+        if encoder_input == "hidden":
+            hidden = last_hidden(model, emb, mask) if hidden is None else hidden[:, : ids.shape[1]]
+            enc_in = torch.cat([emb, hidden.to(emb.dtype)], dim=-1)
+    return ids, mask, emb, enc_in
+
+
+def last_hidden(model, emb, mask):
+    with adapter.reading(model):  # the encoder reads the base model, never the decoder adapter
+        hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    if hidden.shape[-1] != emb.shape[-1]:  # e.g. a model that projects its embeddings in and out
+        from common.errors import ConfigError
+
+        raise ConfigError(f"sllm.encoder_input=hidden needs a base model whose hidden states match its "
+                          f"embeddings ({hidden.shape[-1]} vs {emb.shape[-1]}): "
+                          "use --set sllm.encoder_input=embeddings")
+    return hidden
+
+
+@torch.no_grad()
+def encode(sllm: SLLM, model, tokenizer, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Texts -> latents (N, latent_dim) float32."""
+    device = next(model.parameters()).device
+    sllm.eval()
+    seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        _, mask, _, enc_in = token_batch(model, tokenizer, seqs[i : i + batch_size], device, sllm.cfg.encoder_input)
+        out.append(sllm.encode(enc_in, mask).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, sllm.cfg.latent_dim), np.float32)
+
+
+@torch.no_grad()
+def soft_prompts(sllm: SLLM, model, tokenizer, z: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (N, latent_dim) -> (inputs_embeds (N, K+1, E), attention_mask) ready for generation."""
+    device = next(model.parameters()).device
+    zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=device)
+    return decoder_inputs(model, tokenizer, sllm.prompts(zt))
+
+
+@torch.no_grad()
+def teacher_forced(sllm: SLLM, model, tokenizer, texts: list[str], z: np.ndarray,
+                   batch_size: int = 128) -> dict[str, float]:
+    """Token accuracy and cross-entropy of the base model reconstructing `texts` under teacher
+    forcing from latents `z` (N, latent_dim), the decoder adapter on: with each text's own latent
+    this is what training optimises; with latents shuffled across texts, the gap says how much the
+    decoder reads z at all."""
+    device = next(model.parameters()).device
+    seqs = encode_texts(tokenizer, texts, sllm.cfg.max_tokens)
+    right = total = 0
+    nll = 0.0
+    with adapter.decoding(model):
+        for i in range(0, len(seqs), batch_size):
+            ids, mask = pad_batch(seqs[i : i + batch_size], tokenizer.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
+            emb = model.get_input_embeddings()(ids)  # (B, T, E)
+            prompts = sllm.prompts(torch.as_tensor(z[i : i + batch_size], dtype=torch.float32, device=device))
+            K = prompts.shape[1]
+            att = torch.cat([torch.ones(len(ids), K, dtype=mask.dtype, device=device), mask], dim=1)
+            logits = model(inputs_embeds=torch.cat([prompts, emb], 1), attention_mask=att).logits[:, K:-1].float()
+            tgt, m = ids[:, 1:], mask[:, 1:].bool()  # (B, T-1)
+            right += int(((logits.argmax(-1) == tgt) & m).sum())
+            nll += float(F.cross_entropy(logits[m], tgt[m], reduction="sum"))
+            total += int(m.sum())
+    return {"token_accuracy": right / max(total, 1), "ce": nll / max(total, 1)}
+
+
+def first_error(tokenizer, text: str, decoded: str) -> int | None:
+    """The index of the first token where `decoded` departs from `text` (None when they agree)."""
+    a = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    b = tokenizer(decoded, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return k
+    return None if len(a) == len(b) else min(len(a), len(b))
