@@ -131,6 +131,23 @@ def test_resume_after_kill_equals_uninterrupted(reference_run, tmp_path, point):
     assert db_content(out) == db_content(ref)
 
 
+def test_decoder_adapter_in_the_loop_saved_used_and_resumed(tmp_path):
+    """With sllm.decoder_lora_r, each generation's SLLM folder holds its decoder adapter (generation
+    1's on top of the retrained one), and a run killed in generation 1's sllm stage resumes to the
+    same database as an uninterrupted one."""
+    args = [*TINY, "--set", "sllm.decoder_lora_r=2"]
+    ref = tmp_path / "ref"
+    run_cli(["--generations", "2", "--out", str(ref), *args])
+    for g in (0, 1):
+        assert (ref / f"gen-00{g}" / "sllm" / "decoder-adapter" / "adapter_config.json").is_file()
+    out = tmp_path / "run"
+    p = run_cli(["--generations", "2", "--out", str(out), *args], {"DARKZONES_CRASH_AT": "1:sllm:before_commit"},
+                check=False)
+    assert p.returncode == -9, p.stderr
+    run_cli(["--generations", "2", "--out", str(out), *args])
+    assert db_content(out) == db_content(ref)
+
+
 def test_more_generations_continue_a_finished_run(reference_run, one_generation_run, tmp_path):
     ref, _ = reference_run
     out = shutil.copytree(one_generation_run, tmp_path / "run")  # a finished 1-generation run
