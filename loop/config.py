@@ -170,8 +170,8 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
         raise ConfigError(str(e)) from None
-    if parts["corpus"].meaning or parts["base"].extra_texts:
-        # a meaning target or base-model texts the domain does not offer: refused before any work
+    if parts["corpus"].meaning or parts["base"].extra_texts or (parts["corpus"].path and parts["sllm"].false_texts):
+        # a meaning target, base-model texts or SLLM language texts the domain does not offer: refused before any work
         from domains.base import get_domain
 
         domain = get_domain(parts["corpus"].domain_name)

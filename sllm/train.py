@@ -236,11 +236,13 @@ class _Step(torch.nn.Module):
     """One training step's loss as the forward of a module that holds the SLLM, so that
     DistributedDataParallel can wrap it (DDP reduces the gradients of what its module's forward
     used; the step calls several SLLM methods). The frozen base model is no submodule: DDP
-    neither broadcasts nor reduces it."""
+    neither broadcasts nor reduces it; the decoder adapter's weights, which live in the base
+    model, are held here too (the same Parameter objects), so DDP reduces their gradients."""
 
-    def __init__(self, sllm: SLLM, fn):
+    def __init__(self, sllm: SLLM, fn, extra: list[torch.nn.Parameter] = ()):
         super().__init__()
         self.sllm, self.fn = sllm, fn
+        self.extra = torch.nn.ParameterList(extra)
 
     def forward(self, batch):
         return self.fn(batch)
@@ -361,9 +363,9 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
 
     several = distributed.world() > 1
     norm = _GlobalBatchNorm(sllm.norm) if several else None
+    adapter.set_decoding(model, True, trainable=True)  # before DDP, which reduces only trainable weights
     # the meaning head gets no gradient without its term; DDP must then be told to look for unused weights
-    step = distributed.wrap(_Step(sllm, losses), find_unused_parameters=targets is None or sllm.cfg.meaning_weight == 0)
-    adapter.set_decoding(model, True, trainable=True)
+    step = distributed.wrap(_Step(sllm, losses, dec_params), find_unused_parameters=targets is None or sllm.cfg.meaning_weight == 0)
     try:
         with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, mininterval=2,
                   **({} if distributed.is_main() else {"disable": True})) as bar:
