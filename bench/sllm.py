@@ -94,10 +94,10 @@ def diagnose(codec, texts: list[str], z: np.ndarray, seed: int = 0) -> dict:
     from sllm.codec import teacher_forced
 
     own = teacher_forced(codec.sllm, codec.model, codec.tokenizer, texts, z)
-    perm = np.random.default_rng(seed).permutation(len(z))
+    perm = np.arange(len(z))
     if len(z) > 1:  # a derangement: no text keeps its own latent
-        perm = np.roll(np.arange(len(z)), 1)[np.random.default_rng(seed).permutation(len(z))]
-        perm = perm if not (perm == np.arange(len(z))).any() else np.roll(np.arange(len(z)), 1)
+        drawn = (np.random.default_rng(seed).permutation(len(z)) - 1) % len(z)
+        perm = drawn if not (drawn == perm).any() else np.roll(perm, 1)
     shuf = teacher_forced(codec.sllm, codec.model, codec.tokenizer, texts, z[perm])
     return {"tf_accuracy": own["token_accuracy"], "tf_accuracy_shuffled": shuf["token_accuracy"],
             "tf_ce": own["ce"], "tf_ce_shuffled": shuf["ce"]}
@@ -160,7 +160,9 @@ def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: i
         res["prior_unique"] = len({domain.canonical(x) for x, v in zip(dec, verdicts) if v == "true"}) / n_prior
         # off the data: how far a latent moves in one decode + re-encode, against the corpus's own
         # nearest-neighbour distance scale
-        res.update(drift(codec, z_train, {"heldout": (z_held, out), "prior": (pts, dec)}))
+        res["nn_distance_median"] = step = nn_step(z_train)
+        res["reencode_drift_heldout"] = drift(z_held, codec.reencode(out), step)
+        res["reencode_drift_prior"] = drift(pts, codec.reencode(dec), step)
     res.update(still_dark(codec, be, greedy, z_train, seed, n_dark))
     return res
 
@@ -181,25 +183,25 @@ def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int) -> dic
     dec = codec.decode(pts, be, greedy)
     back = codec.reencode(dec)
     return {"dark_still_dark": float(occ.is_dark(back).mean()), "dark_decodes": len(pts),
-            "reencode_drift_dark": drift(codec, z_train, {"dark": (pts, dec)})["reencode_drift_dark"]}
+            "reencode_drift_dark": drift(pts, back, nn_step(z_train))}
 
 
-def drift(codec, z_train: np.ndarray, decoded: dict[str, tuple[np.ndarray, list[str]]]) -> dict:
-    """|z - enc(dec(z))| for each set of latents and their decodes (`decoded`: name -> (z, texts)),
-    divided by the median distance from a corpus latent to its nearest other corpus latent (1.0 =
-    one neighbour step): how far one decode and re-encode moves a latent."""
+def nn_step(z_train: np.ndarray) -> float:
+    """The median distance from a corpus latent to its nearest other corpus latent (FAISS, exact
+    search over at most 20,000 of them): the unit in which re-encode drift is read."""
     import faiss
 
     x = np.ascontiguousarray(z_train[:20000], dtype=np.float32)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
     d, _ = index.search(x[:2000], 2)
-    scale = float(np.median(np.sqrt(np.maximum(d[:, 1], 0))))
-    out = {"nn_distance_median": scale}
-    for name, (z, texts) in decoded.items():
-        back = codec.reencode(texts)
-        out[f"reencode_drift_{name}"] = float(np.median(np.linalg.norm(back - z, axis=1)) / max(scale, 1e-12))
-    return out
+    return float(np.median(np.sqrt(np.maximum(d[:, 1], 0))))
+
+
+def drift(z: np.ndarray, back: np.ndarray, step: float) -> float:
+    """Median |z - enc(dec(z))| in units of `step` (1.0 = one neighbour step): how far one decode
+    and re-encode moves a latent. `back`: the decodes' own latents."""
+    return float(np.median(np.linalg.norm(back - z, axis=1)) / max(step, 1e-12))
 
 
 def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curve_texts: int = 200) -> dict:
@@ -383,13 +385,12 @@ def environment() -> dict:
     """What a figure depends on beyond the code: thread count, package versions, the command."""
     import platform
 
-    import peft
     import torch
-    import transformers
 
-    return {"threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "numpy": np.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count(), "command": " ".join(["python", "run.py", *sys.argv[1:]])}
+    from loop.runner import versions
+
+    return {"threads": torch.get_num_threads(), **versions(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "command": " ".join(["python", "run.py", *sys.argv[1:]])}
 
 
 ABLATIONS = {

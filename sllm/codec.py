@@ -67,10 +67,6 @@ class Codec:
             adapter.save(self.model, Path(folder) / adapter.FOLDER)
 
     @property
-    def latent_dim(self) -> int:
-        return self.sllm.cfg.latent_dim
-
-    @property
     def has_adapter(self) -> bool:
         return adapter.has_decoder(self.model)
 

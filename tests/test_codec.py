@@ -80,8 +80,9 @@ def test_decoder_adapter_trains_with_the_sllm_and_is_on_only_while_decoding(tiny
     again = Codec.load(tmp_path, codec.model, tok)  # onto the same model: the adapter is replaced, not stacked
     assert decodes(again) == decodes(codec)
     assert list(again.model.peft_config) == (["default"] if own_adapter else []) + [adapter.DECODER]
-    _, other = load_base_model(str(tiny_lm_dir))
-    assert decodes(Codec.load(tmp_path, other, tok)) == decodes(codec) or own_adapter  # the loop's adapter is not in it
+    if not own_adapter:  # (a bare copy lacks the loop's adapter, so its decodes may differ)
+        _, other = load_base_model(str(tiny_lm_dir))
+        assert decodes(Codec.load(tmp_path, other, tok)) == decodes(codec)
 
     # one merged LoRA (the model's own + the decoder's) equals both on at once: what vLLM serves
     from peft import PeftModel
