@@ -5,7 +5,7 @@ import gc
 
 import torch
 
-from lm.base_model import load_base_model
+from lm.base_model import generate_inputs, load_base_model
 
 
 class TransformersBackend:
@@ -23,15 +23,18 @@ class TransformersBackend:
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     @torch.no_grad()
-    def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
+    def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int, temperature: float, seed: int,
+                             prefix: torch.Tensor | None = None) -> list[str]:
+        """`prefix`: a key/value prefix (layers, 2, B, kv_heads, P, head_dim) every layer attends to
+        before the embeddings (an SLLM with `kv_prefix`); only this backend takes one."""
         self.load()
         texts: list[str] = []
         for i in range(0, len(embeds), self.batch_size):
             chunk = embeds[i : i + self.batch_size]  # (b, L, E): equal lengths, so no padding
+            kv = None if prefix is None else prefix[:, :, i : i + self.batch_size]
             torch.manual_seed(seed + i)
             out = self.model.generate(
-                inputs_embeds=chunk,
-                attention_mask=torch.ones(chunk.shape[:2], dtype=torch.long, device=chunk.device),
+                **generate_inputs(self.model, chunk, kv),
                 max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,

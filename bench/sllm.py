@@ -413,6 +413,18 @@ ABLATIONS = {
         "soft prompts": {"sllm.decoder_lora_r": 0},
         "+ decoder LoRA r16": {"sllm.decoder_lora_r": 16},
     },
+    # per-layer latent injection (a key/value prefix of 8 slots in every layer) beside the adapter
+    "inject": {
+        "+ decoder LoRA r16": {"sllm.decoder_lora_r": 16, "sllm.kv_prefix": 0},
+        "+ LoRA + KV prefix 8": {"sllm.decoder_lora_r": 16, "sllm.kv_prefix": 8},
+        "soft prompts + KV prefix 8": {"sllm.decoder_lora_r": 0, "sllm.kv_prefix": 8},
+    },
+    # the SLLM's own size and latent width
+    "size": {
+        "latent 256, encoder 128 wide": {},
+        "latent 512": {"sllm.latent_dim": 512},
+        "encoder 256 wide": {"sllm.enc_dim": 256},
+    },
     # the off-manifold cycle term, off and on
     "cycle": {
         "no cycle term": {"sllm.cycle_weight": 0.0},

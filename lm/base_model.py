@@ -93,6 +93,36 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def kv_shape(model) -> tuple[int, int, int]:
+    """(layers, key/value heads, head width) of a decoder's attention: what a key/value prefix fills."""
+    c = model.config.get_text_config(decoder=True)
+    heads = c.num_attention_heads
+    return (c.num_hidden_layers, getattr(c, "num_key_value_heads", None) or heads,
+            getattr(c, "head_dim", None) or c.hidden_size // heads)
+
+
+def prefix_cache(model, kv: torch.Tensor):
+    """kv (layers, 2, B, kv_heads, P, head_dim) -> a cache holding it as P past positions of every
+    layer (as prefix tuning does): the model attends to them as to earlier tokens, and gradients
+    flow back into kv."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])], config=model.config)
+
+
+def generate_inputs(model, embeds: torch.Tensor, kv: torch.Tensor | None = None) -> dict:
+    """`generate` keyword arguments for input embeddings (B, L, E), after a key/value prefix when
+    `kv` is given. `generate` counts cached positions as part of its input and feeds only what the
+    cache does not hold, so P placeholder rows stand for the prefix (never read)."""
+    B, L, _ = embeds.shape
+    if kv is None:
+        return {"inputs_embeds": embeds, "attention_mask": torch.ones(B, L, dtype=torch.long, device=embeds.device)}
+    P = kv.shape[4]
+    return {"inputs_embeds": torch.cat([embeds.new_zeros(B, P, embeds.shape[2]), embeds], 1),
+            "attention_mask": torch.ones(B, P + L, dtype=torch.long, device=embeds.device),
+            "past_key_values": prefix_cache(model, kv.to(embeds.dtype))}
+
+
 def pack_sequences(enc: list[list[int]], groups: list[str | None] | None, max_len: int,
                    rng: random.Random, repeat_share: float = 0.5, copy_enc: list[list[int]] | None = None,
                    copy_units: int = 0) -> list[tuple[list[int], list[int]]]:

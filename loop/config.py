@@ -178,6 +178,9 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         domain.meaning_target(parts["corpus"].meaning)
         domain.check_base_texts(parts["corpus"], parts["base"].extra_texts)
         domain.check_language_texts(parts["corpus"], parts["sllm"].false_texts)
+    if parts["sllm"].kv_prefix and parts["decode"].backend != "transformers":
+        raise ConfigError(f"sllm.kv_prefix puts the latent into every layer's key/value cache, which the "
+                          f"{parts['decode'].backend} backend cannot take: use --backend transformers or sllm.kv_prefix=0")
     return Config(**parts)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lm.base_model import encode_texts, pad_batch
+from lm.base_model import encode_texts, kv_shape, pad_batch, prefix_cache
 from sllm import adapter
 from sllm.config import SLLMConfig
 from sllm.model import SLLM, decoder_inputs, load_sllm, save_sllm
@@ -44,7 +44,8 @@ class Codec:
     @classmethod
     def new(cls, cfg: SLLMConfig, model, tokenizer, meaning_dim: int) -> "Codec":
         """A fresh, untrained SLLM (and decoder adapter, when `cfg.decoder_lora_r` > 0) on `model`."""
-        sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg, meaning_dim)
+        sllm = SLLM(model.get_input_embeddings().weight.shape[1], cfg, meaning_dim,
+                    kv_shape(model) if cfg.kv_prefix else None)
         if cfg.decoder_lora_r > 0:
             model = adapter.attach(model, cfg.decoder_lora_r)
         return cls(sllm.to(next(model.parameters()).device), model, tokenizer)
@@ -87,15 +88,28 @@ class Codec:
         if len(z) == 0:
             return []
         emb, _ = self.inputs(z)  # (N, K+1, E)
+        extra = {}
+        if self.sllm.cfg.kv_prefix:
+            if backend.name != "transformers":
+                from common.errors import ConfigError
+
+                raise ConfigError(f"this SLLM puts its latent into every layer's key/value cache (sllm.kv_prefix), "
+                                  f"which the {backend.name} backend cannot take: decode with --backend transformers")
+            with torch.no_grad():
+                extra["prefix"] = self.sllm.kv(torch.as_tensor(np.asarray(z, np.float32), device=emb.device))
+
+        def generate():
+            return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed, **extra)
+
         if not self.has_adapter:
-            return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+            return generate()
         if backend.name == "transformers":
             with adapter.decoding(self.model):
-                return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+                return generate()
         before = backend.adapter
         backend.set_adapter(self.merged_adapter())
         try:
-            return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed)
+            return generate()
         finally:
             backend.set_adapter(before)
 
@@ -161,6 +175,18 @@ def soft_prompts(sllm: SLLM, model, tokenizer, z: np.ndarray) -> tuple[torch.Ten
     return decoder_inputs(model, tokenizer, sllm.prompts(zt))
 
 
+def conditioning(sllm: SLLM, model, z: torch.Tensor) -> dict:
+    """The forward keyword arguments that carry z beyond the soft prompts: its key/value prefix in
+    every layer (`kv_prefix`), or nothing."""
+    kv = sllm.kv(z)  # (layers, 2, B, heads, P, width)
+    return {} if kv is None else {"past_key_values": prefix_cache(model, kv), "use_cache": False}
+
+
+def prefix_len(kw: dict) -> int:
+    """Positions the conditioning puts before the inputs (the attention mask must cover them)."""
+    return kw["past_key_values"].get_seq_length() if kw else 0
+
+
 @torch.no_grad()
 def teacher_forced(sllm: SLLM, model, tokenizer, texts: list[str], z: np.ndarray,
                    batch_size: int = 128) -> dict[str, float]:
@@ -177,10 +203,11 @@ def teacher_forced(sllm: SLLM, model, tokenizer, texts: list[str], z: np.ndarray
             ids, mask = pad_batch(seqs[i : i + batch_size], tokenizer.pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
             emb = model.get_input_embeddings()(ids)  # (B, T, E)
-            prompts = sllm.prompts(torch.as_tensor(z[i : i + batch_size], dtype=torch.float32, device=device))
+            zt = torch.as_tensor(z[i : i + batch_size], dtype=torch.float32, device=device)
+            prompts, kv = sllm.prompts(zt), conditioning(sllm, model, zt)
             K = prompts.shape[1]
-            att = torch.cat([torch.ones(len(ids), K, dtype=mask.dtype, device=device), mask], dim=1)
-            logits = model(inputs_embeds=torch.cat([prompts, emb], 1), attention_mask=att).logits[:, K:-1].float()
+            att = torch.cat([torch.ones(len(ids), prefix_len(kv) + K, dtype=mask.dtype, device=device), mask], dim=1)
+            logits = model(inputs_embeds=torch.cat([prompts, emb], 1), attention_mask=att, **kv).logits[:, K:-1].float()
             tgt, m = ids[:, 1:], mask[:, 1:].bool()  # (B, T-1)
             right += int(((logits.argmax(-1) == tgt) & m).sum())
             nll += float(F.cross_entropy(logits[m], tgt[m], reduction="sum"))

@@ -45,6 +45,11 @@ class SLLMConfig:
     # reaches the base model as input soft prompts alone, which measured worse on both built-in
     # domains (docs/sllm.md: held-out exact match higher on each of 3 training seeds on maths).
     decoder_lora_r: int = 16
+    # Per-layer latent injection: P key/value slots in every attention layer of the base model, made
+    # from z (prefix tuning, Li & Liang 2021; Optimus's latent memory; 500xCompressor's KV values), on
+    # top of the soft prompts. 0 = off. Only the transformers backend decodes it: vLLM takes no
+    # key/value cache from a client.
+    kv_prefix: int = 0
     # Word dropout (Bowman et al. 2016): the share of teacher-forced input tokens (BOS aside) whose
     # embedding is zeroed in training, so that the decoder must read the latent to fill them in.
     word_dropout: float = 0.0
@@ -65,6 +70,7 @@ class SLLMConfig:
         _check(self.encoder_input in ENCODER_INPUTS,
                f"sllm.encoder_input must be one of {', '.join(ENCODER_INPUTS)}, got {self.encoder_input!r}")
         _check(self.false_texts >= 0, f"sllm.false_texts must be >= 0, got {self.false_texts}")
+        _check(self.kv_prefix >= 0, f"sllm.kv_prefix must be >= 0, got {self.kv_prefix}")
         _check(self.decoder_lora_r >= 0, f"sllm.decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
         _check(self.cycle_every >= 1 and self.cycle_batch >= 2,
                f"sllm.cycle_every must be >= 1 and sllm.cycle_batch >= 2, got {self.cycle_every}, {self.cycle_batch}")

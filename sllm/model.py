@@ -2,9 +2,9 @@
 
 Encoder: the base model's input embeddings of a text (with its last hidden states, by
 default) -> small transformer -> attention pooling -> ONE latent vector z. Decoder: z -> K
-soft-prompt vectors in the base model's embedding space; the frozen base model reconstructs
-the text after them (as in prompt tuning, Lester et al. 2021, and ICAE, Ge et al. 2023, but
-with a single vector).
+soft-prompt vectors in the base model's embedding space (and, with `kv_prefix`, P key/value
+slots in every attention layer); the frozen base model reconstructs the text after them (as in
+prompt tuning, Lester et al. 2021, and ICAE, Ge et al. 2023, but with a single vector).
 A meaning head maps z to the sentence embedding of a sentence-transformers model, so that
 nearby latents mean nearby meanings (the idea's "restore the meaning, not the tokens").
 """
@@ -26,13 +26,18 @@ FORMAT = 1  # bump when the saved layout changes
 
 
 class SLLM(nn.Module):
-    def __init__(self, embed_dim: int, cfg: SLLMConfig, meaning_dim: int = 384):
+    def __init__(self, embed_dim: int, cfg: SLLMConfig, meaning_dim: int = 384,
+                 kv_shape: tuple[int, int, int] | None = None):
         """embed_dim: the base model's embedding width; meaning_dim: the width of the domain's
-        meaning embedder (the meaning head predicts its embeddings)."""
+        meaning embedder (the meaning head predicts its embeddings); kv_shape: the base model's
+        (layers, key/value heads, head width) (`lm.base_model.kv_shape`), needed with `kv_prefix`."""
         super().__init__()
         self.cfg = cfg
         self.embed_dim = embed_dim
         self.meaning_dim = meaning_dim
+        if cfg.kv_prefix and kv_shape is None:
+            raise ValueError("sllm.kv_prefix needs the base model's attention shape: pass kv_shape")
+        self.kv_shape = tuple(kv_shape) if cfg.kv_prefix else None
         d = cfg.enc_dim
         self.in_proj = nn.Linear(embed_dim * (2 if cfg.encoder_input == "hidden" else 1), d)
         self.pos = nn.Embedding(cfg.max_tokens, d)
@@ -53,6 +58,10 @@ class SLLM(nn.Module):
             nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.n_prompt * embed_dim)
         )
         self.meaning_head = nn.Sequential(nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, meaning_dim))
+        if self.kv_shape:
+            layers, heads, width = self.kv_shape
+            self.kv_head = nn.Sequential(nn.Linear(cfg.latent_dim, hidden), nn.GELU(),
+                                         nn.Linear(hidden, layers * 2 * heads * cfg.kv_prefix * width))
 
     def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False) -> torch.Tensor:
         """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim).
@@ -71,6 +80,16 @@ class SLLM(nn.Module):
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""
         return self.decoder(z).view(z.shape[0], self.cfg.n_prompt, self.embed_dim)
+
+    def kv(self, z: torch.Tensor) -> torch.Tensor | None:
+        """z (B, latent_dim) -> the key/value prefix (layers, 2, B, kv_heads, P, head_dim), or None
+        without `kv_prefix`. Keys go in as the cache holds them, after any rotary embedding: the
+        prefix has no position of its own to rotate by."""
+        if not self.kv_shape:
+            return None
+        layers, heads, width = self.kv_shape
+        out = self.kv_head(z).view(z.shape[0], layers, 2, heads, self.cfg.kv_prefix, width)
+        return out.permute(1, 2, 0, 3, 4, 5)
 
     def meaning(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> predicted sentence embedding (B, meaning_dim)."""
@@ -94,7 +113,7 @@ def save_sllm(sllm: SLLM, folder) -> None:
     folder = Path(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in sllm.state_dict().items()}, str(folder / WEIGHTS))
     meta = {"format": FORMAT, "embed_dim": sllm.embed_dim, "meaning_dim": sllm.meaning_dim,
-            "sllm": dataclasses.asdict(sllm.cfg)}
+            "kv_shape": sllm.kv_shape, "sllm": dataclasses.asdict(sllm.cfg)}
     (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -111,6 +130,6 @@ def load_sllm(folder, device="cpu") -> SLLM:
     if meta.get("format") != FORMAT:
         raise ValueError(f"SLLM checkpoint {folder} has format {meta.get('format')!r}, this version reads {FORMAT}; "
                          "rerun its sllm stage")
-    sllm = SLLM(meta["embed_dim"], SLLMConfig(**meta["sllm"]), meta["meaning_dim"])
+    sllm = SLLM(meta["embed_dim"], SLLMConfig(**meta["sllm"]), meta["meaning_dim"], meta.get("kv_shape"))
     sllm.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
     return sllm.to(device).eval()

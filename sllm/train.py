@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lm import distributed
-from lm.base_model import encode_texts, pad_batch
+from lm.base_model import encode_texts, generate_inputs, pad_batch
 from sllm import adapter
-from sllm.codec import last_hidden, token_batch
+from sllm.codec import conditioning, last_hidden, prefix_len, token_batch
 from sllm.model import SLLM, decoder_inputs
 
 log = logging.getLogger(__name__)
@@ -83,15 +83,16 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
         keep[:, 0] = True
         dec_emb = emb * keep[..., None].to(emb.dtype)
     inputs = torch.cat([prompts, dec_emb], dim=1)  # (B, K+T, E)
-    att = torch.cat([torch.ones(ids.shape[0], K, dtype=mask.dtype, device=mask.device), mask], dim=1)
+    cond = conditioning(sllm, model, z)
+    att = torch.cat([torch.ones(ids.shape[0], prefix_len(cond) + K, dtype=mask.dtype, device=mask.device), mask], dim=1)
     # Position K+t (token t, from BOS on) predicts token t+1; BOS is given at decode time, not
     # predicted. Logits of the K prompt positions are never used: `logits_to_keep` skips them
     # (with 32 prompts and texts of about 20 tokens, 0.6 of the output layer's and softmax's work).
     T = ids.shape[1]
     if _keeps_logits(model):
-        logits = model(inputs_embeds=inputs, attention_mask=att, logits_to_keep=T).logits[:, :-1]  # (B, T-1, V)
+        logits = model(inputs_embeds=inputs, attention_mask=att, logits_to_keep=T, **cond).logits[:, :-1]  # (B, T-1, V)
     else:
-        logits = model(inputs_embeds=inputs, attention_mask=att).logits[:, K:-1]
+        logits = model(inputs_embeds=inputs, attention_mask=att, **cond).logits[:, K:-1]
     labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     meaning = target_meaning is not None and cfg.meaning_weight > 0
     if share is None:  # one process: the batch means
@@ -125,8 +126,8 @@ def cycle_loss(sllm: SLLM, model, tokenizer, z_off: torch.Tensor) -> torch.Tenso
     at eval). The encoder thereby learns to invert the decoder off the data, as back-translation
     trains a reverse model on the forward model's outputs (Sennrich et al. 2016)."""
     with torch.no_grad():
-        emb, att = decoder_inputs(model, tokenizer, sllm.prompts(z_off))  # (B, K+1, E)
-        out = model.generate(inputs_embeds=emb, attention_mask=att, max_new_tokens=sllm.cfg.max_tokens - 2,
+        emb, _ = decoder_inputs(model, tokenizer, sllm.prompts(z_off))  # (B, K+1, E)
+        out = model.generate(**generate_inputs(model, emb, sllm.kv(z_off)), max_new_tokens=sllm.cfg.max_tokens - 2,
                              do_sample=False, top_p=None, top_k=None, temperature=None,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     seqs = []

@@ -135,3 +135,53 @@ def test_teacher_forced_diagnosis_and_first_error(tiny_lm):
     assert first_error(tok, "3 plus 4 equals 7.", "3 plus 4 equals 7.") is None
     assert first_error(tok, "3 plus 4 equals 7.", "3 plus 5 equals 8.") == len(tok("3 plus ")["input_ids"])
     assert first_error(tok, "3 plus 4", "3 plus 4 equals") == len(tok("3 plus 4")["input_ids"])
+
+
+def test_kv_prefix_trains_decodes_through_the_cache_and_is_saved(tiny_lm, tmp_path):
+    """Per-layer injection: z also becomes P key/value slots in every layer. Training reaches its
+    head; the backend's greedy decode (generate with a prefix cache) is the argmax chain of the
+    forward that training optimises; save and load keep it; vLLM is refused."""
+    from backends.transformers_backend import TransformersBackend
+    from common.errors import ConfigError
+    from lm.base_model import kv_shape
+    from loop.config import build_config
+    from sllm import adapter
+    from sllm.codec import Codec, GenParams, conditioning, prefix_len
+    from sllm.train import train_sllm
+
+    tok, model = tiny_lm
+    torch.manual_seed(0)
+    codec = Codec.new(_cfg(kv_prefix=2, decoder_lora_r=4), model, tok, 384)
+    layers, heads, width = kv_shape(model)
+    z = codec.encode(TINY_TEXTS[:5])
+    assert codec.sllm.kv(torch.as_tensor(z)).shape == (layers, 2, 5, heads, 2, width)
+    start = [p.detach().clone() for p in codec.sllm.kv_head.parameters()]
+    train_sllm(codec.sllm, codec.model, tok, TINY_TEXTS[:48], None, 2, 3e-3, 8, 0)
+    assert all(not torch.equal(a, b) for a, b in zip(start, codec.sllm.kv_head.parameters()))
+
+    be = TransformersBackend("")
+    be.tokenizer, be.model = tok, codec.model
+    z = codec.encode(TINY_TEXTS[:5])
+    got = codec.decode(z, be, GenParams(8, 0.0, 0))
+    with torch.no_grad(), adapter.decoding(codec.model):  # the oracle: greedy steps through the cache
+        emb, _ = codec.inputs(z)
+        zt = torch.as_tensor(z)
+        cond = conditioning(codec.sllm, codec.model, zt)
+        cache = cond["past_key_values"]
+        att = torch.ones(5, prefix_len(cond) + emb.shape[1], dtype=torch.long)
+        out = codec.model(inputs_embeds=emb, attention_mask=att, past_key_values=cache, use_cache=True)
+        steps = []
+        for _ in range(8):
+            steps.append(out.logits[:, -1].argmax(-1))
+            att = torch.cat([att, torch.ones(5, 1, dtype=torch.long)], 1)
+            out = codec.model(input_ids=steps[-1][:, None], attention_mask=att, past_key_values=out.past_key_values,
+                              use_cache=True)
+    rows = [r[: r.index(tok.eos_token_id)] if tok.eos_token_id in r else r for r in torch.stack(steps, 1).tolist()]
+    assert got == [tok.decode(r, skip_special_tokens=True).strip() for r in rows]  # generate stops a row at EOS
+
+    codec.save(tmp_path)
+    again = Codec.load(tmp_path, codec.model, tok)
+    assert again.sllm.kv_shape == (layers, heads, width)
+    assert again.decode(z, be, GenParams(8, 0.0, 0)) == got
+    with pytest.raises(ConfigError, match="kv_prefix"):
+        build_config({"sllm": {"kv_prefix": 2}, "decode": {"backend": "vllm"}})
