@@ -1,4 +1,4 @@
-"""The small text-generation interface every backend implements (house style, rule 5)."""
+"""The small text-generation interface every backend implements."""
 from __future__ import annotations
 
 from typing import Protocol

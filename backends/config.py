@@ -48,7 +48,7 @@ class DecodeConfig:
                f"refuses it): start `vllm serve MODEL --data-parallel-size {self.data_parallel_size}` and pass "
                "--backend vllm-server --base-url http://HOST:PORT")
         parallel = {k: getattr(self, k) for k in ("tensor_parallel_size", "data_parallel_size") if getattr(self, k) != 1}
-        if parallel and self.backend != "vllm":  # an ignored setting is a warning (house style, rule 3)
+        if parallel and self.backend != "vllm":  # an ignored setting is a warning
             where = ("the server's: pass them to `vllm serve` (--tensor-parallel-size, --data-parallel-size)"
                      if self.backend == "vllm-server" else "vLLM's only; the transformers backend decodes on one device")
             logging.getLogger(__name__).warning("decode %s ignored: %s", ", ".join(f"{k}={v}" for k, v in parallel.items()),

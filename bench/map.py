@@ -1,4 +1,4 @@
-"""`python run.py bench map`: the occupancy map at scale (issue 17), FAISS beside scikit-learn.
+"""`python run.py bench map`: the occupancy map at scale, FAISS beside scikit-learn.
 
 On synthetic latents of the SLLM's width (a mixture of anisotropic Gaussian clusters shaped
 like the default SLLM's latents: norm ~16, participation ratio ~18 against 21 measured in

@@ -1,4 +1,4 @@
-"""Command line: parse -> build config -> run (house style, rule 2). Errors print one line."""
+"""Command line: parse -> build config -> run. Errors print one line."""
 from __future__ import annotations
 
 import errno

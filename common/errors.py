@@ -7,6 +7,6 @@ class ConfigError(ValueError):
 
 
 def check(cond: bool, msg: str) -> None:
-    """Raise ConfigError(msg) unless `cond` holds (house style, rule 1: checked at construction)."""
+    """Raise ConfigError(msg) unless `cond` holds (checked at construction)."""
     if not cond:
         raise ConfigError(msg)

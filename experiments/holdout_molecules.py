@@ -1,4 +1,4 @@
-"""The holdout experiment on molecules (the idea's NN1/NN2 test, issue 15).
+"""The holdout experiment on molecules (the idea's NN1/NN2 test).
 
 NN1 = generation 0's SLLM (and base model, and map) of a molecules run: it trained on MOSES train
 only, so it never saw the scaffold-test molecules (real molecules whose Bemis-Murcko scaffolds occur

@@ -1,8 +1,8 @@
 """The judge interface: a batch of texts in, one score in [0, 1] (or None with a reason) each out.
 
 `safe_score` is how the loop calls a judge: a judge that fails on one text records that as
-`JudgeScore(None, reason, {})` and never stops the batch (house style, rule 7; the same
-contract as distilabel's tasks).
+`JudgeScore(None, reason, {})` and never stops the batch (the same contract as distilabel's
+tasks).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ SAMPLERS = ("dark", "prior", "interpolate", "lm")
 class SampleConfig:
     # Per generation, split over `samplers`. 1000 so that a generation's yield (about 10% accepted,
     # a few % true and new) is counted in hundreds rather than tens, while decode + judge stay under
-    # a quarter of a generation's time on 2 CPU cores (issue 17; docs/generate-side.md). Decode and
+    # a quarter of a generation's time on 2 CPU cores (docs/generate-side.md). Decode and
     # judge take them in chunks (decode.chunk_size, judges.batch_size), so memory does not grow with it.
     n_candidates: int = 1000
     samplers: list[str] = field(default_factory=lambda: ["dark"])
@@ -25,7 +25,7 @@ class SampleConfig:
     # 0.99 ignores the sparsest 1%.
     dark_quantile: float = 0.99
     n_zones: int = 8  # clusters of dark points described as zones
-    # The occupancy map at scale (issue 17; figures in docs/bench-map.md). Up to exact_max corpus
+    # The occupancy map at scale (figures in docs/bench-map.md). Up to exact_max corpus
     # latents kNN search is exact (FAISS IndexFlatL2); above, an IVF-SQ8 index whose nprobe is
     # raised at fit time until its recall@k, measured against brute force, reaches min_recall.
     exact_max: int = 25_000  # the default maths corpus (~17,000 texts) stays exact

@@ -11,7 +11,7 @@ PCA-whitened corpus latents (components chosen by BIC); a point is GMM-dark when
 log-likelihood is below that of every corpus text. `calibrate` measures how often real texts
 never trained on (held-out) are called dark by each view: the false-dark rate.
 
-kNN search runs on FAISS (issue 17, "Occupancy map at scale"). Up to `sample.exact_max`
+kNN search runs on FAISS. Up to `sample.exact_max`
 corpus latents it is exact (IndexFlatL2: the same neighbours scikit-learn's NearestNeighbors
 gives, the default maths corpus is ~17,000 texts); above, an inverted-file index with 8-bit
 scalar-quantised lists (IVF-SQ8), whose `nprobe` is raised at fit time until the recall@k

@@ -14,7 +14,7 @@ def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cf
     """Continue the previous generation's adapter (or start one) on `texts`; save it in peft format.
 
     The base weights stay frozen; only adapter weights train, and only they are saved
-    (house style, rule 9), loadable by peft and by vLLM's LoRARequest. Under torchrun every rank
+    loadable by peft and by vLLM's LoRARequest. Under torchrun every rank
     trains (`train_lm`: DistributedDataParallel) and rank 0 alone saves; `out_dir` None: not saved
     (the other ranks pass None).
     """

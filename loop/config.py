@@ -1,11 +1,10 @@
 """Settings: the run's own, and the composition of every component's config dataclass.
 
 Each component's config lives beside it (`domains.config`, `lm.config`, `sllm.config`,
-`latent.config`, `backends.config`, `judges.config`), checked at construction (house style,
-rule 1). A full `Config` is built from defaults, then a TOML/YAML file, then command-line
-overrides (`section.key=value`). Unknown settings are errors. `result_hash()` covers only the
+`latent.config`, `backends.config`, `judges.config`), checked at construction. A full `Config`
+is built from defaults, then a TOML/YAML file, then command-line overrides (`section.key=value`). Unknown settings are errors. `result_hash()` covers only the
 settings that change results, so a resumed run can refuse a folder made with incompatible
-settings while batch sizes or thread counts may change freely (house style, rule 8).
+settings while batch sizes or thread counts may change freely.
 """
 from __future__ import annotations
 

@@ -303,7 +303,7 @@ def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
     if not new or cfg.retrain.epochs == 0:
         return {"adapter": prev, "trained": False,
                 "reason": "no texts accepted in this generation" if not new else "retrain.epochs is 0"}
-    loop.free()  # unload the generator before training (house style, rule 6)
+    loop.free()  # unload the generator before training
     texts = retrain_texts(loop.accepted_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
     final = loop.gen_dir(g) / "adapter"
     loop.check_inputs(prev)

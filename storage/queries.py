@@ -35,7 +35,7 @@ _ROW = (
 EXPORT_FIELDS = ("id", "generation", "sampler", "text", "decision", "reason", "verdict", "true_new", "total")
 
 
-# The generate side of a generation: turning sampled latents into judged candidates (issue 17).
+# The generate side of a generation: turning sampled latents into judged candidates.
 GENERATE_STAGES = ("decode", "judge")
 
 

@@ -386,8 +386,8 @@ class Recording:
 
 
 def test_judge_texts_hands_each_judge_at_most_batch_size_texts():
-    """A generation's 1000+ candidates reach a judge judges.batch_size at a time, never in one go
-    (issue 17), with the same scores and decisions as one batch; a judge that fails on one text
+    """A generation's 1000+ candidates reach a judge judges.batch_size at a time, never in one go,
+    with the same scores and decisions as one batch; a judge that fails on one text
     retries one text at a time only within that text's batch."""
     from judges.panel import judge_texts
 

@@ -1,4 +1,4 @@
-"""The occupancy map on FAISS (issue 17): the exact path matches scikit-learn, the approximate
+"""The occupancy map on FAISS: the exact path matches scikit-learn, the approximate
 path reaches its recall floor, save/load round-trips, bad settings are clear errors."""
 import json
 
@@ -35,7 +35,7 @@ def probes(occ, n=400, seed=1):
 
 
 def test_exact_path_matches_sklearn(corpus, exact):
-    """The map before issue 17: sklearn NearestNeighbors, leave-one-out over every corpus latent."""
+    """The earlier map: sklearn NearestNeighbors, leave-one-out over every corpus latent."""
     k = exact.k
     nn = NearestNeighbors(n_neighbors=k + 1).fit(corpus)
     dist, _ = nn.kneighbors(corpus)  # column 0 is the point itself

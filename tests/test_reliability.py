@@ -1,4 +1,4 @@
-"""Reliability (issue 6): crash-consistent resume, bad input, hostile candidate text, concurrent use.
+"""Reliability: crash-consistent resume, bad input, hostile candidate text, concurrent use.
 
 Runs go through `cli.crashtest.Zygote`: one process imports torch and the loop once, and every
 run is a fresh child forked from it executing `cli.main.main(argv)`, exactly what `python run.py`
