@@ -2,9 +2,10 @@
 
 Each component's config lives beside it (`domains.config`, `lm.config`, `sllm.config`,
 `latent.config`, `backends.config`, `judges.config`), checked at construction. A full `Config`
-is built from defaults, then a TOML/YAML file, then command-line overrides (`section.key=value`). Unknown settings are errors. `result_hash()` covers only the
-settings that change results, so a resumed run can refuse a folder made with incompatible
-settings while batch sizes or thread counts may change freely.
+is built from defaults, then a TOML/YAML file, then command-line overrides (`section.key=value`).
+Unknown settings are errors. `result_hash()` covers only the settings that change results, so a
+resumed run can refuse a folder made with incompatible settings while batch sizes or thread
+counts may change freely.
 """
 from __future__ import annotations
 
