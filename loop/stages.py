@@ -41,10 +41,6 @@ class Stage:
     clear: Callable[[Session, int], None] = lambda s, g: None  # delete/blank its rows of generation g
     first_generation_only: bool = False
 
-    @property
-    def writes_artifact(self) -> bool:
-        return self.name in ARTIFACT_STAGES
-
 
 # ------------------------------------------------------------------------------------ base
 def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
@@ -374,8 +370,6 @@ def distinct_n(texts: list[str], n: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------ the stages
-ARTIFACT_STAGES = ("base", "sllm", "map", "retrain")
-
 STAGES: tuple[Stage, ...] = (
     Stage("base", run_base, artifact=lambda out, g, d: Path(out) / "base" if d.get("trained") else None,
           first_generation_only=True),
