@@ -82,12 +82,6 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted: trained models are saved; rerun the same command to resume", file=sys.stderr)
         return 130
-    except RuntimeError as e:
-        if "state_dict" not in str(e):
-            raise
-        print("error: a saved SLLM does not fit the current model code or settings (made by an older version?); "
-              "use a run folder made by this version, or a new --out", file=sys.stderr)
-        return 2
 
 
 def _main_discovery(args, cfg) -> int:

@@ -131,5 +131,9 @@ def load_sllm(folder, device="cpu") -> SLLM:
         raise ValueError(f"SLLM checkpoint {folder} has format {meta.get('format')!r}, this version reads {FORMAT}; "
                          "rerun its sllm stage")
     sllm = SLLM(meta["embed_dim"], SLLMConfig(**meta["sllm"]), meta["meaning_dim"], meta.get("kv_shape"))
-    sllm.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
+    try:
+        sllm.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"))
+    except RuntimeError as e:  # weights of other shapes or names than its own config.json gives
+        raise ValueError(f"SLLM checkpoint {folder} does not fit its own config.json "
+                         f"({str(e).splitlines()[0]}); rerun its sllm stage") from None
     return sllm.to(device).eval()

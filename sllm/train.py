@@ -308,7 +308,9 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     history = []
     ckpt = Path(checkpoint) if checkpoint else None
-    fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed]  # the global batch: any world size
+    # the global batch (any world size) and the weights' shapes: a checkpoint of other settings starts over
+    fingerprint = [len(seqs), sum(map(len, seqs)), epochs, lr, batch_size, seed,
+                   [list(v.shape) for v in sllm.state_dict().values()], [list(p.shape) for p in dec_params]]
     start = done = 0  # epochs and steps taken; not bar.n, which a disabled bar (TQDM_DISABLE) leaves at 0
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)

@@ -312,6 +312,10 @@ def test_checkpoint_describes_itself(tiny_lm, tmp_path):
     assert back.cfg == sllm.cfg and back.meaning_head[-1].out_features == 7
     for (k, a), (k2, b) in zip(sllm.state_dict().items(), back.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
+    meta["sllm"]["latent_dim"] = 16  # weights that do not fit their config: one clear line, not a traceback
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit its own config.json .*; rerun its sllm stage"):
+        load_sllm(tmp_path)
     (tmp_path / "config.json").unlink()
     with pytest.raises(ValueError, match="no readable config.json.*rerun its sllm stage"):
         load_sllm(tmp_path)
