@@ -1,6 +1,6 @@
 """`python run.py inspect RUN_DIR [command]`: read a run's database while it runs, or after.
 
-Commands: summary (default), candidates, show ID, export, zones, metrics. Only SELECTs in
+Commands: summary (default), candidates, show ID, export, zones, metrics, experiments. Only SELECTs in
 short sessions (storage.queries), so inspecting never blocks or breaks a running loop.
 """
 from __future__ import annotations
@@ -177,6 +177,8 @@ def _write_export(engine, args, fh) -> int:
 
 
 def cmd_export(engine, args) -> int:
+    if args.format == "hf":
+        return _export_hf(engine, args)
     if args.out is None or args.out == "-":
         _write_export(engine, args, sys.stdout)
         sys.stdout.flush()
@@ -191,6 +193,27 @@ def cmd_export(engine, args) -> int:
         print(f"error: cannot write {args.out}: {e.strerror}; pick a writable --out path", file=sys.stderr)
         return 2
     print(f"wrote {n} record(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _export_hf(engine, args) -> int:
+    from pathlib import Path
+
+    from cli import export_hf
+
+    if args.out is None or args.out == "-":
+        print("error: --format hf writes a folder: pass --out DIR", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists():
+        print(f"error: {out} exists; pass a new --out folder (the export never writes over one)", file=sys.stderr)
+        return 2
+    try:
+        n = export_hf.write(engine, args.run_dir, out, args.all)
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror}; pick a writable --out path", file=sys.stderr)
+        return 2
+    print(f"wrote {n} record(s) to {out} (datasets.load_dataset({str(out)!r}) opens it)", file=sys.stderr)
     return 0
 
 
@@ -282,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="one candidate in full")
     s.add_argument("id", type=int)
 
-    e = sub.add_parser("export", help="accepted texts (all with --all) as jsonl or csv")
-    e.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    e.add_argument("--out", help="file to write (default stdout)")
+    e = sub.add_parser("export", help="accepted texts (all with --all) as jsonl, csv or a Hugging Face dataset folder")
+    e.add_argument("--format", choices=("jsonl", "csv", "hf"), default="jsonl",
+                   help="hf: Parquet and a dataset card in the --out folder, as on the Hub")
+    e.add_argument("--out", help="file to write (default stdout); a new folder for --format hf")
     e.add_argument("--all", action="store_true", help="every candidate, not only accepted ones")
 
     z = sub.add_parser("zones", help="dark zones per generation")

@@ -246,6 +246,31 @@ def test_export_csv_round_trip(run_dir, capsys, tmp_path, to_file):
     assert rows[1]["score_coherence"] == "" and rows[2]["decision"] == "" and rows[5]["total"] == ""
 
 
+def test_export_hf_dataset_folder_opens_with_load_dataset(run_dir, capsys, tmp_path):
+    """--format hf: Parquet and a dataset card in a new folder; `datasets.load_dataset` reads back
+    every candidate exactly (hostile and 100 KB texts, nulls), the card names the run's judges."""
+    from datasets import load_dataset
+
+    ids, out_dir = run_dir["ids"], tmp_path / "hf"
+    _, err = _out(capsys, [run_dir["dir"], "export", "--format", "hf", "--all", "--out", str(out_dir)])
+    assert "wrote 6 record(s)" in err
+    rows = load_dataset(str(out_dir), cache_dir=str(tmp_path / "cache"))["train"].to_list()
+    assert [r["id"] for r in rows] == ids
+    assert rows[3]["text"] == HOSTILE and rows[4]["text"] == BIG
+    assert rows[0] == {"id": ids[0], "generation": 0, "sampler": "dark", "text": "Two plus two equals four.",
+                       "decision": "accepted", "reason": "all judges pass", "verdict": "true", "true_new": True,
+                       "total": 0.9, "score_coherence": 0.9, "score_novelty": 0.8}
+    assert rows[2]["decision"] is None and rows[2]["score_novelty"] is None and rows[5]["total"] is None
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "judges with scores here: coherence, novelty" in card
+    assert "| 0 | 3 | 1 | 33.3% | 1 |" in card  # generation 0: 3 candidates, 1 accepted, 1 true and new
+    # never over an existing folder, and a folder is required
+    _, err = _out(capsys, [run_dir["dir"], "export", "--format", "hf", "--out", str(out_dir)], rc=2)
+    assert err.startswith("error: ") and "exists" in err and len(err.strip().splitlines()) == 1
+    _, err = _out(capsys, [run_dir["dir"], "export", "--format", "hf"], rc=2)
+    assert "--out DIR" in err
+
+
 def test_export_unwritable_out(run_dir, capsys, tmp_path):
     out, err = _out(capsys, [run_dir["dir"], "export", "--out", str(tmp_path / "no" / "such" / "x.jsonl")], rc=2)
     assert err.startswith("error: cannot write") and len(err.strip().splitlines()) == 1
