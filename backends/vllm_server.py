@@ -21,11 +21,7 @@ from pathlib import Path
 import torch
 
 from backends.vllm_backend import load_tokenizer, lora_id
-from lm.base_model import ModelError
-
-
-class ServerError(ModelError):
-    """The server is unreachable or refused a request: the message names the URL and the fix."""
+from common.errors import ServerError
 
 
 def encode_embeds(t: torch.Tensor) -> str:

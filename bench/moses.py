@@ -83,8 +83,7 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from common.errors import ConfigError
-    from domains.files import CorpusError
+    from common.errors import ConfigError, UserError
 
     args = parser().parse_args(argv[1:])
     if args.quiet:
@@ -104,7 +103,7 @@ def main(argv: list[str]) -> int:
             torch.set_num_threads(args.threads)
         say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
         res = run(args.n, args.seed, args.test_n, fcd=not args.no_fcd, device=args.device, say=say)
-    except (ConfigError, CorpusError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = res["settings"]

@@ -13,8 +13,9 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from common.errors import UserError
 from storage import queries
-from storage.db import DB_NAME, StorageError, describe, open_db
+from storage.db import DB_NAME, describe, open_db
 
 TEXT_WIDTH = 60  # characters of text shown in tables
 
@@ -340,7 +341,7 @@ def main(argv: list[str]) -> int:
     try:
         engine = open_db(args.run_dir)
         return COMMANDS[args.command](engine, args)
-    except (StorageError, queries.QueryError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SQLAlchemyError as e:

@@ -39,17 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "sentence_transformers", "transformers", "peft", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from domains import CorpusError
-    from lm.base_model import ModelError
-    from loop.config import ConfigError
-    from storage.db import StorageError
+    from common.errors import UserError
 
     try:
         cfg = build_from_args(args)
         from loop.runner import Loop
 
         Loop(cfg).run()
-    except (ConfigError, CorpusError, ModelError, StorageError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

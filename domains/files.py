@@ -4,17 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.errors import CorpusError
 from domains.base import Text
 
 ACCEPTED_EXTENSIONS = (".txt", ".jsonl")
 DEFAULT_TOPIC = "default"
-
-
-class CorpusError(ValueError):
-    """one-line, user-facing message naming the problem and the fix"""
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))  # always one line, whatever the path holds
 
 
 def load_corpus(path: str | Path, max_chars: int = 2000) -> list[Text]:

@@ -18,11 +18,9 @@ log = logging.getLogger(__name__)
 def main(argv: list[str]) -> int:
     if "-q" in argv or "--quiet" in argv:  # before anything imports tqdm, which reads it at import
         os.environ["TQDM_DISABLE"] = "1"
-    from domains import ALL_TOPICS, CorpusError
-    from lm.base_model import ModelError
+    from common.errors import UserError
+    from domains import ALL_TOPICS
     from loop.options import build_from_args, parser as run_parser
-    from common.errors import ConfigError
-    from storage.db import StorageError
 
     if not argv or argv[0] not in ("discovery", "holdout"):
         print("usage: python run.py experiment {discovery,holdout} [options]; see --help of each", file=sys.stderr)
@@ -76,7 +74,7 @@ def main(argv: list[str]) -> int:
         if name == "discovery":
             return _main_discovery(args, cfg)
         return _main_holdout(args, cfg)
-    except (ConfigError, CorpusError, ModelError, StorageError, ValueError) as e:
+    except (UserError, ValueError) as e:  # ValueError: a bad argument the experiment code checks itself
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,14 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from common.errors import ModelError
 from lm import distributed
 from lm.config import BaseConfig
 
 log = logging.getLogger(__name__)
-
-
-class ModelError(ValueError):
-    """A base model that cannot be used: the message names the folder and the fix."""
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -16,17 +16,13 @@ import shutil
 import signal
 from pathlib import Path
 
-from storage.db import StorageError
+from common.errors import ArtifactError
 
 MANIFEST = "MANIFEST.json"
 _CHUNK = 1 << 20
 
 # path -> stat signature of its files when last verified: a process hashes each artifact once
 _verified: dict[str, tuple] = {}
-
-
-class ArtifactError(StorageError):
-    """An artifact folder that fails its manifest: the message names it and the fix."""
 
 
 def _files(folder: Path) -> list[Path]:

@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.errors import BrowserError
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-
-
-class BrowserError(RuntimeError):
-    """No browser, or the browser did not answer: the message names the fix."""
 
 
 def find_chromium() -> str | None:

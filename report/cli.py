@@ -6,9 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from common.errors import UserError
 from report.build import REPORT_NAME, write_report
 from report.data import ReportConfig
-from storage.db import DB_NAME, StorageError
+from storage.db import DB_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     try:
         path = write_report(args.run_dir, out, ReportConfig(max_map_candidates=args.max_points, umap=not args.no_umap))
-    except StorageError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from common.errors import StorageError
 from storage.models import SCHEMA_VERSION, Run, Stage
 
 DB_NAME = "runs.db"
@@ -29,10 +30,6 @@ DB_REF = "database.json"  # RUN_DIR/database.json: the run's PostgreSQL database
 PG_DRIVER = 'pip install "psycopg[binary]>=3.1"'
 PG_URL_FORM = "postgresql+psycopg://USER@HOST:PORT/DBNAME"
 CONNECT_TIMEOUT_S = 10  # an unreachable PostgreSQL host fails in seconds, not minutes
-
-
-class StorageError(RuntimeError):
-    """A database or run folder that cannot be used: the message names it and the fix."""
 
 
 def _sqlite_pragmas(dbapi_conn, _record):

@@ -14,6 +14,7 @@ from sqlalchemy import Integer, and_, cast, func
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from common.errors import QueryError
 from storage.models import Candidate, Metric, Run, Score, Stage, Zone
 
 DECISIONS = ("accepted", "rejected", "pending")  # pending = decision IS NULL
@@ -52,10 +53,6 @@ def generate_share(seconds: dict[str, float]) -> float | None:
     if total <= 0 or any(k not in timed for k in GENERATE_STAGES):
         return None
     return sum(timed[k] for k in GENERATE_STAGES) / total
-
-
-class QueryError(ValueError):
-    """A filter or sort the database cannot answer: the message names it and the choices."""
 
 
 def _row(r) -> dict:

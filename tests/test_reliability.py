@@ -476,3 +476,25 @@ def test_weights_are_loaded_safely_only():
         for pat in (r"pickle\.loads?\(", r"joblib\.load\(", r"allow_pickle\s*=\s*True", r"trust_remote_code\s*=\s*True"):
             bad += [f"{path}: {m.group(0)}" for m in re.finditer(pat, src)]
     assert not bad, bad
+
+
+def test_every_error_class_is_one_user_error():
+    """Each error class a package defines for bad input is a common.errors.UserError, which every
+    CLI prints as one line: a new class that is not would escape as a traceback."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from common.errors import UserError
+
+    found = set()
+    for pkg in ("cli", "experiments", "bench", "loop", "report", "judges", "sllm", "latent", "backends", "domains",
+                "lm", "storage", "common"):
+        for info in pkgutil.walk_packages(importlib.import_module(pkg).__path__, pkg + "."):
+            mod = importlib.import_module(info.name)
+            for name, cls in inspect.getmembers(mod, inspect.isclass):
+                if issubclass(cls, Exception) and cls.__module__.split(".")[0] in (pkg, "common"):
+                    found.add(cls)
+    assert {c.__name__ for c in found} >= {"ConfigError", "CorpusError", "ModelError", "StorageError", "QueryError",
+                                           "ArtifactError", "BrowserError"}
+    assert [c.__name__ for c in found if not issubclass(c, UserError)] == []
