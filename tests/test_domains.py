@@ -19,7 +19,7 @@ from domains import (
     load_corpus,
     verify,
 )
-from domains.maths import _TOPICS, _parse_all, _render, _space
+from domains.maths import TOPICS, fact_space, parse_all, render
 
 SMALL = MathsConfig(seed=3, facts_per_topic=20, phrasings_per_fact=3, holdout_share=0.25)
 
@@ -56,10 +56,10 @@ def test_topics_and_templates():
                      "time", "money", "measurement", "parity", "comparison", "place_value"):
         assert required in ALL_TOPICS
     for name in ALL_TOPICS:
-        templates = _TOPICS[name].templates
+        templates = TOPICS[name].templates
         assert len(templates) >= 4 and len(set(templates)) == len(templates)
         # far more facts exist than are drawn, so held-out facts are plentiful
-        assert len(_space(name)) >= 3 * MathsConfig().facts_per_topic
+        assert len(fact_space(name)) >= 3 * MathsConfig().facts_per_topic
 
 
 # --- corpus ------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_phrasings_per_fact_distinct(corpus):
         assert len(set(texts)) == len(texts)
     # distinct templates, not just distinct strings
     for t in corpus.train[:60]:
-        assert len(_parse_all(t.text)) == 1
+        assert len(parse_all(t.text)) == 1
 
 
 def test_false_statements_are_false_varied_and_seeded():
@@ -137,7 +137,7 @@ def test_every_corpus_text_verifies_true(corpus):
 
 # --- verifier ----------------------------------------------------------------------------
 
-TEMPLATE_CASES = [(name, i) for name in ALL_TOPICS for i in range(len(_TOPICS[name].templates))]
+TEMPLATE_CASES = [(name, i) for name in ALL_TOPICS for i in range(len(TOPICS[name].templates))]
 
 
 def _variants(text: str) -> list[str]:
@@ -147,14 +147,14 @@ def _variants(text: str) -> list[str]:
 
 @pytest.mark.parametrize("name, index", TEMPLATE_CASES)
 def test_template_round_trip(name, index):
-    topic = _TOPICS[name]
-    facts = random.Random(f"test:{name}").sample(_space(name), 25)
+    topic = TOPICS[name]
+    facts = random.Random(f"test:{name}").sample(fact_space(name), 25)
     for params in facts:
         claim = topic.answer(params)
         wrong = topic.corrupt(params, claim)
-        true_text = _render(topic, index, params, claim)
-        false_text = _render(topic, index, params, wrong)
-        assert _parse_all(true_text) == [(name, index, params, claim)], true_text  # unambiguous
+        true_text = render(topic, index, params, claim)
+        false_text = render(topic, index, params, wrong)
+        assert parse_all(true_text) == [(name, index, params, claim)], true_text  # unambiguous
         for text in _variants(true_text):
             assert verify(text) == Verdict("true", topic.key(params, claim), name), text
         for text in _variants(false_text):
