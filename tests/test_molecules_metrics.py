@@ -9,6 +9,7 @@ import pytest
 
 from domains.files import CorpusError
 from domains.molecules import metrics as M
+from domains.molecules.chem import to_mol
 from domains.molecules.data import load_split, moses_data_dir
 
 
@@ -72,7 +73,7 @@ def test_filter_screen_gives_the_full_verdict():
         pytest.skip(f"{path} not in this RDKit build")
     with open(path, newline="") as f:
         smis = [row[0] for _, row in zip(range(150), csv.reader(f), strict=False)] + DIVERSE
-    mols = [M._mol(s) for s in smis]
+    mols = [to_mol(s) for s in smis]
     full = [M._passes(m, screen=False) for m in mols]
     assert [M._passes(m) for m in mols] == full
     assert 0 < sum(full) < len(full)  # both verdicts occur in the sample

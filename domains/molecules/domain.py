@@ -26,46 +26,13 @@ import numpy as np
 
 from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
 from domains.files import CorpusError
+from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit
 
-FP_BITS = 1024
-FP_RADIUS = 2
 SMILES_EXTENSIONS = (".smi", ".csv", ".txt")
 # Drawn from MOSES train beside the corpus: molecules that teach the base model's copy units and
 # the SLLM the language, as the maths domain's false sentences do (none is held out).
 RUBRIC = ("Rule-based: drug-likeness (QED), synthetic accessibility (SA score, 1 easy - 10 hard) and the "
           "MOSES medicinal-chemistry filters (MCF, PAINS, allowed atoms, no charges, ring sizes).")
-
-
-@functools.lru_cache(maxsize=1)
-def _rdkit():
-    try:
-        from rdkit import Chem, DataStructs, RDLogger
-        from rdkit.Chem import rdFingerprintGenerator
-    except ImportError:
-        raise CorpusError("the molecules domain needs RDKit: pip install rdkit") from None
-    RDLogger.DisableLog("rdApp.*")  # invalid SMILES are counted, not printed one by one
-    return Chem, DataStructs, rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
-
-
-def canonical(smiles: str) -> str | None:
-    """RDKit canonical SMILES; None when `smiles` is not a valid molecule."""
-    Chem, _, _ = _rdkit()
-    s = smiles.strip()
-    if not s or " " in s:
-        return None
-    mol = Chem.MolFromSmiles(s)
-    return None if mol is None or mol.GetNumAtoms() == 0 else Chem.MolToSmiles(mol)
-
-
-def fingerprints(smiles: list[str]) -> np.ndarray:
-    """(N, FP_BITS) uint8 Morgan bits; an invalid SMILES gives a zero row."""
-    Chem, DataStructs, gen = _rdkit()
-    out = np.zeros((len(smiles), FP_BITS), dtype=np.uint8)
-    for i, s in enumerate(smiles):
-        mol = Chem.MolFromSmiles(s) if s else None
-        if mol is not None:
-            DataStructs.ConvertToNumpyArray(gen.GetFingerprint(mol), out[i])
-    return out
 
 
 class MorganEmbedder:
@@ -177,7 +144,7 @@ def chemistry_critic(texts: list[str]) -> list[tuple[float | None, str, dict]]:
 def largest_fragment(smiles: str) -> str | None:
     """Canonical SMILES of the largest fragment (most heavy atoms): a salt or solvate such as
     "CC(=O)[O-].[Na+]" keeps its parent ion, as MOSES's own preparation of ZINC did."""
-    Chem, _, _ = _rdkit()
+    Chem = rdkit()
     mol = Chem.MolFromSmiles(smiles.strip()) if smiles.strip() else None
     if mol is None or mol.GetNumAtoms() == 0:
         return None

@@ -26,17 +26,16 @@ import pickle
 
 import numpy as np
 from rdkit import Chem, DataStructs, RDLogger
-from rdkit.Chem import rdFingerprintGenerator
 from rdkit.Chem.QED import qed as _rdkit_qed
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from domains.files import CorpusError
+from domains.molecules.chem import FP_BITS, canonical_smiles, fingerprint, fingerprints, to_mol
 from domains.molecules.data import load_split, mcf_patterns, moses_data_dir, pains_patterns
 
 log = logging.getLogger(__name__)
 RDLogger.DisableLog("rdApp.*")  # invalid SMILES are expected input here; RDKit would print one line each
 
-FP_RADIUS, FP_BITS = 2, 1024  # MOSES fingerprint(fp_type="morgan"): morgan__r=2, morgan__n=1024
 ALLOWED_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})  # MOSES mol_passes_filters
 SCAFFOLD_MIN_RINGS = 2  # MOSES compute_scaffolds(min_rings=2): Scaf counts scaffolds of >= 2 rings only
 UNIQUE_AT = (1000, 10000)
@@ -78,34 +77,9 @@ PAPER_STD: dict[str, dict[str, float]] = {name: dict(zip(_COLS, vals, strict=Tru
 
 # ---------------------------------------------------------------- per molecule
 
-def _mol(smi) -> Chem.Mol | None:
-    """MOSES get_mol: None for a non-string, an empty string, or a SMILES RDKit cannot parse and sanitize."""
-    if isinstance(smi, Chem.Mol):
-        return smi
-    if not isinstance(smi, str) or not smi:
-        return None
-    try:
-        mol = Chem.MolFromSmiles(smi)
-        if mol is None:
-            return None
-        Chem.SanitizeMol(mol)
-    except Exception:  # noqa: BLE001 - RDKit raises several types on odd input; a bad molecule is just invalid
-        return None
-    return mol
-
-
-def canonical_smiles(smi: str) -> str | None:
-    """RDKit canonical SMILES (isomeric, as MOSES canonic_smiles); None if invalid or empty."""
-    mol = _mol(smi)
-    if mol is None:
-        return None
-    out = Chem.MolToSmiles(mol)
-    return out or None
-
-
 def qed(smi: str) -> float | None:
     """RDKit QED in [0, 1]; None if invalid."""
-    mol = _mol(smi)
+    mol = to_mol(smi)
     try:
         return None if mol is None else float(_rdkit_qed(mol))
     except Exception:  # noqa: BLE001
@@ -121,7 +95,7 @@ def _sascorer():
 
 def sa_score(smi: str) -> float | None:
     """Ertl & Schuffenhauer synthetic accessibility, 1 (easy) .. 10 (hard), RDKit Contrib; None if invalid."""
-    mol = _mol(smi)
+    mol = to_mol(smi)
     try:
         return None if mol is None else float(_sascorer().calculateScore(mol))
     except Exception:  # noqa: BLE001
@@ -174,7 +148,7 @@ def _passes(mol: Chem.Mol | None, screen: bool = True) -> bool:
 def passes_filters(smi: str) -> bool:
     """True when the molecule is valid and passes MOSES's filters (see `_passes`)."""
     try:
-        return _passes(_mol(smi))
+        return _passes(to_mol(smi))
     except Exception:  # noqa: BLE001
         return False
 
@@ -195,7 +169,7 @@ def _scaffold_of(mol: Chem.Mol | None, min_rings: int) -> str | None:
 def scaffold(smi: str, min_rings: int = 1) -> str | None:
     """Bemis-Murcko scaffold, canonical SMILES; None if invalid, acyclic, or with fewer than `min_rings` rings
     (MOSES's Scaf metric counts only scaffolds of >= 2 rings)."""
-    return _scaffold_of(_mol(smi), min_rings)
+    return _scaffold_of(to_mol(smi), min_rings)
 
 
 def _fragments(mol: Chem.Mol) -> list[str]:
@@ -204,27 +178,6 @@ def _fragments(mol: Chem.Mol) -> list[str]:
 
 
 # ---------------------------------------------------------------- fingerprints and Tanimoto
-
-@lru_cache(maxsize=1)
-def _morgan():
-    return rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
-
-
-def _fp(mol: Chem.Mol | None) -> np.ndarray | None:
-    # Same bits as MOSES's GetMorganFingerprintAsBitVect(mol, 2, nBits=1024) (checked on 2,000 test molecules
-    # against the test_stats.npz MOSES ships).
-    return None if mol is None else _morgan().GetFingerprintAsNumPy(mol).astype(np.uint8)
-
-
-def fingerprints(smiles: Iterable[str]) -> np.ndarray:
-    """(N, 1024) uint8 Morgan bits; a row of zeros for an invalid molecule (use with `_valid_mask`)."""
-    rows = [_fp(_mol(s)) for s in smiles]
-    out = np.zeros((len(rows), FP_BITS), np.uint8)
-    for i, r in enumerate(rows):
-        if r is not None:
-            out[i] = r
-    return out
-
 
 def _tanimoto_agg(gen: np.ndarray, ref: np.ndarray, agg: str, p: int = 1, device: str = "cpu") -> np.ndarray:
     """Per gen row: max (agg="max") or mean of Tanimoto^p (agg="mean") over all ref rows. As MOSES
@@ -267,11 +220,11 @@ def _pool_map(fn, items: Sequence, n_jobs: int) -> list:
 
 def _features(smi: str) -> tuple[str | None, bytes | None, list[str], str | None]:
     """(canonical SMILES, packed fingerprint, BRICS fragments, scaffold of >= 2 rings) of one molecule."""
-    mol = _mol(smi)
+    mol = to_mol(smi)
     if mol is None:
         return None, None, [], None
     try:
-        return (Chem.MolToSmiles(mol), np.packbits(_fp(mol)).tobytes(), _fragments(mol),
+        return (Chem.MolToSmiles(mol), np.packbits(fingerprint(mol)).tobytes(), _fragments(mol),
                 _scaffold_of(mol, SCAFFOLD_MIN_RINGS))
     except Exception:  # noqa: BLE001
         return None, None, [], None
@@ -404,7 +357,7 @@ def _fcd_model(device: str):
 
 
 def _fcd_stats(smiles: Sequence[str], device: str = "cpu") -> dict:
-    smiles = [s for s in smiles if _mol(s) is not None]  # fcd_torch raises on an invalid SMILES
+    smiles = [s for s in smiles if to_mol(s) is not None]  # fcd_torch raises on an invalid SMILES
     if len(smiles) < 2:
         return {}
     with warnings.catch_warnings():
@@ -455,7 +408,7 @@ def _valid_canonical(gen: Iterable[str]) -> list[str]:
 
 def fraction_valid(gen: Sequence[str]) -> float:
     """Share of gen RDKit parses and sanitizes (MOSES fraction_valid); NaN for an empty list."""
-    return _mean([_mol(s) is not None for s in gen])
+    return _mean([to_mol(s) is not None for s in gen])
 
 
 def fraction_unique(gen: Sequence[str], k: int | None = None) -> float:
@@ -488,25 +441,25 @@ def internal_diversity(gen: Sequence[str], p: int = 1, device: str = "cpu") -> f
 
 def fraction_passes_filters(gen: Sequence[str]) -> float:
     """Share of the valid molecules passing MOSES's filters (MCF, PAINS, allowed atoms, no charge, rings < 8)."""
-    return _mean([_passes(_mol(s)) for s in _valid_canonical(gen)])
+    return _mean([_passes(to_mol(s)) for s in _valid_canonical(gen)])
 
 
 def _ref_fps(ref: "Sequence[str] | Reference") -> np.ndarray:
     """The reference's fingerprints: a Reference's own, or those of the valid molecules of a SMILES list."""
     if isinstance(ref, Reference):
         return ref.fps
-    fps = [f for f in (_fp(_mol(s)) for s in ref) if f is not None]
+    fps = [f for f in (fingerprint(to_mol(s)) for s in ref) if f is not None]
     return np.stack(fps) if fps else np.zeros((0, FP_BITS), np.uint8)
 
 
 def nearest_tanimoto(gen: Sequence[str], ref: "Sequence[str] | Reference", device: str = "cpu") -> np.ndarray:
     """(len(gen),) max Tanimoto (Morgan r2, 1024 bits) of each gen molecule to any ref molecule; NaN where gen is
     invalid (or ref has no valid molecule). Pass a prebuilt `Reference` to fingerprint ref once."""
-    mols = [_mol(s) for s in gen]
+    mols = [to_mol(s) for s in gen]
     ok = np.array([m is not None for m in mols], bool)
     out = np.full(len(gen), np.nan)
     if ok.any():
-        fps = np.stack([_fp(m) for m in mols if m is not None])
+        fps = np.stack([fingerprint(m) for m in mols if m is not None])
         out[ok] = _tanimoto_agg(fps, _ref_fps(ref), "max", device=device)
     return out
 
@@ -568,7 +521,7 @@ def moses_metrics(gen: Sequence[str], test: "Sequence[str] | Reference | None",
         res["IntDiv2"] = 1 - _mean(_tanimoto_agg(mine.fps, mine.fps, "mean", 2, device))
     else:
         res["IntDiv"] = res["IntDiv2"] = float("nan")
-    res["Filters"] = _mean([_passes(_mol(s)) for s in valid])
+    res["Filters"] = _mean([_passes(to_mol(s)) for s in valid])
     if train is not None:
         res["Novelty"] = novelty(valid, train)
     return res
