@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.errors import ConfigError
 from lm.base_model import encode_texts, kv_shape, pad_batch, prefix_cache
 from sllm import adapter
 from sllm.config import SLLMConfig
@@ -91,8 +92,6 @@ class Codec:
         extra = {}
         if self.sllm.cfg.kv_prefix:
             if backend.name != "transformers":
-                from common.errors import ConfigError
-
                 raise ConfigError(f"this SLLM puts its latent into every layer's key/value cache (sllm.kv_prefix), "
                                   f"which the {backend.name} backend cannot take: decode with --backend transformers")
             with torch.no_grad():
@@ -146,8 +145,6 @@ def last_hidden(model, emb, mask):
     with adapter.reading(model):  # the encoder reads the base model, never the decoder adapter
         hidden = model(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     if hidden.shape[-1] != emb.shape[-1]:  # e.g. a model that projects its embeddings in and out
-        from common.errors import ConfigError
-
         raise ConfigError(f"sllm.encoder_input=hidden needs a base model whose hidden states match its "
                           f"embeddings ({hidden.shape[-1]} vs {emb.shape[-1]}): "
                           "use --set sllm.encoder_input=embeddings")
