@@ -270,7 +270,8 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
     from sqlmodel import Session, select
 
     from common.errors import ConfigError
-    from loop.runner import Loop, run_config
+    from loop.context import RunContext
+    from loop.runner import run_config
     from storage.db import open_db
     from storage.models import Candidate, Stage
 
@@ -288,7 +289,7 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
                 raise ConfigError(f"--generation {g}: run {run_dir} has SLLMs of generations {done}")
             seen = set(s.exec(select(Candidate.fact_key).where(Candidate.generation < g,
                                                                Candidate.decision == "accepted")).all())
-            loop = Loop(cfg)
+            loop = RunContext(cfg)
             adapter = loop.adapter_for(s, g)
     finally:
         engine.dispose()
@@ -446,8 +447,7 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    from domains import MathsConfig
-    from domains.maths import heldout_per_topic
+    from domains.base import get_domain
     from loop.options import build_from_args, parser as run_parser
     from loop.config import ConfigError
 
@@ -481,11 +481,7 @@ def main(argv: list[str]) -> int:
                               "MOSES scaffold test); drop --corpus")
         base_cfg = build_from_args(args)
         c = base_cfg.corpus
-        if c.domain_name not in ("maths", "molecules"):
-            raise ConfigError(f"bench sllm needs a domain with a held-out set: --domain maths or molecules, not {c.domain_name}")
-        if c.domain_name == "maths" and heldout_per_topic(MathsConfig(facts_per_topic=c.facts_per_topic, holdout_share=c.holdout_share)) < 1:
-            raise ConfigError(f"corpus.holdout_share={c.holdout_share} of corpus.facts_per_topic={c.facts_per_topic} "
-                              "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
+        get_domain(c.domain_name).check_knowledge(c)
     except ValueError as e:  # ConfigError, or MathsConfig's own check of the corpus settings
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # imported once by the zygote, so that forked runs start in milliseconds
@@ -271,7 +273,7 @@ def artifact_summary(run_dir: Path) -> dict[str, dict[str, str]]:
     from loop.artifacts import MANIFEST
 
     out = {}
-    for m in sorted(Path(run_dir).glob("*/" + MANIFEST)) + sorted(Path(run_dir).glob("gen-*/*/" + MANIFEST)):
+    for m in sorted(Path(run_dir).glob("*/" + MANIFEST)) + sorted(Path(run_dir).glob(RunLayout.GEN_GLOB + "/*/" + MANIFEST)):
         files = json.loads(m.read_text())["files"]
         out[m.parent.relative_to(run_dir).as_posix()] = {
             k: v["sha256"] for k, v in files.items() if k.endswith((".safetensors", ".npy"))}
@@ -313,7 +315,7 @@ def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
 
                 np.load(folder / "latents.npy", allow_pickle=False)
             elif name == "retrain" and deep:
-                trained_base = run_dir / "base"
+                trained_base = RunLayout(run_dir).base
                 load_base_model(str(trained_base) if verify(trained_base) is None else str(base), adapter=folder)
         except Exception as e:  # noqa: BLE001 - any failure to load is the finding
             out.append(f"{folder.relative_to(run_dir)} does not load: {type(e).__name__}: {e}")

@@ -16,7 +16,7 @@ _TYPES = {"id": "int64", "generation": "int64", "sampler": "string", "text": "st
 _COLUMN_NOTES = {
     "id": "candidate id in the run's database",
     "generation": "the loop generation that proposed it",
-    "sampler": "how its latent was drawn (dark, prior, interpolate) or lm (plain sampling, no latent)",
+    "sampler": "the sampler that drew its latent, or drew it from the base model without one (run settings list them)",
     "text": "the decoded text",
     "decision": "accepted or rejected by the combiner (pending: not judged yet)",
     "reason": "the combiner's reason for the decision",

@@ -329,6 +329,12 @@ COMMANDS = {
 }
 
 
+
+
+def _commands() -> tuple[str, ...]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return tuple(sub.choices)
+
 def main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -356,3 +362,6 @@ def main(argv: list[str]) -> int:
     finally:
         if engine is not None:
             engine.dispose()
+
+
+CHOICES = _commands()  # what `run.py --help` lists

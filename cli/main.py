@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import sqlite3
 import sys
 
+from common.errors import ConfigError
+from common.plugins import import_plugins
 from loop.options import USAGE, build_from_args, parser
 
 __all__ = ["USAGE", "build_from_args", "main", "parser"]
@@ -18,15 +21,57 @@ SUBCOMMANDS = {"inspect": "cli.inspect", "bench": "bench", "experiment": "experi
 
 
 
+def usage() -> str:
+    """The usage block: the loop, then every subcommand with the commands its own parser or table
+    offers, so a command added there shows here."""
+    lines = [USAGE]
+    for name, module in SUBCOMMANDS.items():
+        choices = getattr(importlib.import_module(module), "CHOICES", ())
+        arg = " RUN_DIR" if name in ("inspect", "report") else ""
+        lines.append(f"       python run.py {name}{arg}" + (f" {{{','.join(choices)}}}" if choices else "") + " ...")
+    return "\n".join(lines) + "\n"
+
+
+# The subcommands that take the loop's settings (--set): they record the plugins as run.plugins,
+# so a resumed run or an experiment on a finished run imports them again without --plugin.
+SETTINGS_COMMANDS = (["experiment"], ["bench", "sllm"])
+
+
+def load_plugins(argv: list[str]) -> list[str]:
+    """Import each `--plugin MODULE` (a module that registers samplers, judges or domains when
+    imported) and return argv without them, so every command, subcommands too, sees its plugins;
+    the loop and the commands that take settings get them as `run.plugins`."""
+    rest, names, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--plugin" or a.startswith("--plugin="):
+            name = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if "=" in a else 2
+            if not name:
+                raise ConfigError("--plugin needs a module name, e.g. --plugin mypackage.plugins")
+            names.append(name)
+            continue
+        rest.append(a)
+        i += 1
+    import_plugins(names)
+    if names and (not rest or rest[0] not in SUBCOMMANDS or any(rest[:len(c)] == c for c in SETTINGS_COMMANDS)):
+        rest += ["--set", f"run.plugins={','.join(names)}"]
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        argv = load_plugins(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if argv and argv[0] in SUBCOMMANDS:
-        import importlib
-
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     p = parser()
+    p.usage = usage()
 
     def one_line_error(message: str):  # argparse's default prints the whole usage block first
         print(f"error: {message}; see `python run.py --help`", file=sys.stderr)

@@ -1,5 +1,14 @@
 """Domains as plugins: `maths` (built-in generator and verifier), `text` (any user corpus)."""
-from domains.base import DOMAINS, CorpusSplits, Domain, Text, Verdict, get_domain, split_eval
+from domains.base import (
+    CorpusSplits,
+    Domain,
+    Text,
+    Verdict,
+    domain_names,
+    get_domain,
+    register_domain,
+    split_eval,
+)
 from domains.files import CorpusError, load_corpus
 from domains.maths import (
     ALL_TOPICS,
@@ -13,7 +22,7 @@ from domains.maths import (
 from domains.text import TextDomain
 
 __all__ = [
-    "ALL_TOPICS", "DOMAINS", "CorpusError", "CorpusSplits", "Domain", "MathsConfig", "MathsCorpus", "MathsDomain",
-    "Text", "TextDomain", "Verdict", "build_maths_corpus", "false_statements", "get_domain", "load_corpus",
+    "ALL_TOPICS", "CorpusError", "CorpusSplits", "Domain", "MathsConfig", "MathsCorpus", "MathsDomain",
+    "Text", "TextDomain", "Verdict", "build_maths_corpus", "domain_names", "false_statements", "get_domain", "load_corpus", "register_domain",
     "split_eval", "verify",
 ]

@@ -4,17 +4,20 @@ A domain owns its corpus (train / held-out evaluation / held-out knowledge), the
 form used for de-duplication and novelty, the meaning target of the SLLM's meaning term (an
 embedder), the verifier (or none), the critic's rubric, the SLLM's extra language texts, and
 the tokenizer a self-trained base model should use. The loop, the judges and the experiments
-ask the domain and never test which one it is. Built in: `maths`, `text`, `molecules`;
-`get_domain(name)` returns one.
+ask the domain and never test which one it is. Built in: `maths`, `text`, `molecules`, found
+through entry points; `register_domain` adds one, `get_domain(name)` returns one.
 """
 from __future__ import annotations
 
 import random
 import re
 from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Container
 
 from common.errors import ConfigError
+from common.registry import Registry
 
 if TYPE_CHECKING:
     from domains.config import CorpusConfig
@@ -68,6 +71,17 @@ class Domain:
     # How the metrics line names the verifier's "true" share and the true-and-new count.
     truth_label: str = "truth"
     new_label: str = "true-new"
+    # Corpus files this domain claims by extension when no --domain is given (molecules: ".smi").
+    extensions: tuple[str, ...] = ()
+    # Counts among generation_metrics that the experiments also give per 1000 decodes, and the
+    # columns the discovery table adds for the domain: (figure key, header).
+    count_figures: tuple[str, ...] = ()
+    report_columns: tuple[tuple[str, str], ...] = ()
+    # The name of the held-out set when the holdout experiment holds out the domain's whole
+    # knowledge set against a finished run (molecules: "scaffold-test"); None: it holds out a topic.
+    knowledge_holdout: str | None = None
+    # True where the report can draw each text as a structure (molecules: RDKit depictions).
+    structure_drawings: bool = False
     # Settings this domain needs unless the user sets them ({"section.key": value}), applied by
     # loop.config.build_config under the file and command-line values.
     defaults: dict = {}
@@ -108,10 +122,14 @@ class Domain:
     def check_base_texts(self, cfg: CorpusConfig, n: int) -> None:
         """Refuse `base.extra_texts = n` before any work where the domain cannot supply them."""
         if n:
-            from common.errors import ConfigError
-
             raise ConfigError(f"base.extra_texts {n}: the {self.name} domain holds no texts beyond its corpus; "
                               "drop the setting (--set base.extra_texts=0)")
+
+    def check_knowledge(self, cfg: CorpusConfig) -> None:
+        """Refuse, before any work, settings under which the domain holds out no knowledge texts to
+        measure a round trip on (`bench sllm`); a domain without such a set always refuses."""
+        raise ConfigError(f"the {self.name} domain holds out no knowledge texts to measure on; pick a domain that does "
+                          "(--domain maths or molecules)")
 
     # -- meaning, novelty, truth --------------------------------------------------------------
     def canonical(self, text: str) -> str:
@@ -135,8 +153,6 @@ class Domain:
             return self.meaning_embedder()
         offered = self.meaning_targets()
         if name not in offered:
-            from common.errors import ConfigError
-
             choice = f"one of {', '.join(offered)}" if offered else "none but its own: drop the setting"
             raise ConfigError(f"corpus.meaning {name!r}: the {self.name} domain offers {choice} "
                               "(--set corpus.meaning=NAME)")
@@ -183,19 +199,55 @@ def split_eval(texts: list[Text], eval_share: float, seed: int) -> tuple[list[Te
     return train, ev
 
 
-def _registry() -> dict[str, type[Domain]]:
-    from domains.maths import MathsDomain
-    from domains.molecules.domain import MoleculesDomain
-    from domains.text import TextDomain
+# ------------------------------------------------------------------------------ registry
+# A domain joins by `register_domain(cls)` (in its own file, e.g. a test or a user's module
+# loaded with `--plugin MODULE`) or by an entry point of the group below in an installed
+# package's metadata. The registry imports no plugin until a run asks for it by name, so no
+# plugin file is imported back through it. The project's own domains are also named here by
+# import path, so a checkout whose package metadata is stale still finds them.
+ENTRY_POINT_GROUP = "darkzones.domains"
+_BUILT_IN = {"maths": "domains.maths.plugin:MathsDomain", "text": "domains.text:TextDomain",
+             "molecules": "domains.molecules.domain:MoleculesDomain"}
+_REGISTERED: Registry[type[Domain]] = Registry("domain")
 
-    return {"maths": MathsDomain, "text": TextDomain, "molecules": MoleculesDomain}
+
+def register_domain(cls: type[Domain]) -> type[Domain]:
+    """Add a domain class (usable as a class decorator); its `name` is how runs pick it."""
+    return _REGISTERED.add(cls.name, cls)
 
 
-DOMAINS = ("maths", "text", "molecules")
+def unregister_domain(name: str) -> None:
+    _REGISTERED.remove(name)
+
+
+def _entry_points() -> dict[str, str]:
+    """name -> "module:Class" of every domain found without importing it."""
+    return {**_BUILT_IN, **{ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}}
+
+
+def domain_names() -> tuple[str, ...]:
+    """Every domain a run can name: installed entry points, then registered classes (no import)."""
+    return tuple(dict.fromkeys([*_entry_points(), *_REGISTERED.items()]))
+
+
+def domain_class(name: str) -> type[Domain]:
+    if name in _REGISTERED:
+        return _REGISTERED.items()[name]
+    eps = _entry_points()
+    if name not in eps:
+        raise ConfigError(f"unknown domain {name!r}; choose one of {', '.join(sorted(domain_names()))} (--domain NAME)")
+    module, _, attr = eps[name].partition(":")
+    return register_domain(getattr(import_module(module), attr))
 
 
 def get_domain(name: str) -> Domain:
-    reg = _registry()
-    if name not in reg:
-        raise ConfigError(f"unknown domain {name!r}; choose one of {', '.join(sorted(reg))} (--domain NAME)")
-    return reg[name]()
+    return domain_class(name)()
+
+
+def domain_for_file(path: str) -> str | None:
+    """The domain that claims a corpus file by its extension (Domain.extensions), if one does."""
+    low = str(path).lower()
+    for name in domain_names():
+        if any(low.endswith(ext) for ext in domain_class(name).extensions):
+            return name
+    return None

@@ -27,10 +27,12 @@ class CorpusConfig:
     meaning: str = ""
 
     def __post_init__(self):
-        from domains.base import DOMAINS
+        # lazy: domains.base finds the domains, and imports this module for its type hints
+        from domains.base import domain_names
 
-        _check(self.domain is None or self.domain in DOMAINS,
-               f"corpus.domain {self.domain!r} is not a domain; choose one of {', '.join(DOMAINS)} (--domain NAME)")
+        names = domain_names()
+        _check(self.domain is None or self.domain in names,
+               f"corpus.domain {self.domain!r} is not a domain; choose one of {', '.join(names)} (--domain NAME)")
         _check(self.facts_per_topic >= 1, f"corpus.facts_per_topic must be >= 1, got {self.facts_per_topic}")
         _check(self.phrasings_per_fact >= 1, f"corpus.phrasings_per_fact must be >= 1, got {self.phrasings_per_fact}")
         _check(0 <= self.holdout_share < 1, f"corpus.holdout_share must be in [0, 1), got {self.holdout_share}")
@@ -44,4 +46,6 @@ class CorpusConfig:
             return self.domain
         if self.path is None:
             return "maths"
-        return "molecules" if str(self.path).lower().endswith(".smi") else "text"
+        from domains.base import domain_for_file
+
+        return domain_for_file(self.path) or "text"

@@ -1,6 +1,6 @@
 """The idea's own experiments (`python run.py experiment {discovery,holdout}`).
 
-discovery: the same decode budget for each sampler (dark, prior, interpolate, lm), judged by the
+discovery: the same decode budget for each registered sampler (latent.samplers), judged by the
   loop's judges and combiner; per sampler: decoded, parseable, true, true-and-new, accepted,
   novelty, with 95% confidence intervals over seeds, and a 2-D picture of the latent space.
 holdout: the NN1/NN2 test. NN1 = SLLM trained without topic T; NN2 = NN1 continued on the corpus
@@ -14,12 +14,12 @@ Each prints a table, writes JSON, and stores an ExperimentRun row plus one Exper
 per decoded text in the run folder's database (`python run.py inspect RUN_DIR experiments`).
 """
 # The names the rest of the project uses; each experiment lives in its own module.
-from experiments.cli import main
+from experiments.cli import CHOICES, main
 from experiments.common import ci95, plain_table
-from experiments.discovery import DISCOVERY_COLUMNS, SAMPLERS, discovery, discovery_table, summarise_discovery
+from experiments.discovery import DISCOVERY_COLUMNS, all_samplers, discovery, discovery_table, summarise_discovery
 from experiments.holdout import holdout, holdout_table
 from experiments.holdout_molecules import holdout_molecules, holdout_molecules_table
 
-__all__ = ["DISCOVERY_COLUMNS", "SAMPLERS", "ci95", "discovery", "discovery_table", "holdout", "holdout_molecules",
+__all__ = ["CHOICES", "DISCOVERY_COLUMNS", "all_samplers", "ci95", "discovery", "discovery_table", "holdout", "holdout_molecules",
            "holdout_molecules_table", "holdout_table",
            "main", "plain_table", "summarise_discovery"]

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from experiments.discovery import SAMPLERS, discovery
+from domains.base import get_domain
+from experiments.discovery import all_samplers, discovery
 from experiments.holdout import holdout
 from experiments.holdout_molecules import TOPIC as MOLECULES_TOPIC, holdout_molecules
 
@@ -15,6 +16,12 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- CLI
+EXPERIMENTS = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
+               "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes "
+                          "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)"}
+CHOICES = tuple(EXPERIMENTS)  # what `run.py --help` lists
+
+
 def main(argv: list[str]) -> int:
     if "-q" in argv or "--quiet" in argv:  # before anything imports tqdm, which reads it at import
         os.environ["TQDM_DISABLE"] = "1"
@@ -22,13 +29,12 @@ def main(argv: list[str]) -> int:
     from domains import ALL_TOPICS
     from loop.options import build_from_args, parser as run_parser
 
-    if not argv or argv[0] not in ("discovery", "holdout"):
-        print("usage: python run.py experiment {discovery,holdout} [options]; see --help of each", file=sys.stderr)
+    if not argv or argv[0] not in EXPERIMENTS:
+        print(f"usage: python run.py experiment {{{','.join(EXPERIMENTS)}}} [options]; see --help of each",
+              file=sys.stderr)
         return 2
     name = argv[0]
-    about = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
-             "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes "
-                        "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)"}
+    about = EXPERIMENTS
     p = argparse.ArgumentParser(prog=f"run.py experiment {name}", parents=[run_parser()], add_help=False,
                                 description=about[name])
     p.add_argument("--json", help="where to write the figures (default RUN_DIR/experiments/NAME-TIME.json)")
@@ -39,7 +45,7 @@ def main(argv: list[str]) -> int:
         p.add_argument("--budget", type=int, default=200, help="decodes per sampler per seed (default 200)")
         p.add_argument("--seeds", type=int, default=3, help="seeds; the 95%% CI is over them (default 3)")
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
-        p.add_argument("--only", help="comma-separated subset of samplers (default dark,prior,interpolate,lm)")
+        p.add_argument("--only", help=f"comma-separated subset of samplers (default {','.join(all_samplers())})")
     else:
         p.add_argument("--topic", choices=(*ALL_TOPICS, MOLECULES_TOPIC),
                        help=f"topic T held out of NN1 (maths: required; molecules: {MOLECULES_TOPIC}, the only one)")
@@ -88,12 +94,13 @@ def _main_discovery(args, cfg) -> int:
 
     if args.budget < 1 or args.seeds < 1:
         raise ConfigError(f"--budget and --seeds must be >= 1, got {args.budget} and {args.seeds}")
-    samplers = SAMPLERS
+    samplers = all_samplers()
     if args.only:
+        known = samplers
         samplers = tuple(s.strip() for s in args.only.split(",") if s.strip())
-        bad = [s for s in samplers if s not in SAMPLERS]
+        bad = [s for s in samplers if s not in known]
         if bad or not samplers:
-            raise ConfigError(f"--only: unknown sampler(s) {bad}; choose from {', '.join(SAMPLERS)}")
+            raise ConfigError(f"--only: unknown sampler(s) {bad}; choose from {', '.join(known)}")
     if args.run and len(args.run) > 1:
         return _main_discovery_seeds(args, cfg, samplers)
     if args.run:
@@ -112,8 +119,6 @@ def _main_discovery(args, cfg) -> int:
         run_dir = Path(cfg.run.out)
         print(f"making sure run {run_dir} has {cfg.run.generations} generation(s) (resumable)", file=sys.stderr)
         Loop(cfg).run()
-    from domains.base import get_domain
-
     if get_domain(cfg.corpus.domain_name).verifier is None:
         log.warning("this domain has no verifier: parseable/true/true-new stay 0; accepted and novelty still count")
     res = discovery(cfg, run_dir, args.generation, args.budget, args.seeds, Path(args.png) if args.png else None,
@@ -193,8 +198,8 @@ def _main_holdout(args, cfg) -> int:
 def _default_out(args, cfg) -> Path:
     if args.out:
         return Path(args.out)
-    molecules = bool(args.run) or cfg.corpus.domain_name == "molecules"
-    return Path("runs") / f"holdout-{MOLECULES_TOPIC if molecules else args.topic}"
+    held = get_domain(cfg.corpus.domain_name).knowledge_holdout
+    return Path("runs") / f"holdout-{held or (MOLECULES_TOPIC if args.run else args.topic)}"
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -250,9 +255,7 @@ def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) ->
 def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path | None) -> dict:
     """One holdout experiment (maths, or molecules with or without `run`); its result, with `out`."""
     from common.errors import ConfigError
-    from domains.base import get_domain
-
-    if run is not None or cfg.corpus.domain_name == "molecules":
+    if run is not None or get_domain(cfg.corpus.domain_name).knowledge_holdout:
         return _holdout_molecules_one(args, cfg, run, out or _default_out(args, cfg), json_path)
     domain = get_domain(cfg.corpus.domain_name)
     if not domain.topics or domain.verifier is None or cfg.corpus.path is not None:

@@ -33,7 +33,7 @@ DUPLICATE = lambda i: "rejected: duplicate of an accepted text in this batch"  #
 def judged_row(j) -> dict:
     """The figures of one judged decode (judges.panel.Judged) that an experiment stores."""
     return {"verdict": j.verdict, "fact_key": j.fact_key, "topic": j.topic, "true_new": bool(j.true_new),
-            "accepted": j.accepted, "reason": j.reason, "novelty": j.scores["novelty"].detail.get("distance")}
+            "accepted": j.accepted, "reason": j.reason, "novelty": j.novelty}
 
 
 def per_seed_figures(rows: list[dict], budget: int, dark: np.ndarray, gmm_dark: np.ndarray) -> dict:

@@ -3,11 +3,10 @@
 Every decode is encoded again and its own latent density-scored (the round-trip check of
 Meta's LCM evaluation): a dark latent whose text re-encodes into an occupied region snapped
 back to known content, so the table gives both "dark as sampled" and "dark once re-encoded".
-The `dark-kept` sampler aims at dark TEXTS, not latents: it proposes dark latents, decodes
-each several times (greedy, then sampled), re-encodes every decode and keeps only distinct
-decodes still dark once re-encoded, until the budget is filled or its decode cap is spent; its
-cost is the decodes spent per decode kept. With several `--run`s (one per training seed), the
-headline intervals are over training seeds.
+Every registered sampler (latent.samplers) runs, feedback samplers too: this experiment hands
+them a decoder and an encoder (`dark-kept` aims at dark TEXTS: its cost is the decodes spent per
+decode kept). With several `--run`s (one per training seed), the headline intervals are over
+training seeds.
 """
 from __future__ import annotations
 
@@ -19,13 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import DUPLICATE, ci95, judged_row, per_seed_figures, plain_table, store_experiment, _fmt_ci
+from latent.samplers import SamplerContext, get_sampler, samplers as registered_samplers
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("dark", "dark-kept", "prior", "interpolate", "lm")
-KEPT_TRIES = 4  # decodes per proposed latent: greedy, then sampled at KEPT_TEMPERATURE
-KEPT_TEMPERATURE = 0.8
-KEPT_MAX_FACTOR = 10  # dark-kept stops after this many decodes per budget slot, kept or not
 # per-seed figures of one sampler, in table order: (key, column header)
 DISCOVERY_COLUMNS = [
     ("decoded", "decoded"), ("parseable", "parseable"), ("true", "true"), ("true_new", "true-new"),
@@ -36,29 +32,9 @@ DISCOVERY_COLUMNS = [
 ]
 
 
-def kept_dark(occ, budget: int, cfg, rng, zones, decode, encode, seed: int, tries: int = KEPT_TRIES,
-              temperature: float = KEPT_TEMPERATURE, max_factor: int = KEPT_MAX_FACTOR):
-    """Decodes whose own latent is dark: (sampled latents (n, D), texts, re-encoded latents (n, D),
-    decodes spent), n <= budget. `decode(points, temperature, seed) -> texts`, `encode(texts) -> latents`."""
-    from latent.samplers import draw
-
-    pts, texts, z2s, seen, spent, rnd = [], [], [], set(), 0, 0
-    while len(texts) < budget and spent < max_factor * budget:
-        z = draw("dark", occ, budget, cfg, rng, zones).points
-        for t in range(tries):
-            out = decode(z, 0.0 if t == 0 else temperature, seed + 7919 * rnd + t)
-            spent += len(out)
-            z2 = encode([x or " " for x in out])
-            for i in np.flatnonzero(occ.is_dark(z2)):
-                if out[i] and out[i] not in seen and len(texts) < budget:
-                    seen.add(out[i])
-                    pts.append(z[i]), texts.append(out[i]), z2s.append(z2[i])
-            if len(texts) >= budget or spent >= max_factor * budget:
-                break
-        rnd += 1
-    d = z.shape[1]
-    return (np.stack(pts) if pts else np.zeros((0, d), np.float32), texts,
-            np.stack(z2s) if z2s else np.zeros((0, d), np.float32), spent)
+def all_samplers() -> tuple[str, ...]:
+    """The samplers the experiment runs by default: every registered one, in registration order."""
+    return tuple(registered_samplers())
 
 
 # ---------------------------------------------------------------------------- discovery
@@ -80,7 +56,7 @@ def _latest_map_generation(run_dir: Path) -> int:
 
 
 def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: int, png: Path | None,
-              json_path: Path | None, samplers: tuple[str, ...] = SAMPLERS) -> dict:
+              json_path: Path | None, samplers: tuple[str, ...] | None = None) -> dict:
     import torch
     from sklearn.decomposition import PCA
     from sqlmodel import Session, select
@@ -88,16 +64,16 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
     from experiments.plots import discovery_png
     from judges.panel import build_panel, judge_texts
     from latent.occupancy import OccupancyMap
-    from latent.samplers import draw
-    from latent.zones import assign_zone, zones_from_rows
-    from loop.runner import Loop
+    from latent.zones import zones_from_rows
+    from loop.context import RunContext
     from sllm.codec import GenParams
     from storage.db import RunLock, open_db
     from storage.models import Zone
 
+    samplers = all_samplers() if samplers is None else tuple(samplers)
     t0 = time.perf_counter()
     g = _latest_map_generation(run_dir) if generation is None else generation
-    loop = Loop(cfg)
+    loop = RunContext(cfg)
     data = loop.data
     with RunLock(run_dir):
         engine = open_db(run_dir, create=True)
@@ -116,8 +92,8 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
 
         encode_texts = codec.encode
 
-        latents = np.load(loop.gen_dir(g) / "map" / "latents.npy", allow_pickle=False)
-        map_dir = loop.gen_dir(g) / "map"
+        map_dir = loop.layout.map(g)
+        latents = np.load(map_dir / "latents.npy", allow_pickle=False)
         if (map_dir / "occupancy.json").is_file():  # the map the loop fitted, as it was
             occ = OccupancyMap.load(map_dir, cfg.sample, threads=torch.get_num_threads())
         else:  # a run mapped before maps were saved whole
@@ -139,28 +115,31 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             for si, name in enumerate(samplers):
                 rng = np.random.default_rng([cfg.run.seed, seed, si])
                 torch.manual_seed(1000 * seed + si)
+                spec = get_sampler(name)
                 spent = budget
-                if name == "lm":
+                if not spec.latent:
                     texts = be.sample(budget, dc.max_new_tokens, dc.lm_temperature, 1000 * seed + si)
                     # no latent was sampled: place each text at its SLLM encoding (for the picture)
                     pts = codec.reencode(texts)
                     z2 = pts
-                elif name == "dark-kept":
-                    pts, texts, z2, spent = kept_dark(occ, budget, cfg.sample, rng, zones, decode_latents, encode_texts,
-                                                      1000 * seed + si)
+                    zone_ids = [None] * len(pts)
                 else:
-                    pts = draw(name, occ, budget, cfg.sample, rng, zones).points
-                    texts = decode_latents(pts, dc.temperature, 1000 * seed + si)
-                    z2 = encode_texts([t or " " for t in texts])
+                    ctx = SamplerContext(occ, cfg.sample, rng, zones, 1000 * seed + si, decode_latents, encode_texts)
+                    d = spec.fn(ctx, budget)
+                    pts, zone_ids = d.points, d.zone_ids
+                    if d.texts is not None:  # the sampler decoded as it sampled
+                        texts, z2, spent = d.texts, d.reencoded, d.spent
+                    else:
+                        texts = decode_latents(pts, dc.temperature, 1000 * seed + si)
+                        z2 = encode_texts([t or " " for t in texts])
                 if len(pts):
                     dens, dens2, dark2 = occ.density_score(pts), occ.density_score(z2), occ.is_dark(z2)
                     dark, gdark, xy = occ.is_dark(pts), occ.gmm_dark(pts), proj.transform(pts)
-                else:  # dark-kept found no decode that stays dark
+                else:  # a feedback sampler found no decode it keeps
                     dens = dens2 = np.zeros(0)
                     dark = dark2 = gdark = np.zeros(0, dtype=bool)
                     xy = np.zeros((0, 2))
                 snap = np.linalg.norm(pts - z2, axis=1)
-                zone_ids = assign_zone(zones, pts) if name in ("dark", "dark-kept") else [None] * len(pts)
                 verdicts = [judged_row(j) for j in judge_texts(panel, texts, cfg.judges, data.train_fact_keys, DUPLICATE,
                                                                  canonical=loop.domain.canonical)]
                 rows = []
@@ -171,11 +150,12 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                                  "detail": {"gmm_dark": bool(gdark[i]), "zone": zone_ids[i],
                                             "reencoded_density": float(dens2[i]), "reencoded_dark": bool(dark2[i]),
                                             "snap": float(snap[i]),
-                                            "latent": "sampled" if name != "lm" else "SLLM encoding of the text"}})
+                                            "latent": "sampled" if spec.latent else "SLLM encoding of the text"}})
                 samples.extend(rows)
                 figs = per_seed_figures(rows, budget, dark, gdark)
                 figs.update(reencode_figures(dens, dens2, dark2, snap, spent, len(texts), figs["true_new"]))
-                figs.update(domain_figures(loop.domain.generation_metrics(texts, data), budget))
+                figs.update(domain_figures(loop.domain.generation_metrics(texts, data), budget,
+                                           loop.domain.count_figures))
                 per_seed[name].append(figs)
                 log.info("seed %d %s: %s", seed, name, per_seed[name][-1])
     result = summarise_discovery(per_seed, budget, seeds)
@@ -188,7 +168,8 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                                       trained)
     if ref is not None:
         result["reference"] = {"rows": ref["rows"], "n": ref["n"], "table": ref["table"]}
-    result.update({"generation": g, "budget_per_sampler": budget, "seeds": seeds, "calibration": calib,
+    result.update({"domain_columns": [list(c) for c in loop.domain.report_columns],
+                   "generation": g, "budget_per_sampler": budget, "seeds": seeds, "calibration": calib,
                    "dark_threshold": occ.threshold, "envelope_radius": occ.radius,
                    "gmm_components": int(occ.gmm.n_components) if occ.gmm is not None else None,
                    "zones": len(zones)})
@@ -197,7 +178,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
         table += "\n\n" + ref["table"]
     seconds = time.perf_counter() - t0
     result["seconds"] = seconds
-    exp_dir = run_dir / "experiments"
+    exp_dir = loop.layout.experiments
     stamp = time.strftime("%Y%m%d-%H%M%S")
     png = png or exp_dir / f"discovery-{stamp}.png"
     json_path = json_path or exp_dir / f"discovery-{stamp}.json"
@@ -218,11 +199,11 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
     return result
 
 
-def domain_figures(metrics: dict, budget: int) -> dict:
+def domain_figures(metrics: dict, budget: int, counts: tuple[str, ...] = ()) -> dict:
     """The domain's own figures of one sampler's decodes (molecules: the MOSES metrics), with the
-    counts also per 1000 decodes (molecules: rediscoveries, novel scaffolds)."""
+    counts it names (Domain.count_figures; molecules: rediscoveries, novel scaffolds) also per 1000 decodes."""
     out = {f"domain/{k}": v for k, v in metrics.items() if k != "decodes"}
-    for k in ("rediscovered", "novel_scaffolds"):
+    for k in counts:
         if k in metrics:
             out[f"{k}_per_1000"] = 1000.0 * metrics[k] / budget
     return out
@@ -248,14 +229,15 @@ def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int
             out["ci_method"] = out["ci_method"] or agg[key]["method"]
         out["per_sampler"][name] = agg
     head = {}
-    dark = out["per_sampler"].get("dark", {}).get("true_new_per_1000", {}).get("mean")
-    for base, target in (("lm", 3.0), ("prior", 1.5)):
-        other = out["per_sampler"].get(base, {}).get("true_new_per_1000", {}).get("mean")
-        if dark is None or other is None:
-            continue
-        ratio = None if other == 0 else dark / other
-        head[f"dark_vs_{base}"] = {"ratio": ratio, "target": target, "dark": dark, "baseline": other,
-                                   "met": (dark > 0 if other == 0 else ratio >= target)}
+    for method, spec in registered_samplers().items():  # each sampler's own claims (SamplerSpec.beats)
+        mine = out["per_sampler"].get(method, {}).get("true_new_per_1000", {}).get("mean")
+        for base, target in spec.beats.items():
+            other = out["per_sampler"].get(base, {}).get("true_new_per_1000", {}).get("mean")
+            if mine is None or other is None:
+                continue
+            ratio = None if other == 0 else mine / other
+            head[f"{method}_vs_{base}"] = {"ratio": ratio, "target": target, "method": method, "yield": mine,
+                                           "baseline": other, "met": (mine > 0 if other == 0 else ratio >= target)}
     yields = {n: a.get("true_new_per_1000", {}).get("mean") or 0.0 for n, a in out["per_sampler"].items()}
     out["headline"] = head
     best = max(yields.values(), default=0.0)
@@ -264,20 +246,23 @@ def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int
 
 
 HEADLINE_KEYS = ("true_new_per_1000", "true_new_per_1000_spent", "true_new_distinct_per_1000", "dark_share",
-                 "text_dark_share", "decodes_per_kept", "accepted", "rediscovered_per_1000", "novel_scaffolds_per_1000")
+                 "text_dark_share", "decodes_per_kept", "accepted")
 
 
 def combine_training_seeds(results: dict[str, dict]) -> dict:
     """Intervals over training seeds: per sampler and figure, the 95% CI over the runs' means
     (each run: one training seed, its mean over sampling seeds)."""
     per_sampler: dict[str, dict] = {}
-    names = [n for n in next(iter(results.values()))["per_sampler"]]
+    first = next(iter(results.values()))
+    names = [n for n in first["per_sampler"]]
+    # the domain's per-1000 counts (its report columns) join the headline
+    headline_keys = HEADLINE_KEYS + tuple(k for k, _ in first.get("domain_columns", []) if k.endswith("_per_1000"))
     for name in names:
         per_sampler[name] = {}
-        for key in HEADLINE_KEYS:
+        for key in headline_keys:
             vals = [r["per_sampler"].get(name, {}).get(key, {}).get("mean") for r in results.values()]
             per_sampler[name][key] = ci95([v for v in vals if v is not None])
-    keys = [k for k in HEADLINE_KEYS if any(per_sampler[n][k]["mean"] is not None for n in names)]
+    keys = [k for k in headline_keys if any(per_sampler[n][k]["mean"] is not None for n in names)]
     headers = ["sampler"] + [k.replace("_", " ") for k in keys]
     rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if "share" in k else 1) for k in keys] for n in names]
     lines = [plain_table(headers, rows),
@@ -298,14 +283,9 @@ def combine_training_seeds(results: dict[str, dict]) -> dict:
     return {"per_sampler": per_sampler, "runs": list(results), "table": "\n".join(lines)}
 
 
-DOMAIN_COLUMNS = [("rediscovered_per_1000", "rediscovered /1000"), ("novel_scaffolds_per_1000", "novel scaffolds /1000"),
-                  ("domain/unique", "unique"), ("domain/IntDiv", "IntDiv"), ("domain/filters", "filters"),
-                  ("domain/SNN/Test", "SNN/Test"), ("domain/FCD/Test", "FCD/Test")]
-
-
 def discovery_table(result: dict) -> str:
     first = next(iter(result["per_sampler"].values()), {})
-    columns = DISCOVERY_COLUMNS + [c for c in DOMAIN_COLUMNS if c[0] in first]
+    columns = DISCOVERY_COLUMNS + [tuple(c) for c in result.get("domain_columns", []) if c[0] in first]
     headers = ["sampler"] + [h for _, h in columns]
     rows = []
     for name, agg in result["per_sampler"].items():
@@ -320,10 +300,10 @@ def discovery_table(result: dict) -> str:
              f"{method[result.get('ci_method')]}] over {result['seeds']} seed(s)"]
     for key, h in result["headline"].items():
         if h["ratio"] is None:
-            r = "dark > 0, baseline 0" if h["dark"] > 0 else "both 0"
+            r = f"{h['method']} > 0, baseline 0" if h["yield"] > 0 else "both 0"
         else:
             r = f"{h['ratio']:.2f}x"
-        lines.append(f"{key.replace('_', ' ')}: true-new per 1000 {h['dark']:.1f} vs {h['baseline']:.1f} = {r} "
+        lines.append(f"{key.replace('_', ' ')}: true-new per 1000 {h['yield']:.1f} vs {h['baseline']:.1f} = {r} "
                      f"(target {h['target']}x): {'met' if h['met'] else 'NOT met'}")
     lines.append("highest true-new yield: " + (", ".join(result["winner"]) or "none (no sampler found a true new fact)"))
     c = result["calibration"]

@@ -128,7 +128,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     from domains.files import CorpusError
     from domains.molecules.domain import train_scaffolds
     from domains.molecules.metrics import scaffold
-    from loop.runner import Loop
+    from loop.context import RunContext
     from loop.stages import load_map
     from lm.base_model import load_base_model
     from sllm.codec import Codec, GenParams
@@ -140,7 +140,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         raise ConfigError(f"run {run_dir} is a {cfg.corpus.domain_name} run; the molecules holdout needs a molecules "
                           "run (python run.py --domain molecules --out DIR)")
     _check_run_mapped(run_dir)
-    loop = Loop(cfg)
+    loop = RunContext(cfg)
     if cfg.corpus.path is not None:
         raise ConfigError(f"run {run_dir} trained on a user corpus ({cfg.corpus.path}), which may hold scaffold-test "
                           "molecules; the molecules holdout needs a run on MOSES train (no --corpus)")
@@ -180,7 +180,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
             items = data.train + extra
             texts = [t.text for t in items] + a_list
             embed = loop.domain.meaning_target(cfg.corpus.meaning).embed
-            nn2 = Codec.load(loop.gen_dir(0) / "sllm", second_copy(), tok)
+            nn2 = Codec.load(loop.layout.sllm(0), second_copy(), tok)
             train_sllm(nn2.sllm, nn2.model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
                        continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed + 1,
                        fact_keys=[t.fact_key for t in items] + a_list, desc="NN2 (continued with scaffold-test A)")
@@ -189,7 +189,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         nn2 = Codec.load(out / "nn2", second_copy(), tok)
 
         t1 = time.perf_counter()
-        eval_latents = loop.gen_dir(0) / "map" / "eval_latents.npy"
+        eval_latents = loop.layout.map(0) / "eval_latents.npy"
         calib = occ.calibrate(np.load(eval_latents) if eval_latents.is_file()
                               else nn1.encode([t.text for t in data.eval]))
         greedy = GenParams(cfg.decode.max_new_tokens, 0.0, seed)
@@ -240,8 +240,8 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     json_path = json_path or out / "experiments" / f"holdout-{TOPIC}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     settings = {"out": str(out), "run": str(run_dir), "domain": "molecules", "part_a": part_a, "max_texts": max_texts,
                 "continue_epochs": continue_epochs, "config": cfg.to_dict()}
-    artifacts = {"json": str(json_path), "base": loop.base_path(), "nn1": str(loop.gen_dir(0) / "sllm"),
-                 "map": str(loop.gen_dir(0) / "map"), "nn2": str(out / "nn2"), "parts": str(out / "parts.json")}
+    artifacts = {"json": str(json_path), "base": loop.base_path(), "nn1": str(loop.layout.sllm(0)),
+                 "map": str(loop.layout.map(0)), "nn2": str(out / "nn2"), "parts": str(out / "parts.json")}
     eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
     result["experiment_id"] = eid
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from latent.samplers import samplers
+
 VERDICT_COLOURS = {"true": "#1a9850", "false": "#d73027", "unparseable": "#fdae61", None: "#999999"}
-SAMPLER_MARKERS = {"dark": "o", "dark-kept": "P", "prior": "s", "interpolate": "^", "lm": "D"}
-SAMPLER_COLOURS = {"dark": "#313695", "dark-kept": "#1a9850", "prior": "#74add1", "interpolate": "#f46d43",
-                   "lm": "#a50026"}
 
 
 def _plt():
@@ -42,7 +41,11 @@ def discovery_png(path: str | Path, corpus_xy: np.ndarray, probe_xy: np.ndarray,
                label="corpus texts (occupied)", zorder=2.5)
     if len(probe_xy):
         ax.scatter(probe_xy[:, 0], probe_xy[:, 1], s=3, c="#4575b4", alpha=0.15, label="dark probe points", zorder=0)
-    for sampler, marker in SAMPLER_MARKERS.items():
+    specs = samplers()
+    names = list(dict.fromkeys(d["sampler"] for d in samples))  # in the order they ran
+    style = {n: (specs[n].marker, specs[n].colour) if n in specs else ("o", "#7f7f7f") for n in names}
+    for sampler in names:
+        marker = style[sampler][0]
         pts = [d for d in samples if d["sampler"] == sampler and d.get("x") is not None]
         if not pts:
             continue
@@ -65,7 +68,6 @@ def discovery_png(path: str | Path, corpus_xy: np.ndarray, probe_xy: np.ndarray,
     ax.set_title("latent space (2-D PCA projection)")
     ax.legend(loc="upper left", bbox_to_anchor=(0, -0.1), ncol=4, fontsize=8, frameon=False)
 
-    names = [n for n in SAMPLER_MARKERS if any(d["sampler"] == n for d in samples)]
     data = [[d["density_score"] for d in samples if d["sampler"] == n and d.get("density_score") is not None]
             for n in names]
     keep = [(n, v) for n, v in zip(names, data) if v]
@@ -74,7 +76,7 @@ def discovery_png(path: str | Path, corpus_xy: np.ndarray, probe_xy: np.ndarray,
         ax2.set_xticks(range(1, len(keep) + 1), [n for n, _ in keep])
         rng = np.random.default_rng(0)
         for i, (n, v) in enumerate(keep, start=1):
-            ax2.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=4, alpha=0.3, c=SAMPLER_COLOURS[n])
+            ax2.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=4, alpha=0.3, c=style[n][1])
         del parts
     ax2.axhline(1.0, color="black", linestyle="--", linewidth=1)
     ax2.text(1.0, 1.0, "dark above this line ", va="bottom", ha="right", fontsize=8,

@@ -7,6 +7,8 @@ import importlib
 
 _EXPORTS = {
     "Judge": "judges.base", "JudgeScore": "judges.base", "safe_score": "judges.base", "validate": "judges.base",
+    "JudgeSpec": "judges.base", "PanelContext": "judges.base", "register_judge": "judges.base",
+    "judge_specs": "judges.base",
     "CoherenceJudge": "judges.coherence", "token_nll": "judges.coherence",
     "Decision": "judges.combiner", "decide": "judges.combiner",
     "DEFAULT_RUBRIC": "judges.critic", "CriticJudge": "judges.critic", "sanitise": "judges.critic",

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import bisect
 
+import numpy as np
 import torch
 
-from judges.base import JudgeScore
+from judges.base import JudgeScore, JudgeSpec, PanelContext, register_judge
 from lm.base_model import encode_texts, pad_batch
 
 
@@ -65,3 +66,24 @@ class CoherenceJudge:
             out[i] = JudgeScore(s, f"nll {nll:.2f}/token, more fluent than {100 * s:.0f}% of corpus",
                                 {"nll": nll, "percentile": s})
         return out
+
+
+REFERENCE_TEXTS = 256  # corpus texts that calibrate the coherence judge
+
+
+def _coherence_gate(s: JudgeScore, threshold, cfg) -> tuple[str | None, str | None]:
+    if s.score is None:  # without a coherence score nothing says the text is language at all
+        return f"coherence unscored ({s.reason})", None
+    if s.score < threshold:
+        return f"incoherent ({s.score:.2f} < {threshold:.2f}; {s.reason})", None
+    return None, f"coherent ({s.score:.2f})"
+
+
+def _build(ctx: PanelContext):
+    rng = np.random.default_rng(ctx.seed)
+    ref_idx = rng.choice(len(ctx.train), size=min(REFERENCE_TEXTS, len(ctx.train)), replace=False)
+    return CoherenceJudge(ctx.model, ctx.tokenizer, [ctx.train[i].text for i in sorted(ref_idx)])
+
+
+register_judge(JudgeSpec("coherence", _build, gate=_coherence_gate, rank=10,
+                         weight_setting="coherence_weight", threshold_setting="min_coherence"))

@@ -26,7 +26,7 @@ import torch
 
 from common.errors import ConfigError
 from domains.text import RUBRIC as GENERIC_RUBRIC
-from judges.base import JudgeScore
+from judges.base import JudgeScore, JudgeSpec, PanelContext, register_judge
 from lm.base_model import pad_batch
 
 log = logging.getLogger(__name__)
@@ -227,3 +227,12 @@ class RuleCriticJudge:
 
     def score(self, texts: list[str]) -> list[JudgeScore]:
         return [JudgeScore(s, reason, detail) for s, reason, detail in self.rate(list(texts))]
+
+
+def _build(ctx: PanelContext):
+    if ctx.domain.rule_critic is not None:
+        return RuleCriticJudge(ctx.domain.rule_critic)
+    return CriticJudge(ctx.model, ctx.tokenizer, load_rubric(ctx.cfg.rubric) if ctx.cfg.rubric else ctx.domain.rubric)
+
+
+register_judge(JudgeSpec("critic", _build, rank=30, weight_setting="critic_weight", threshold_setting="min_critic"))

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from judges.base import JudgeScore
+from judges.base import JudgeScore, JudgeSpec, PanelContext, register_judge
 
 SATURATION = 0.5  # cosine distance at which novelty reaches 1
 
@@ -82,3 +82,34 @@ class NoveltyJudge:
                 {"distance": di, "nearest": near[i], "source": source[i], "near_duplicate": di < self.min_distance},
             ))
         return out
+
+
+def _novelty_gate(s: JudgeScore, threshold, cfg) -> tuple[str | None, str | None]:
+    """A near-copy of a corpus or already-accepted text is rejected by its distance, whatever its score."""
+    dist = s.detail.get("distance")
+    if dist is None:
+        return None, f"novelty unscored ({s.reason})"
+    if threshold is not None and dist < threshold:
+        near = str(s.detail.get("nearest", ""))
+        near = near if len(near) <= 60 else near[:57] + "..."
+        return (f"near-duplicate of {s.detail.get('source', 'corpus')} text {near!r} "
+                f"(distance {dist:.3f} < {threshold:.2f})"), None
+    if s.score is None:
+        return None, f"novelty unscored ({s.reason})"
+    return None, f"novel ({s.score:.2f}, distance {dist:.3f})"
+
+
+def _build(ctx: PanelContext):
+    embedder = ctx.domain.meaning_embedder()
+    texts = [t.text for t in ctx.train]
+    if getattr(embedder, "metric", "cosine") == "jaccard":  # bit vectors: Tanimoto distance on the bits
+        judge = NoveltyJudge(embedder.bits, texts, ctx.cfg.min_novelty, metric="jaccard")
+    else:
+        judge = NoveltyJudge(embedder.embed, texts, ctx.cfg.min_novelty, corpus_embeddings=ctx.corpus_embeddings)
+    if ctx.previous:
+        judge.add_accepted(ctx.previous)
+    return judge
+
+
+register_judge(JudgeSpec("novelty", _build, gate=_novelty_gate, rank=20, roles=("novelty",),
+                         weight_setting="novelty_weight", threshold_setting="min_novelty"))

@@ -1,9 +1,10 @@
 """The judge panel: built once here, used by the loop's judge stage and by the experiments.
 
-`build_panel` makes the judges a domain calls for (coherence, novelty in the domain's embedding
-space, the critic with the domain's rubric or the user's, or the domain's rule-based critic,
-the verifier where the domain has one); `judge_texts` scores a batch with all of them and decides with the combiner. An accepted
-text repeated within the batch is rejected as a duplicate of the first.
+`build_panel` makes every registered judge that takes part for the domain (built in: coherence,
+novelty in the domain's embedding space, the critic with the domain's rubric or the user's, or
+the domain's rule-based critic, the verifier where the domain has one); `judge_texts` scores a
+batch with all of them and decides with the combiner. An accepted text repeated within the batch
+is rejected as a duplicate of the first.
 """
 from __future__ import annotations
 
@@ -13,40 +14,18 @@ from typing import Callable
 import numpy as np
 
 from domains.base import Domain, Text
-from judges.base import JudgeScore, safe_score
-from judges.coherence import CoherenceJudge
+from judges.base import JudgeScore, PanelContext, judge_specs, judge_with_role, safe_score
 from judges.combiner import decide
 from judges.config import JudgeConfig
-from judges.critic import CriticJudge, RuleCriticJudge, load_rubric
-from judges.novelty import NoveltyJudge
-from judges.verifier import VerifierJudge
-
-COHERENCE_REFERENCE = 256  # corpus texts that calibrate the coherence judge
 
 
 def build_panel(domain: Domain, cfg: JudgeConfig, model, tokenizer, train: list[Text], previous: list[str],
                 seed: int, corpus_embeddings: np.ndarray | None = None) -> list:
-    """corpus_embeddings: the domain embedder's `embed` of the `train` texts, when the caller has
-    them (the loop's embedding cache); the novelty judge computes them otherwise. Not used for a
-    domain whose novelty is on bit vectors (those are the embedder's `bits`)."""
-    rng = np.random.default_rng(seed)
-    ref_idx = rng.choice(len(train), size=min(COHERENCE_REFERENCE, len(train)), replace=False)
-    embedder = domain.meaning_embedder()
-    if getattr(embedder, "metric", "cosine") == "jaccard":  # bit vectors: Tanimoto distance on the bits
-        novelty = NoveltyJudge(embedder.bits, [t.text for t in train], cfg.min_novelty, metric="jaccard")
-    else:
-        novelty = NoveltyJudge(embedder.embed, [t.text for t in train], cfg.min_novelty,
-                               corpus_embeddings=corpus_embeddings)
-    if previous:
-        novelty.add_accepted(previous)
-    if domain.rule_critic is not None:
-        critic = RuleCriticJudge(domain.rule_critic)
-    else:
-        critic = CriticJudge(model, tokenizer, load_rubric(cfg.rubric) if cfg.rubric else domain.rubric)
-    panel = [CoherenceJudge(model, tokenizer, [train[i].text for i in sorted(ref_idx)]), novelty, critic]
-    if domain.verifier is not None:
-        panel.append(VerifierJudge(domain.verifier))
-    return panel
+    """Every registered judge (judges.base.register_judge) that takes part for this domain, in
+    rank order. corpus_embeddings: the domain embedder's `embed` of the `train` texts, when the
+    caller has them (the loop's embedding cache); the novelty judge computes them otherwise."""
+    ctx = PanelContext(domain, cfg, model, tokenizer, train, previous, seed, corpus_embeddings)
+    return [j for j in (spec.build(ctx) for spec in judge_specs()) if j is not None]
 
 
 @dataclass
@@ -59,6 +38,8 @@ class Judged:
     fact_key: str | None
     topic: str | None
     true_new: bool | None  # verified true and absent from training; None without a verifier
+    truth_judged: bool = False  # a judge with the "truth" role scored it (verdict, fact_key, topic are its)
+    novelty: float | None = None  # the "novelty" judge's distance to the nearest corpus or accepted text
 
 
 def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys: frozenset[str],
@@ -77,10 +58,11 @@ def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys
             scores[j.name] += safe_score(j, part)
     seen: dict[str, int] = {}
     out = []
+    truth_name, novelty_name = judge_with_role("truth"), judge_with_role("novelty")
     for i, t in enumerate(texts):
         per = {name: sc[i] for name, sc in scores.items()}
         d = decide(per, cfg)
-        ver = per.get("verifier")
+        ver = per.get(truth_name)
         verdict = fact_key = topic = true_new = None
         if ver is not None:
             verdict, fact_key, topic = ver.detail.get("status"), ver.detail.get("fact_key"), ver.detail.get("topic")
@@ -91,5 +73,7 @@ def judge_texts(panel: list, texts: list[str], cfg: JudgeConfig, train_fact_keys
             accepted, reason = False, duplicate_reason(seen[key])
         elif accepted:
             seen[key] = i
-        out.append(Judged(per, d.total, accepted, reason, verdict, fact_key, topic, true_new))
+        nov = per.get(novelty_name)
+        out.append(Judged(per, d.total, accepted, reason, verdict, fact_key, topic, true_new, ver is not None,
+                          None if nov is None else nov.detail.get("distance")))
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from judges.base import JudgeScore
+from judges.base import JudgeScore, JudgeSpec, PanelContext, register_judge
 
 
 class VerifierJudge:
@@ -33,3 +33,25 @@ class VerifierJudge:
             else:
                 raise ValueError(f"verify returned unknown status {v.status!r}; expected true, false or unparseable")
         return out
+
+
+def _truth_gate(s: JudgeScore, threshold, cfg) -> tuple[str | None, str | None]:
+    """Where the domain can check truth and the run asks for it, only verified-true texts pass."""
+    status = s.detail.get("status")
+    if status == "true":
+        return None, "true"
+    if not cfg.require_true:
+        return None, f"{status or 'unverified'} (truth not required)"
+    if status == "false":
+        return f"false claim ({s.reason})", None
+    if status == "unparseable":  # the verifier's own words (maths: "unparseable: no known statement form")
+        return s.reason, None
+    return f"not verified ({s.reason})", None
+
+
+def _build(ctx: PanelContext):
+    verify = ctx.domain.verifier
+    return None if verify is None else VerifierJudge(verify)
+
+
+register_judge(JudgeSpec("verifier", _build, gate=_truth_gate, rank=0, roles=("truth",)))

@@ -1,29 +1,128 @@
-"""The candidate samplers: one signature, one registry.
+"""The candidate samplers: one signature, one registry that a sampler joins from its own file.
 
-Every sampler is `fn(occ, n, cfg, rng, zones) -> Draw`. `dark` is the method; `prior`,
-`interpolate` and `lm` are the baselines the idea must beat. `lm` draws no latent: its texts
-come from the base model's own temperature sampling (Draw.points is None).
+A sampler is a `SamplerSpec`: a name, a draw function `fn(ctx, n) -> Draw` and what the rest
+of the tool needs to know about it (whether it draws latents at all, whether it decodes while it
+samples, how pictures draw it, which baselines it claims to beat). `register_sampler(spec)`
+adds one; the loop's settings, the sample stage, the discovery experiment, its pictures and the
+CLI help read the registry, so a new sampler is one file:
+
+    from latent.samplers import Draw, SamplerSpec, register_sampler
+
+    def _corner(ctx, n):
+        pts = ctx.occ.envelope_samples(n, ctx.rng) * 1.5
+        return Draw(pts, ctx.occ.density_score(pts), [None] * n)
+
+    register_sampler(SamplerSpec("corner", _corner, help="envelope proposals pushed outwards"))
+
+Built in: `dark` (the method), the baselines `prior`, `interpolate` and `lm` (the base model's
+own sampling, no latent), and `dark-kept`, which decodes as it samples and keeps only decodes
+still dark once re-encoded (so only the discovery experiment, which hands it a decoder, runs it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from latent.config import SAMPLERS as SAMPLER_NAMES
+from common.errors import ConfigError
+from common.registry import Registry
 from latent.config import SampleConfig
-from latent.occupancy import OccupancyMap
 from latent.zones import ZoneInfo, assign_zone
+
+if TYPE_CHECKING:  # the map (FAISS, scikit-learn) loads where a map is fitted or read, not with the registry
+    from latent.occupancy import OccupancyMap
 
 
 @dataclass
 class Draw:
     points: np.ndarray | None  # (n, D) latents to decode; None: texts sampled from the base model
     density: np.ndarray | None  # (n,) density scores (> 1 = dark)
-    zone_ids: list[int | None]  # the dark zone each point falls in (dark sampler only)
+    zone_ids: list[int | None]  # the dark zone each point falls in (None outside a zone or not looked up)
+    # A sampler that decodes as it samples (SamplerSpec.feedback) returns its decodes, their own
+    # latents and the decodes it spent to find them (kept or not).
+    texts: list[str] | None = None
+    reencoded: np.ndarray | None = None
+    spent: int | None = None
 
 
+@dataclass(frozen=True)
+class SamplerContext:
+    """What a sampler may use. `decode(points, temperature, seed) -> texts` and
+    `encode(texts) -> latents` are given to feedback samplers only."""
+    occ: OccupancyMap
+    cfg: SampleConfig
+    rng: np.random.Generator
+    zones: list[ZoneInfo] = field(default_factory=list)
+    seed: int = 0
+    decode: Callable[[np.ndarray, float, int], list[str]] | None = None
+    encode: Callable[[list[str]], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    fn: Callable[[SamplerContext, int], Draw]
+    help: str = ""
+    # False: the sampler draws no latent; the caller asks the base model for texts (Draw.points None).
+    latent: bool = True
+    # True: the sampler decodes while it samples (needs SamplerContext.decode/encode), so the loop's
+    # sample stage, which stores latents for the decode stage, cannot run it; the discovery experiment does.
+    feedback: bool = False
+    colour: str = "#7f7f7f"  # in the pictures and the report
+    marker: str = "o"  # matplotlib marker in the discovery picture
+    # The baselines this sampler is a method against, with the yield ratio it must reach over each:
+    # the discovery experiment prints "<name> vs <baseline>" headlines for them.
+    beats: dict[str, float] = field(default_factory=dict)
+
+
+_REGISTRY: Registry[SamplerSpec] = Registry("sampler")
+
+
+def register_sampler(spec: SamplerSpec) -> SamplerSpec:
+    """Add a sampler; a second sampler under a taken name is refused (`unregister_sampler` the
+    first to replace it)."""
+    if "," in spec.name:  # settings list samplers comma-separated
+        raise ValueError(f"sampler name {spec.name!r}: give a name without commas")
+    return _REGISTRY.add(spec.name, spec)
+
+
+def unregister_sampler(name: str) -> None:
+    _REGISTRY.remove(name)
+
+
+def samplers() -> dict[str, SamplerSpec]:
+    """Every registered sampler, in registration order."""
+    return _REGISTRY.items()
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(samplers())} "
+                          "(a plugin's sampler: pass --plugin MODULE)")
+    return spec
+
+
+def check_loop_samplers(names: list[str]) -> None:
+    """Refuse, in one line, a `sample.samplers` entry the loop cannot run."""
+    for name in names:
+        if name not in _REGISTRY:
+            loopable = [n for n, s in samplers().items() if not s.feedback]
+            raise ConfigError(f"sample.samplers: unknown sampler {name!r}; choose from {', '.join(loopable)} "
+                              "(a plugin's sampler: pass --plugin MODULE)")
+        if get_sampler(name).feedback:
+            raise ConfigError(f"sample.samplers: {name!r} decodes while it samples, which the loop's sample stage "
+                              f"cannot do; run it with `python run.py experiment discovery --only {name}`")
+
+
+def draw(name: str, occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator,
+         zones: list[ZoneInfo]) -> Draw:
+    """n candidates from the named sampler (one without decode feedback)."""
+    return get_sampler(name).fn(SamplerContext(occ, cfg, rng, zones), n)
+
+
+# ----------------------------------------------------------------------------- built in
 def sample_dark(occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator):
     """The method: from envelope proposals keep the dark ones farthest from any corpus latent.
 
@@ -49,30 +148,72 @@ def sample_interpolate(occ: OccupancyMap, n: int, rng: np.random.Generator):
     return pts.astype(np.float32), occ.density_score(pts)
 
 
-def _dark(occ, n, cfg, rng, zones):
-    pts, dens, _ = sample_dark(occ, n, cfg, rng)
-    return Draw(pts, dens, assign_zone(zones, pts))
+KEPT_TRIES = 4  # decodes per proposed latent: greedy, then sampled at KEPT_TEMPERATURE
+KEPT_TEMPERATURE = 0.8
+KEPT_MAX_FACTOR = 10  # dark-kept stops after this many decodes per budget slot, kept or not
 
 
-def _prior(occ, n, cfg, rng, zones):
-    pts, dens = sample_prior(occ, n, rng)
+def kept_dark(occ: OccupancyMap, budget: int, cfg: SampleConfig, rng: np.random.Generator, zones: list[ZoneInfo],
+              decode, encode, seed: int, tries: int = KEPT_TRIES, temperature: float = KEPT_TEMPERATURE,
+              max_factor: int = KEPT_MAX_FACTOR):
+    """Decodes whose own latent is dark: (sampled latents (n, D), texts, re-encoded latents (n, D),
+    decodes spent), n <= budget. It proposes dark latents, decodes each several times (greedy,
+    then sampled), re-encodes every decode and keeps distinct decodes still dark, until the
+    budget is filled or max_factor * budget decodes are spent.
+    `decode(points, temperature, seed) -> texts`, `encode(texts) -> latents`."""
+    pts, texts, z2s, seen, spent, rnd = [], [], [], set(), 0, 0
+    while len(texts) < budget and spent < max_factor * budget:
+        z = sample_dark(occ, budget, cfg, rng)[0]
+        for t in range(tries):
+            out = decode(z, 0.0 if t == 0 else temperature, seed + 7919 * rnd + t)
+            spent += len(out)
+            z2 = encode([x or " " for x in out])
+            for i in np.flatnonzero(occ.is_dark(z2)):
+                if out[i] and out[i] not in seen and len(texts) < budget:
+                    seen.add(out[i])
+                    pts.append(z[i]), texts.append(out[i]), z2s.append(z2[i])
+            if len(texts) >= budget or spent >= max_factor * budget:
+                break
+        rnd += 1
+    d = z.shape[1]
+    return (np.stack(pts) if pts else np.zeros((0, d), np.float32), texts,
+            np.stack(z2s) if z2s else np.zeros((0, d), np.float32), spent)
+
+
+def _dark(ctx: SamplerContext, n: int) -> Draw:
+    pts, dens, _ = sample_dark(ctx.occ, n, ctx.cfg, ctx.rng)
+    return Draw(pts, dens, assign_zone(ctx.zones, pts))
+
+
+def _prior(ctx: SamplerContext, n: int) -> Draw:
+    pts, dens = sample_prior(ctx.occ, n, ctx.rng)
     return Draw(pts, dens, [None] * n)
 
 
-def _interpolate(occ, n, cfg, rng, zones):
-    pts, dens = sample_interpolate(occ, n, rng)
+def _interpolate(ctx: SamplerContext, n: int) -> Draw:
+    pts, dens = sample_interpolate(ctx.occ, n, ctx.rng)
     return Draw(pts, dens, [None] * n)
 
 
-def _lm(occ, n, cfg, rng, zones):
+def _lm(ctx: SamplerContext, n: int) -> Draw:
     return Draw(None, None, [None] * n)
 
 
-Sampler = Callable[[OccupancyMap, int, SampleConfig, np.random.Generator, list[ZoneInfo]], Draw]
-SAMPLERS: dict[str, Sampler] = {"dark": _dark, "prior": _prior, "interpolate": _interpolate, "lm": _lm}
-assert tuple(SAMPLERS) == SAMPLER_NAMES  # the config validates names against latent.config.SAMPLERS
+def _dark_kept(ctx: SamplerContext, n: int) -> Draw:
+    if ctx.decode is None or ctx.encode is None:
+        raise ConfigError("the dark-kept sampler decodes as it samples: call it with a decoder and an encoder")
+    pts, texts, z2, spent = kept_dark(ctx.occ, n, ctx.cfg, ctx.rng, ctx.zones, ctx.decode, ctx.encode, ctx.seed)
+    dens = ctx.occ.density_score(pts) if len(pts) else np.zeros(0)
+    return Draw(pts, dens, assign_zone(ctx.zones, pts) if len(pts) else [], texts=texts, reencoded=z2, spent=spent)
 
 
-def draw(name: str, occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator,
-         zones: list[ZoneInfo]) -> Draw:
-    return SAMPLERS[name](occ, n, cfg, rng, zones)
+register_sampler(SamplerSpec("dark", _dark, "envelope proposals farthest from every corpus latent (the method)",
+                             colour="#313695", marker="o", beats={"lm": 3.0, "prior": 1.5}))
+register_sampler(SamplerSpec("dark-kept", _dark_kept, "dark proposals decoded several times, only decodes "
+                             "still dark once re-encoded kept", feedback=True, colour="#1a9850", marker="P"))
+register_sampler(SamplerSpec("prior", _prior, "uniform draws in the corpus latents' envelope",
+                             colour="#74add1", marker="s"))
+register_sampler(SamplerSpec("interpolate", _interpolate, "points between two corpus latents",
+                             colour="#f46d43", marker="^"))
+register_sampler(SamplerSpec("lm", _lm, "the base model's own temperature sampling, no latent",
+                             latent=False, colour="#a50026", marker="D"))

@@ -4,11 +4,12 @@ that fell dark in it (a Monte-Carlo estimate of its share of the envelope's volu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.cluster import KMeans
 
-from latent.occupancy import OccupancyMap
+if TYPE_CHECKING:  # the map, scikit-learn and FAISS load only where a map is fitted or read
+    from latent.occupancy import OccupancyMap
 
 
 @dataclass
@@ -28,6 +29,8 @@ def find_zones(occ: OccupancyMap, dark_points: np.ndarray, n_probe: int, n_zones
     volume = share of all envelope probes that fell dark in this zone (a Monte-Carlo estimate
     of the zone's share of the envelope's volume).
     """
+    from sklearn.cluster import KMeans  # lazy: the samplers' registry and the CLI start without scikit-learn
+
     if len(dark_points) == 0:
         return []
     k = min(n_zones, len(dark_points))

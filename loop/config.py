@@ -21,9 +21,12 @@ from sqlalchemy.engine import make_url
 from backends.config import DecodeConfig
 from common.errors import ConfigError
 from common.errors import check as _check
+from common.plugins import import_plugins
+from domains.base import domain_names, get_domain
 from domains.config import CorpusConfig
 from judges.config import JudgeConfig
 from latent.config import SampleConfig
+from latent.samplers import check_loop_samplers
 from lm.config import BaseConfig, RetrainConfig
 from sllm.config import SLLMConfig
 from storage.db import StorageError, check_schema_name, split_password
@@ -43,6 +46,9 @@ class RunConfig:
     # run folder's SQLite file RUN_DIR/runs.db. Kept without its password: the snapshot never holds one
     db: str | None = None
     db_schema: str | None = None  # the run's schema in run.db; None = the run folder's name (sanitised)
+    # Modules imported before anything else (--plugin): they register samplers, judges or domains.
+    # Kept with the run, so a resume or an experiment on it loads them again.
+    plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _check(self.generations >= 1, f"run.generations must be >= 1, got {self.generations}")
@@ -108,6 +114,17 @@ PERF_KEYS = [
 
 def _coerce(value: Any, where: str, ftype: str) -> Any:
     """Turn a string from the command line (or a file value) into the setting's type."""
+    if isinstance(value, str) and ftype.startswith("dict"):  # NAME:VALUE,NAME:VALUE
+        out = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, num = part.rpartition(":")
+            try:
+                out[name.strip()] = float(num)
+                if not sep or not name.strip():
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{where}: expected NAME:NUMBER pairs separated by commas, got {value!r}") from None
+        return out
     if isinstance(value, str) and "list" in ftype:
         return [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, str) and "bool" in ftype:
@@ -166,18 +183,18 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         if key not in fields:
             raise ConfigError(f"unknown setting {dotted!r}{_suggest(key, list(fields))}")
         kwargs[section][key] = _coerce(value, dotted, str(fields[key].type))
+    import_plugins(kwargs["run"].get("plugins", []))  # before the settings name what they register
     try:
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
         raise ConfigError(str(e)) from None
     if parts["corpus"].meaning or parts["base"].extra_texts or (parts["corpus"].path and parts["sllm"].false_texts):
         # a meaning target, base-model texts or SLLM language texts the domain does not offer: refused before any work
-        from domains.base import get_domain
-
         domain = get_domain(parts["corpus"].domain_name)
         domain.meaning_target(parts["corpus"].meaning)
         domain.check_base_texts(parts["corpus"], parts["base"].extra_texts)
         domain.check_language_texts(parts["corpus"], parts["sllm"].false_texts)
+    check_loop_samplers(parts["sample"].samplers)
     if parts["sllm"].kv_prefix and parts["decode"].backend != "transformers":
         raise ConfigError(f"sllm.kv_prefix puts the latent into every layer's key/value cache, which the "
                           f"{parts['decode'].backend} backend cannot take: use --backend transformers or sllm.kv_prefix=0")
@@ -186,10 +203,8 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
 
 def domain_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     """The chosen domain's own defaults (Domain.defaults), under the file and command-line values."""
-    from domains.base import DOMAINS, get_domain
-
     name = flat.get("corpus.domain") or CorpusConfig(path=flat.get("corpus.path")).domain_name
-    if name not in DOMAINS:  # CorpusConfig names the choices
+    if name not in domain_names():  # CorpusConfig names the choices
         return {}
     return dict(get_domain(str(name)).defaults)
 

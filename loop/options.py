@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import argparse
 
+from domains.base import domain_names
+from latent.samplers import samplers
 from loop.config import ConfigError, build_config, load_config_file
 
-USAGE = """python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop
-       python run.py inspect RUN_DIR [summary|candidates|show|export|zones|metrics] ...
-       python run.py bench {sllm,decode,critic} ...
-       python run.py experiment {discovery,holdout} ...
-       python run.py crashtest ...
-"""
+USAGE = "python run.py [--generations N] [--out RUN_DIR] [options]   run or resume the loop"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", usage=USAGE,
@@ -23,7 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/default); the same folder resumes")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.add_argument("--base-model", help="local Hugging Face causal-LM folder or hub id (default: train a small one)")
-    p.add_argument("--domain", help="the domain plugin: maths, text or molecules (default: maths, or text with --corpus)")
+    p.add_argument("--domain", help=f"the domain plugin: {', '.join(domain_names())} "
+                                    "(default: maths, or the domain that claims --corpus's extension, else text)")
     p.add_argument("--corpus", help=".txt (one text a line) or .jsonl (text, optional topic); molecules: .smi/.csv of SMILES; default: the domain's own")
     p.add_argument("--rubric", help="a text file with the critic's rubric (default: the domain's own)")
     p.add_argument("--backend", help="decoding backend: transformers, vllm or vllm-server")
@@ -31,8 +29,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--db", help="PostgreSQL URL for shared use, postgresql+psycopg://USER@HOST:PORT/DBNAME "
                                 "(default: RUN_DIR/runs.db); password from PGPASSWORD or ~/.pgpass, see docs/postgres.md")
-    p.add_argument("--samplers", help="comma-separated samplers: dark,prior,interpolate,lm")
+    p.add_argument("--samplers", help="comma-separated samplers: "
+                   + ",".join(n for n, s in samplers().items() if not s.feedback))
     p.add_argument("--config", help="TOML or YAML file holding any settings, by section")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: a module that registers samplers, judges or domains (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, e.g. --set sllm.latent_dim=128 (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -23,21 +23,16 @@ import torch
 from sqlmodel import Session, select
 
 from common.errors import ConfigError
-from domains.base import CorpusSplits, Domain, Text, get_domain
 from lm import distributed
-from loop.artifacts import check, crash_point, verify
+from loop.artifacts import crash_point, verify
 from loop.config import Config, build_config
-from loop.stages import STAGE_NAMES, STAGES, gen_dir, invalidate_from
+from loop.context import RunContext
+from loop.stages import STAGE_NAMES, STAGES, invalidate_from
 from storage import queries
-from storage.db import RunLock, check_server, done_stages, get_run, open_db, stage_detail
-from storage.models import Candidate, Run, Stage
+from storage.db import RunLock, check_server, done_stages, get_run, open_db
+from storage.models import Run, Stage
 
 log = logging.getLogger(__name__)
-
-FALLBACK_NOTE = ("note: a {domain} corpus on the self-trained fallback base model (no --base-model). A model this "
-                 "small, trained on this corpus alone, mostly memorises or garbles it, so this run cannot test "
-                 "the idea; for real work pass a pretrained model: --base-model PATH_OR_HUB_ID")
-
 
 def stage_seed(seed: int, generation: int, name: str) -> int:
     return int(hashlib.sha256(f"{seed}:{generation}:{name}".encode()).hexdigest()[:8], 16)
@@ -54,98 +49,8 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__}
 
 
-class Loop:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.out = Path(cfg.run.out)
-        self.domain: Domain = get_domain(cfg.corpus.domain_name)
-        self.models: dict = {}
-        self._data: CorpusSplits | None = None
-
-    # ----------------------------------------------------------------- helpers
-    @property
-    def data(self) -> CorpusSplits:
-        if self._data is None:
-            self._data = self.domain.load(self.cfg.corpus, self.cfg.run.seed)
-        return self._data
-
-    @property
-    def fallback_note(self) -> str | None:
-        """Set when the domain needs a pretrained model and the run trains its own small one."""
-        if self.domain.needs_pretrained and not self.cfg.base.model:
-            return FALLBACK_NOTE.format(domain=self.domain.name)
-        return None
-
-    def language_texts(self, topics: tuple[str, ...] | None = None) -> list[Text]:
-        """The SLLM's extra training texts from the domain (sllm.false_texts of them; maths: false sentences)."""
-        return self.domain.language_texts(self.cfg.corpus, self.cfg.run.seed, self.cfg.sllm.false_texts, topics)
-
-    def gen_dir(self, g: int) -> Path:
-        return gen_dir(self.out, g)
-
-    def base_path(self) -> str:
-        return self.cfg.base.model or str(self.out / "base")
-
-    def adapter_for(self, session: Session, g: int) -> str | None:
-        """The adapter the base model wears in generation g: the one retrained at the end of g-1."""
-        if g == 0:
-            return None
-        d = stage_detail(session, g - 1, "retrain")
-        return None if d is None else d.get("adapter")
-
-    def model(self, adapter: str | None):
-        from lm.base_model import load_base_model
-
-        key = (self.base_path(), adapter)
-        if key not in self.models:
-            self.models.clear()  # one model in memory at a time
-            self.check_inputs(adapter)
-            self.models[key] = load_base_model(self.base_path(), self.cfg.run.device, adapter=adapter)
-        return self.models[key]
-
-    def backend(self, adapter: str | None, loaded):
-        """The decoding backend for this generation's model (transformers shares `loaded`)."""
-        from backends.base import get_backend
-
-        return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
-                           self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url,
-                           tensor_parallel_size=self.cfg.decode.tensor_parallel_size,
-                           data_parallel_size=self.cfg.decode.data_parallel_size)
-
-    def free(self) -> None:
-        self.models.clear()
-        import gc
-
-        gc.collect()
-
-    def accepted_texts(self, session: Session, upto: int) -> list[str]:
-        rows = session.exec(select(Candidate.text).where(Candidate.generation <= upto, Candidate.decision == "accepted")
-                            .order_by(Candidate.generation, Candidate.seq))
-        return [t for t in rows]
-
-    def check_inputs(self, adapter: str | None) -> None:
-        """Verify the trained base folder and `adapter` against their manifests before loading them."""
-        if not self.cfg.base.model:
-            check(self.out / "base", "the trained base model")
-        if adapter is not None:
-            check(adapter, "the LoRA adapter")
-
-    def codec(self, g: int, model, tok):
-        """Generation g's SLLM on `model` (a `Codec`), its decoder adapter attached. The codec's model
-        takes `model`'s place in the model cache: the adapter is off outside the codec's decodes, so
-        every other user sees the same model, and the next codec finds the adapter to replace."""
-        from sllm.codec import Codec
-
-        check(self.gen_dir(g) / "sllm", f"the SLLM checkpoint of generation {g}")
-        codec = Codec.load(self.gen_dir(g) / "sllm", model, tok)
-        self.share_model(model, codec.model)
-        return codec
-
-    def share_model(self, old, new) -> None:
-        """`new` (the same weights, wrapped) replaces `old` in the model cache."""
-        for k, (tok, m) in list(self.models.items()):
-            if m is old:
-                self.models[k] = (tok, new)
+class Loop(RunContext):
+    """The runner: the stages for N generations on a run context, resumable."""
 
     # -------------------------------------------------------------- run setup
     def ensure_run(self, engine) -> None:
@@ -187,22 +92,6 @@ class Loop:
                     invalidate_from(s, st.generation, st.name)
                     s.commit()
                     return
-
-    def preflight(self) -> None:
-        """Check the inputs before anything is written: bad input leaves no trace."""
-        from lm.base_model import check_model_path
-
-        if self.cfg.base.model:
-            check_model_path(self.cfg.base.model)
-        if self.cfg.judges.rubric:
-            from judges.critic import load_rubric
-
-            load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
-            if self.domain.rule_critic is not None:
-                log.warning("--rubric is ignored: the %s domain's critic is rule-based, not an LLM with a rubric",
-                            self.domain.name)
-        if len(self.data.train) < self.cfg.sample.k + 2:
-            raise ConfigError(f"the corpus has {len(self.data.train)} training texts; the latent map needs at least {self.cfg.sample.k + 2}")
 
     def run(self) -> None:
         # Several processes (torchrun / accelerate launch; docs/distributed.md): every rank goes through
@@ -252,7 +141,7 @@ class Loop:
         # same seed everywhere), the others on rank 0 alone while the other ranks wait; rank 0 alone
         # writes and commits, and every rank waits for that commit before the next stage reads it.
         # (The base stage trains too, but its save step is not yet rank-aware: rank 0 trains it alone.)
-        every_rank = name in ("sllm", "retrain")
+        every_rank = stage.every_rank
         several, main = distributed.world() > 1, distributed.is_main()
         if several and not main and not every_rank:
             distributed.barrier()
@@ -276,7 +165,7 @@ class Loop:
         distributed.barrier()
         if not main:
             return
-        if name == "evaluate":
+        if stage.ends_generation:
             print(detail["line"], flush=True)
             self.refresh_report()
 

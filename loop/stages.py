@@ -1,6 +1,6 @@
 """The stages of one generation, each defined once: name, run, artifact, what it clears.
 
-The runner (`loop.runner.Loop`), resume (`verify_artifacts`, `invalidate_from`) and the crash
+The runner (`loop.runner.Loop`, on a `loop.context.RunContext`), resume (`verify_artifacts`, `invalidate_from`) and the crash
 harness (`cli.crashtest`) all read `STAGES`; nothing else lists the stages. Each `run` reads
 what earlier stages stored, writes its artifact atomically (`loop.artifacts.atomic_dir`), adds
 its rows to the open session and returns the stage's detail; the runner commits the rows with
@@ -18,32 +18,38 @@ import numpy as np
 import torch
 from sqlmodel import Session, delete, select
 
+from judges.base import judge_with_role
+from judges.panel import build_panel, judge_texts
 from loop.artifacts import atomic_dir, check
 from storage.db import stage_detail
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
+from storage.layout import RunLayout
 from storage.queries import generate_share
 
 if TYPE_CHECKING:
-    from loop.runner import Loop
-
-
-def gen_dir(out: Path, g: int) -> Path:
-    return Path(out) / f"gen-{g:03d}"
+    from loop.context import RunContext
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[Loop, Session, int, int], dict]  # (loop, session, generation, seed) -> detail
+    run: Callable[[RunContext, Session, int, int], dict]  # (loop, session, generation, seed) -> detail
     # The folder a done stage wrote, from the run folder, its generation and detail; None when it
     # wrote none (or a user's base model was used in place).
     artifact: Callable[[Path, int, dict], Path | None] = lambda out, g, detail: None
     clear: Callable[[Session, int], None] = lambda s, g: None  # delete/blank its rows of generation g
     first_generation_only: bool = False
+    # The stages whose rows or artifacts it reads: this generation's, or, for a stage later in the
+    # order (judge, retrain), earlier generations' (accepted texts, the adapter it starts with).
+    reads: tuple[str, ...] = ()
+    # It trains under several processes (torchrun): every rank runs it, rank 0 alone writes.
+    every_rank: bool = False
+    # Its detail["line"] is the generation's metrics line: printed, and the run report refreshed.
+    ends_generation: bool = False
 
 
 # ------------------------------------------------------------------------------------ base
-def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_base(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from lm.base_model import train_small_base
 
     cfg = loop.cfg
@@ -53,17 +59,17 @@ def run_base(loop: Loop, s: Session, g: int, seed: int) -> dict:
     d = loop.data
     extra = (loop.domain.base_texts(cfg.corpus, seed, cfg.base.extra_texts, set(d.train_texts))
              if cfg.base.extra_texts else [])
-    with atomic_dir(loop.out / "base", (g, "base")) as tmp:
+    with atomic_dir(loop.layout.base, (g, "base")) as tmp:
         info = train_small_base(d.train_texts + extra, cfg.base, tmp, seed,
                                 groups=[t.fact_key for t in d.train] + [None] * len(extra),
                                 copy_texts=[t.text for t in loop.language_texts()],
                                 tokenizer_fn=loop.domain.train_tokenizer)
-    return {"path": str(loop.out / "base"), "trained": True, "params": info["params"], "final_loss": info["final_loss"],
+    return {"path": str(loop.layout.base), "trained": True, "params": info["params"], "final_loss": info["final_loss"],
             "texts": len(d.train_texts) + len(extra), "extra_texts": len(extra)}
 
 
 # ------------------------------------------------------------------------------------ sllm
-def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from lm import distributed
     from lm.embedder import embed_cached
     from sllm.codec import Codec
@@ -79,7 +85,7 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
     targets = None
     if cfg.sllm.meaning_weight > 0:  # corpus + language texts are the same every generation: cached
         with distributed.main_first():  # several processes: rank 0 writes the cache, the others then read it
-            fixed = embed_cached(loop.data.train_texts + extra, loop.out / "cache", embedder)
+            fixed = embed_cached(loop.data.train_texts + extra, loop.layout.cache, embedder)
         n = len(loop.data.train_texts)
         targets = np.concatenate([fixed[:n], embedder.embed(accepted), fixed[n:]])
     if g == 0:
@@ -90,19 +96,19 @@ def run_sllm(loop: Loop, s: Session, g: int, seed: int) -> dict:
         codec = loop.codec(g - 1, model, tok)
         epochs = cfg.sllm.continue_epochs
     torch.manual_seed(seed)
-    loop.gen_dir(g).mkdir(parents=True, exist_ok=True)
+    loop.layout.gen(g).mkdir(parents=True, exist_ok=True)
     info = train_sllm(codec.sllm, codec.model, tok, texts, targets, epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed,
                       fact_keys=keys, desc=f"SLLM gen {g}",
-                      checkpoint=loop.gen_dir(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
+                      checkpoint=loop.layout.gen(g) / "sllm-training.ckpt")  # a killed stage resumes at its last epoch
     if distributed.is_main():  # several processes (torchrun): every rank trained, rank 0 alone writes
-        with atomic_dir(loop.gen_dir(g) / "sllm", (g, "sllm")) as tmp:
+        with atomic_dir(loop.layout.sllm(g), (g, "sllm")) as tmp:
             codec.save(tmp)
     return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra), "epochs": epochs,
             "final": info["final"]}
 
 
 # ------------------------------------------------------------------------------------- map
-def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from latent.occupancy import OccupancyMap
     from latent.zones import find_zones
     from sllm.codec import GenParams
@@ -130,7 +136,7 @@ def run_map(loop: Loop, s: Session, g: int, seed: int) -> dict:
                    volume=z.volume, axes_json=json.dumps(z.axes),
                    neighbours_json=json.dumps([texts[i] for i in z.neighbours]), decoded=text))
     heldout = codec.encode([t.text for t in loop.data.eval])  # (N_eval, latent_dim)
-    with atomic_dir(loop.gen_dir(g) / "map", (g, "map")) as tmp:
+    with atomic_dir(loop.layout.map(g), (g, "map")) as tmp:
         occ.save(tmp)  # latents.npy, the index settings and figures: no refit later
         # for the run report's map (report/): held-out real texts and (at most 2,000) dark probe points
         np.save(tmp / "eval_latents.npy", heldout)
@@ -148,16 +154,16 @@ def clear_map(s: Session, g: int) -> None:
     s.exec(delete(Zone).where(Zone.generation == g))
 
 
-def load_map(loop: Loop, g: int):
+def load_map(loop: RunContext, g: int):
     """Generation g's occupancy map as the map stage saved it (no refit)."""
     from latent.occupancy import OccupancyMap
 
-    check(loop.gen_dir(g) / "map", f"the latent map of generation {g}")
-    return OccupancyMap.load(loop.gen_dir(g) / "map", loop.cfg.sample, threads=torch.get_num_threads())
+    check(loop.layout.map(g), f"the latent map of generation {g}")
+    return OccupancyMap.load(loop.layout.map(g), loop.cfg.sample, threads=torch.get_num_threads())
 
 
 # ---------------------------------------------------------------------------------- sample
-def run_sample(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_sample(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from latent.samplers import draw
     from latent.zones import zones_from_rows
 
@@ -194,7 +200,7 @@ def clear_sample(s: Session, g: int) -> None:
 
 
 # ---------------------------------------------------------------------------------- decode
-def run_decode(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from sllm.codec import GenParams
 
     tok, model = loop.model(loop.adapter_for(s, g))
@@ -241,8 +247,7 @@ def clear_decode(s: Session, g: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- judge
-def run_judge(loop: Loop, s: Session, g: int, seed: int) -> dict:
-    from judges.panel import build_panel, judge_texts
+def run_judge(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from lm.embedder import embed_cached
 
     tok, model = loop.model(loop.adapter_for(s, g))
@@ -257,7 +262,7 @@ def run_judge(loop: Loop, s: Session, g: int, seed: int) -> dict:
         # about as long as the 1,000 candidates themselves. (Without the meaning term there is no
         # such cache, and the judge embeds the corpus alone rather than 16,000 language texts too.)
         fixed = d.train_texts + [t.text for t in loop.language_texts()]
-        corpus_emb = embed_cached(fixed, loop.out / "cache", embedder)[: len(d.train_texts)]
+        corpus_emb = embed_cached(fixed, loop.layout.cache, embedder)[: len(d.train_texts)]
     panel = build_panel(loop.domain, loop.cfg.judges, model, tok, d.train, loop.accepted_texts(s, g - 1), seed,
                         corpus_embeddings=corpus_emb)
     judged = judge_texts(panel, [c.text or "" for c in cands], loop.cfg.judges, d.train_fact_keys,
@@ -269,7 +274,7 @@ def run_judge(loop: Loop, s: Session, g: int, seed: int) -> dict:
         for name, sc in j.scores.items():
             s.add(Score(candidate_id=c.id, judge=name, score=sc.score, reason=sc.reason,
                         detail_json=json.dumps(sc.detail, default=str)))
-        if "verifier" in j.scores:
+        if j.truth_judged:
             c.verdict, c.fact_key, c.true_new = j.verdict, j.fact_key, j.true_new
         c.total = j.total
         c.decision, c.reason = ("accepted" if j.accepted else "rejected"), j.reason
@@ -287,7 +292,7 @@ def clear_judge(s: Session, g: int) -> None:
 
 
 # --------------------------------------------------------------------------------- retrain
-def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_retrain(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     import contextlib
 
     from lm import distributed
@@ -301,7 +306,7 @@ def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
                 "reason": "no texts accepted in this generation" if not new else "retrain.epochs is 0"}
     loop.free()  # unload the generator before training
     texts = retrain_texts(loop.accepted_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
-    final = loop.gen_dir(g) / "adapter"
+    final = loop.layout.adapter(g)
     loop.check_inputs(prev)
     # several processes (torchrun): every rank trains, rank 0 alone writes the adapter (the others' tmp: None)
     with atomic_dir(final, (g, "retrain")) if distributed.is_main() else contextlib.nullcontext() as tmp:
@@ -310,7 +315,7 @@ def run_retrain(loop: Loop, s: Session, g: int, seed: int) -> dict:
 
 
 # -------------------------------------------------------------------------------- evaluate
-def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
+def run_evaluate(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from lm.base_model import perplexity
 
     adapter = (stage_detail(s, g, "retrain") or {}).get("adapter")
@@ -328,7 +333,7 @@ def run_evaluate(loop: Loop, s: Session, g: int, seed: int) -> dict:
     nov = []
     if acc:
         ids = [c.id for c in acc]
-        for sc in s.exec(select(Score).where(Score.candidate_id.in_(ids), Score.judge == "novelty")):
+        for sc in s.exec(select(Score).where(Score.candidate_id.in_(ids), Score.judge == judge_with_role("novelty"))):
             dist = json.loads(sc.detail_json).get("distance")
             if dist is not None:
                 nov.append(dist)
@@ -371,15 +376,18 @@ def distinct_n(texts: list[str], n: int) -> float | None:
 
 # ------------------------------------------------------------------------------ the stages
 STAGES: tuple[Stage, ...] = (
-    Stage("base", run_base, artifact=lambda out, g, d: Path(out) / "base" if d.get("trained") else None,
+    Stage("base", run_base, artifact=lambda out, g, d: RunLayout(out).base if d.get("trained") else None,
           first_generation_only=True),
-    Stage("sllm", run_sllm, artifact=lambda out, g, d: gen_dir(out, g) / "sllm"),
-    Stage("map", run_map, artifact=lambda out, g, d: gen_dir(out, g) / "map", clear=clear_map),
-    Stage("sample", run_sample, clear=clear_sample),
-    Stage("decode", run_decode, clear=clear_decode),
-    Stage("judge", run_judge, clear=clear_judge),
-    Stage("retrain", run_retrain, artifact=lambda out, g, d: gen_dir(out, g) / "adapter" if d.get("trained") else None),
-    Stage("evaluate", run_evaluate, clear=clear_evaluate),
+    Stage("sllm", run_sllm, artifact=lambda out, g, d: RunLayout(out).sllm(g), reads=("base", "judge", "retrain"),
+          every_rank=True),
+    Stage("map", run_map, artifact=lambda out, g, d: RunLayout(out).map(g), clear=clear_map, reads=("sllm", "judge")),
+    Stage("sample", run_sample, clear=clear_sample, reads=("map",)),
+    Stage("decode", run_decode, clear=clear_decode, reads=("base", "sllm", "map", "sample", "retrain")),
+    Stage("judge", run_judge, clear=clear_judge, reads=("base", "decode", "retrain")),
+    Stage("retrain", run_retrain, artifact=lambda out, g, d: RunLayout(out).adapter(g) if d.get("trained") else None,
+          reads=("base", "judge", "retrain"), every_rank=True),
+    Stage("evaluate", run_evaluate, clear=clear_evaluate, reads=("base", "decode", "judge", "retrain"),
+          ends_generation=True),
 )
 STAGE_NAMES = tuple(st.name for st in STAGES)
 BY_NAME = {st.name: st for st in STAGES}

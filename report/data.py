@@ -19,13 +19,15 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 
+from domains.base import domain_class, domain_names
+from latent.samplers import samplers
 from storage import queries
 from storage.db import DB_NAME, StorageError, check_schema, describe, open_db, read_ref
+from storage.layout import RunLayout
 from storage.models import Candidate, Score, Stage
 
 log = logging.getLogger(__name__)
 
-MAP_DIR = "map"  # gen-XXX/map/: latents.npy (corpus + earlier accepted), eval_latents.npy, probes.npy
 
 
 @dataclass
@@ -231,7 +233,10 @@ def _candidates(engine, cfg: ReportConfig) -> dict:
         i = row_of.get(cid)
         if i is not None:
             scores[judge][i] = _num(score, 3)
-    out.update({"n": len(rows), "vocab": vocab, "reasons": reasons, "judges": judges, "scores": scores})
+    specs = samplers()  # each sampler's colour, as the discovery pictures draw it
+    colours = {n: specs[n].colour for n in vocab["sampler"] if n in specs}
+    out.update({"n": len(rows), "vocab": vocab, "reasons": reasons, "judges": judges, "scores": scores,
+                "sampler_colours": colours})
     return out
 
 
@@ -296,7 +301,7 @@ def _maps(run_dir: Path, engine, cfg: ReportConfig, generations: list[int], cand
     rng = np.random.default_rng(cfg.seed)
     maps = []
     for g in generations:
-        folder = run_dir / f"gen-{g:03d}" / MAP_DIR
+        folder = RunLayout(run_dir).map(g)
         corpus = _load_npy(folder / "latents.npy")
         if corpus is None or len(corpus) < 3:
             continue
@@ -367,7 +372,7 @@ def _zone_centres(engine, g: int, dim: int) -> dict:
 
 def _structures(domain: str, cands: dict, zones: list[dict], cfg: ReportConfig, notes: list[str]) -> dict:
     """Molecule drawings (data URIs) keyed by text, for a molecules run where RDKit imports."""
-    if domain != "molecules" or cfg.max_structures == 0:
+    if cfg.max_structures == 0 or domain not in domain_names() or not domain_class(domain).structure_drawings:
         return {}
     from report.structures import draw_many
 

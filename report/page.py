@@ -190,7 +190,6 @@ JS = r"""
 const COUNTS = window.REPORT_COUNTS;
 const $ = (id) => document.getElementById(id);
 const PCONF = {displaylogo: false, responsive: true};
-const SAMPLER_COLORS = {dark: '#d62728', prior: '#1f77b4', interpolate: '#2ca02c', lm: '#9467bd'};
 const PALETTE = ['#ff7f0e', '#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
 const SYMBOL = {accepted: 'circle', rejected: 'x-thin-open', pending: 'diamond-open'};
 const GL_ABOVE = 4000;  // more points than this in one map: WebGL (scattergl) instead of SVG
@@ -310,7 +309,7 @@ function plotMap(D, m, view) {
   for (const key of Object.keys(groups).sort()) {
     const g = groups[key];
     const sampler = C.vocab.sampler[g.s], decision = C.vocab.decision[g.d];
-    const color = colorOf[sampler] = colorOf[sampler] || SAMPLER_COLORS[sampler] || PALETTE[pal++ % PALETTE.length];
+    const color = colorOf[sampler] = colorOf[sampler] || (C.sampler_colours || {})[sampler] || PALETTE[pal++ % PALETTE.length];
     const rows = g.idx.map(k => m.cand_row[k]);
     const part = {x: g.idx.map(k => V.cands.x[k]), y: g.idx.map(k => V.cands.y[k])};
     const hover = rows.map(r => {

@@ -40,7 +40,7 @@ class Candidate(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     generation: int = Field(index=True)
     seq: int  # index within the generation (stable across resumes)
-    sampler: str = Field(index=True)  # dark, prior, interpolate, lm
+    sampler: str = Field(index=True)  # a registered sampler's name (latent.samplers)
     zone_id: int | None = None  # zone label within the generation, for dark samples
     latent: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # float32 bytes
     latent_norm: float | None = None
@@ -110,7 +110,7 @@ class ExperimentSample(SQLModel, table=True):
     reconstruction of a topic text (holdout; `kind` is GROUP/DECODER, `source` the original)."""
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experimentrun.id", index=True)
-    kind: str = Field(index=True)  # sampler name (dark, prior, interpolate, lm) or e.g. topic/nn1
+    kind: str = Field(index=True)  # sampler name or e.g. topic/nn1
     seed: int = 0
     text: str | None = None
     source: str | None = None  # holdout: the original text encoded

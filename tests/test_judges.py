@@ -337,8 +337,9 @@ def test_panel_follows_the_domain(tiny_lm, domain_name):
     train = [Text(t, "x", verify(t).fact_key if verify(t).status == "true" else None) for t in CANDIDATES[:2] * 3]
     panel = build_panel(domain, JudgeConfig(), model, tok, train, [], seed=0)
     names = [j.name for j in panel]
-    assert names == ["coherence", "novelty", "critic"] + (["verifier"] if domain_name == "maths" else [])
-    prompt = tok.decode(panel[2].prefix_ids).lower()
+    # rank order: the truth gate first, as the combiner applies them
+    assert names == (["verifier"] if domain_name == "maths" else []) + ["coherence", "novelty", "critic"]
+    prompt = tok.decode(panel[names.index("critic")].prefix_ids).lower()
     assert ("math" in prompt) == (domain_name == "maths")  # a text corpus is never judged as maths
     assert prompt.rstrip().endswith(OPEN.lower())
     out = judge_texts(panel, ["3 plus 4 equals 7.", "3 plus 4 equals 7.", "9 plus 9 equals 1."],

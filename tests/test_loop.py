@@ -227,3 +227,16 @@ def test_distinct_n_says_none_for_one_word_texts():
 
     assert distinct_n(["CCO", "c1ccccc1"], 2) is None
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+
+
+def test_stages_declare_what_they_read():
+    """A stage's reads are stages; one that reads a stage after it in the order reads an earlier
+    generation's (its adapter, its accepted texts), which the first generation has none of."""
+    from loop.stages import STAGE_NAMES, STAGES
+
+    for i, st in enumerate(STAGES):
+        assert set(st.reads) <= set(STAGE_NAMES), st.name
+        later = {r for r in st.reads if STAGE_NAMES.index(r) >= i}
+        assert later <= {"judge", "retrain"}, (st.name, later)  # earlier generations' accepted texts, adapter
+    assert [st.name for st in STAGES if st.first_generation_only] == ["base"] and not STAGES[0].reads
+    assert [st.name for st in STAGES if st.ends_generation] == [STAGE_NAMES[-1]]

@@ -173,7 +173,8 @@ def test_panel_for_molecules_uses_tanimoto_and_the_chemistry_critic(tiny_lm):
     train = [Text(s, "molecule", canonical(s)) for s in SMILES]
     cfg = JudgeConfig(min_coherence=0)
     panel = build_panel(dom, cfg, model, tok, train, [], seed=0)
-    assert isinstance(panel[2], RuleCriticJudge) and panel[1].metric == "jaccard"
+    by_name = {j.name: j for j in panel}
+    assert isinstance(by_name["critic"], RuleCriticJudge) and by_name["novelty"].metric == "jaccard"
     texts = [ASPIRIN, "OC(=O)c1ccccc1OC(C)=O", "CCCCCCCCOc1ccc(cc1)C(=O)N", "C1CC"]
     out = judge_texts(panel, texts, cfg, frozenset(t.fact_key for t in train), canonical=dom.canonical)
     assert out[0].accepted is False and "near-duplicate" in out[0].reason  # a training molecule

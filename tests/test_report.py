@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from report import ReportConfig, build_html, collect, stratified_sample, write_report
-from report.bench import fabricate_run
+from bench.report import fabricate_run
 from report.browser import Browser, missing
 from report.cli import main
 

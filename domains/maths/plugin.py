@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from common.errors import ConfigError
 from domains.base import Domain, Text, Verdict
-from domains.maths.corpus import MathsConfig, build_maths_corpus, false_statements
+from domains.maths.corpus import MathsConfig, build_maths_corpus, false_statements, heldout_per_topic
 from domains.maths.language import verify
 from domains.maths.topics import ALL_TOPICS
 
@@ -54,6 +55,11 @@ class MathsDomain(Domain):
             return out, []
         mc = build_maths_corpus(self.maths_config(cfg, seed))
         return list(mc.train), list(mc.heldout)
+
+    def check_knowledge(self, cfg) -> None:
+        if heldout_per_topic(MathsConfig(facts_per_topic=cfg.facts_per_topic, holdout_share=cfg.holdout_share)) < 1:
+            raise ConfigError(f"corpus.holdout_share={cfg.holdout_share} of corpus.facts_per_topic={cfg.facts_per_topic} "
+                              "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
 
     def language_texts(self, cfg, seed: int, n: int, topics: tuple[str, ...] | None = None) -> list[Text]:
         if n == 0:

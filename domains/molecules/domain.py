@@ -193,6 +193,13 @@ def read_smiles_file(path: str | Path) -> tuple[list[str], int]:
 
 class MoleculesDomain(Domain):
     name = "molecules"
+    extensions = (".smi",)
+    knowledge_holdout = "scaffold-test"  # MOSES's scaffold-test molecules: scaffolds in neither train nor test
+    structure_drawings = True
+    count_figures = ("rediscovered", "novel_scaffolds")
+    report_columns = (("rediscovered_per_1000", "rediscovered /1000"), ("novel_scaffolds_per_1000", "novel scaffolds /1000"),
+                      ("domain/unique", "unique"), ("domain/IntDiv", "IntDiv"), ("domain/filters", "filters"),
+                      ("domain/SNN/Test", "SNN/Test"), ("domain/FCD/Test", "FCD/Test"))
     rubric = RUBRIC
     truth_label, new_label = "valid", "valid-new"
     # Settings a molecules run needs unless the user sets them (loop.config.build_config).
@@ -208,6 +215,9 @@ class MoleculesDomain(Domain):
         "decode.max_new_tokens": 64,
     }
 
+
+    def check_knowledge(self, cfg) -> None:
+        """The scaffold-test molecules are always there to measure on."""
     def __init__(self):
         self.invalid_lines = 0  # of a user's --corpus file, counted by `texts`
 

@@ -1,6 +1,6 @@
 """A fabricated large run, and the report's size and load time on it.
 
-    python -m report.bench --candidates 100000 --out /tmp/report-bench     # fabricate, report, open in Chromium
+    python run.py bench report --candidates 100000 --out /tmp/report-bench     # fabricate, report, open in Chromium
 
 `fabricate_run` writes a run folder the way the loop does (storage models and db helpers, map
 folders with latents.npy / eval_latents.npy / probes.npy), with made-up maths texts, scores,
@@ -57,7 +57,7 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
     accepted_so_far = 0
     with Session(engine) as s:
         s.add(Run(seed=seed, config_json=json.dumps(config), config_hash="fabricated",
-                  versions_json=json.dumps({"python": sys.version.split()[0], "fabricated": "report.bench"})))
+                  versions_json=json.dumps({"python": sys.version.split()[0], "fabricated": "bench.report"})))
         s.commit()
     with engine.begin() as conn:
         for g in range(generations):
@@ -125,13 +125,13 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m report.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="run.py bench report", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", type=int, default=100_000)
     p.add_argument("--generations", type=int, default=10)
     p.add_argument("--latent-dim", type=int, default=256)
     p.add_argument("--out", default="/tmp/report-bench", help="run folder to fabricate (reused when it holds a run)")
     p.add_argument("--screenshot", help="also write a PNG of the report's first screen")
-    args = p.parse_args(argv)
+    args = p.parse_args(argv[1:] if argv and argv[0] == "report" else argv)
     from report.browser import load_report, missing
     from report.build import write_report
 
