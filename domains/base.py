@@ -9,6 +9,7 @@ through entry points; `register_domain` adds one, `get_domain(name)` returns one
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass, field
@@ -220,6 +221,7 @@ def unregister_domain(name: str) -> None:
     _REGISTERED.remove(name)
 
 
+@functools.cache  # installed metadata does not change within a process; reading it is a disk scan
 def _entry_points() -> dict[str, str]:
     """name -> "module:Class" of every domain found without importing it."""
     return {**_BUILT_IN, **{ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}}

@@ -54,9 +54,6 @@ class RunContext:
         """The SLLM's extra training texts from the domain (sllm.false_texts of them; maths: false sentences)."""
         return self.domain.language_texts(self.cfg.corpus, self.cfg.run.seed, self.cfg.sllm.false_texts, topics)
 
-    def gen_dir(self, g: int) -> Path:
-        return self.layout.gen(g)
-
     def base_path(self) -> str:
         return self.cfg.base.model or str(self.layout.base)
 
