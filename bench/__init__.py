@@ -1,4 +1,4 @@
-"""`python run.py bench {sllm,decode,critic,moses,map,report}`: benchmarks that print figures and write JSON."""
+"""`python run.py bench {sllm,decode,critic,moses,map,features,report}`: benchmarks that print figures and write JSON."""
 from __future__ import annotations
 
 import importlib
@@ -6,7 +6,7 @@ import os
 import sys
 
 BENCHES = {"sllm": "bench.sllm", "decode": "bench.backends", "critic": "bench.backends", "moses": "bench.moses",
-           "map": "bench.map", "report": "bench.report"}
+           "map": "bench.map", "features": "bench.features", "report": "bench.report"}
 
 CHOICES = tuple(BENCHES)  # what `run.py --help` lists
 

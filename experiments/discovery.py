@@ -27,6 +27,7 @@ DISCOVERY_COLUMNS = [
     ("decoded", "decoded"), ("parseable", "parseable"), ("true", "true"), ("true_new", "true-new"),
     ("true_new_distinct", "distinct true-new"), ("accepted", "accepted"), ("novelty", "mean novelty"),
     ("dark_share", "dark latents"), ("text_dark_share", "dark once re-encoded"),
+    ("combo_text_share", "dark combination once re-encoded"), ("features_kept", "composed features kept"),
     ("true_new_per_1000", "true-new /1000"), ("true_new_per_1000_spent", "true-new /1000 spent"),
     ("decodes_per_kept", "decodes per kept"),
 ]
@@ -63,6 +64,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
 
     from experiments.plots import discovery_png
     from judges.panel import build_panel, judge_texts
+    from latent.features import FeatureDictionary
     from latent.occupancy import OccupancyMap
     from latent.zones import zones_from_rows
     from loop.context import RunContext
@@ -98,6 +100,9 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             occ = OccupancyMap.load(map_dir, cfg.sample, threads=torch.get_num_threads())
         else:  # a run mapped before maps were saved whole
             occ = OccupancyMap.fit(latents, cfg.sample, threads=torch.get_num_threads())
+        features = FeatureDictionary.load(map_dir)
+        if features is None and cfg.features.n_features:  # a map fitted before feature dictionaries were
+            features = FeatureDictionary.fit(latents, cfg.features, cfg.run.seed)
         calib = occ.calibrate(codec.encode([t.text for t in data.eval]))
         if data.knowledge:
             # the domain's held-out knowledge (maths: held-out true facts) is exactly what "true and new"
@@ -122,11 +127,12 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                     # no latent was sampled: place each text at its SLLM encoding (for the picture)
                     pts = codec.reencode(texts)
                     z2 = pts
-                    zone_ids = [None] * len(pts)
+                    zone_ids, provenance = [None] * len(pts), None
                 else:
-                    ctx = SamplerContext(occ, cfg.sample, rng, zones, 1000 * seed + si, decode_latents, encode_texts)
+                    ctx = SamplerContext(occ, cfg.sample, rng, zones, 1000 * seed + si, decode_latents, encode_texts,
+                                         features)
                     d = spec.fn(ctx, budget)
-                    pts, zone_ids = d.points, d.zone_ids
+                    pts, zone_ids, provenance = d.points, d.zone_ids, d.provenance
                     if d.texts is not None:  # the sampler decoded as it sampled
                         texts, z2, spent = d.texts, d.reencoded, d.spent
                     else:
@@ -140,6 +146,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                     dark = dark2 = gdark = np.zeros(0, dtype=bool)
                     xy = np.zeros((0, 2))
                 snap = np.linalg.norm(pts - z2, axis=1)
+                combo2, kept = feature_checks(features, z2, provenance)
                 verdicts = [judged_row(j) for j in judge_texts(panel, texts, cfg.judges, data.train_fact_keys, DUPLICATE,
                                                                  canonical=loop.domain.canonical)]
                 rows = []
@@ -150,10 +157,16 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                                  "detail": {"gmm_dark": bool(gdark[i]), "zone": zone_ids[i],
                                             "reencoded_density": float(dens2[i]), "reencoded_dark": bool(dark2[i]),
                                             "snap": float(snap[i]),
-                                            "latent": "sampled" if spec.latent else "SLLM encoding of the text"}})
+                                            "latent": "sampled" if spec.latent else "SLLM encoding of the text",
+                                            **({"provenance": provenance[i]} if provenance and provenance[i] else {}),
+                                            **({"reencoded_dark_combination": bool(combo2[i])}
+                                               if combo2 is not None else {}),
+                                            **({"features_kept": bool(kept[i])}
+                                               if kept is not None and kept[i] is not None else {})}})
                 samples.extend(rows)
                 figs = per_seed_figures(rows, budget, dark, gdark)
                 figs.update(reencode_figures(dens, dens2, dark2, snap, spent, len(texts), figs["true_new"]))
+                figs.update(feature_figures(combo2, kept))
                 figs.update(domain_figures(loop.domain.generation_metrics(texts, data), budget,
                                            loop.domain.count_figures))
                 per_seed[name].append(figs)
@@ -172,7 +185,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
                    "generation": g, "budget_per_sampler": budget, "seeds": seeds, "calibration": calib,
                    "dark_threshold": occ.threshold, "envelope_radius": occ.radius,
                    "gmm_components": int(occ.gmm.n_components) if occ.gmm is not None else None,
-                   "zones": len(zones)})
+                   "zones": len(zones), "features": features.summary() if features is not None else None})
     table = discovery_table(result)
     if ref is not None:
         table += "\n\n" + ref["table"]
@@ -220,6 +233,32 @@ def reencode_figures(dens: np.ndarray, dens2: np.ndarray, dark2: np.ndarray, sna
             "true_new_per_1000_spent": 1000.0 * true_new / spent if spent else None}
 
 
+def feature_checks(features, z2: np.ndarray, provenance: list[dict | None] | None):
+    """Read through the feature dictionary, per decode: does its re-encoded latent hold a dark
+    combination (any sampler), and does it still hold every feature it was composed from (a sampler
+    whose provenance names "features"; None for the others)?"""
+    if features is None or not len(z2):
+        return None, None
+    combo2, _ = features.dark_combination_share(z2)
+    composed = [i for i, p in enumerate(provenance or []) if p and "features" in p]
+    if not composed:
+        return combo2, None
+    kept: list[bool | None] = [None] * len(z2)
+    for i, k in zip(composed, features.keeps(z2[composed], [provenance[i]["features"] for i in composed])):
+        kept[i] = bool(k)
+    return combo2, kept
+
+
+def feature_figures(combo2: np.ndarray | None, kept: list[bool | None] | None) -> dict:
+    out = {}
+    if combo2 is not None and len(combo2):
+        out["combo_text_share"] = float(combo2.mean())
+    ks = [k for k in (kept or []) if k is not None]
+    if ks:
+        out["features_kept"] = float(np.mean(ks))
+    return out
+
+
 def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int) -> dict:
     out = {"per_sampler": {}, "per_seed": per_seed, "ci_method": None}
     for name, figs in per_seed.items():
@@ -246,7 +285,7 @@ def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int
 
 
 HEADLINE_KEYS = ("true_new_per_1000", "true_new_per_1000_spent", "true_new_distinct_per_1000", "dark_share",
-                 "text_dark_share", "decodes_per_kept", "accepted")
+                 "text_dark_share", "combo_text_share", "features_kept", "decodes_per_kept", "accepted")
 
 
 def combine_training_seeds(results: dict[str, dict]) -> dict:
@@ -264,7 +303,7 @@ def combine_training_seeds(results: dict[str, dict]) -> dict:
             per_sampler[name][key] = ci95([v for v in vals if v is not None])
     keys = [k for k in headline_keys if any(per_sampler[n][k]["mean"] is not None for n in names)]
     headers = ["sampler"] + [k.replace("_", " ") for k in keys]
-    rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if "share" in k else 1) for k in keys] for n in names]
+    rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if ("share" in k or k == "features_kept") else 1) for k in keys] for n in names]
     lines = [plain_table(headers, rows),
              f"mean [95% CI, Student t over {len(results)} training seeds (runs); each run's figure is its mean "
              f"over sampling seeds]"]
@@ -291,7 +330,8 @@ def discovery_table(result: dict) -> str:
     for name, agg in result["per_sampler"].items():
         row = [name]
         for key, _ in columns:
-            digits = 3 if key in ("novelty", "dark_share", "text_dark_share") or key.startswith("domain/") else 1
+            digits = 3 if key in ("novelty", "dark_share", "text_dark_share", "combo_text_share", "features_kept") \
+                or key.startswith("domain/") else 1
             row.append(_fmt_ci(agg.get(key, {"mean": None}), digits))
         rows.append(row)
     method = {"t": "Student t over seeds", "normal": "normal approximation over seeds", None: "one seed: no interval"}

@@ -12,11 +12,17 @@ from experiments.common import plain_table, store_experiment
 
 log = logging.getLogger(__name__)
 
+# Settings that only measure the trained models (the feature dictionary is fitted afresh on NN1's
+# latents at each measurement): left out of the key a holdout folder's models were trained under.
+MEASURE_ONLY = ("features",)
+
 
 # ---------------------------------------------------------------------------- shared by every domain
-def locate(occ, z1: np.ndarray, z2: np.ndarray) -> tuple[dict, tuple[np.ndarray, ...]]:
+def locate(occ, z1: np.ndarray, z2: np.ndarray, features=None) -> tuple[dict, tuple[np.ndarray, ...]]:
     """Where one group's NN2 latents `z2` (N, D) fall in NN1's map `occ`, beside NN1's own latents
-    `z1` of the same texts: (the HOLDOUT_ROWS figures, (dark, gmm_dark, inside, density score) per text)."""
+    `z1` of the same texts: (the HOLDOUT_ROWS figures, (dark, gmm_dark, inside, density score) per text).
+    With NN1's feature dictionary `features`, also the holdout test at feature level: the share of
+    the texts whose code holds one of NN1's dark combinations."""
     dark2, gdark2, inside2 = occ.is_dark(z2), occ.gmm_dark(z2), occ.inside(z2)
     dens2 = occ.density_score(z2)
     drift = np.linalg.norm(z2 - z1, axis=1) / occ.threshold
@@ -29,6 +35,9 @@ def locate(occ, z1: np.ndarray, z2: np.ndarray) -> tuple[dict, tuple[np.ndarray,
         "density_score_median": float(np.median(dens2)),
         "drift_nn1_to_nn2": float(np.median(drift)),
     }
+    if features is not None:
+        figures["dark_combination_share_nn1_own_encoding"] = features.dark_combination_share(z1)[1]
+        figures["dark_combination_share_nn2"] = features.dark_combination_share(z2)[1]
     return figures, (dark2, gdark2, inside2, dens2)
 
 
@@ -46,8 +55,9 @@ def nn1_reencode_figures(dark: np.ndarray, dens: np.ndarray, idx: np.ndarray) ->
 
 
 def location_rows(groups: dict, names: tuple[str, ...]) -> list[list[str]]:
-    """The HOLDOUT_ROWS lines of a holdout table, one column per group in `names`."""
-    return [[label] + [fmt.format(groups[n][key]) for n in names] for key, label, fmt in HOLDOUT_ROWS]
+    """The HOLDOUT_ROWS lines of a holdout table, one column per group in `names` (rows no group has left out)."""
+    return [[label] + [fmt.format(groups[n][key]) if key in groups[n] else "-" for n in names]
+            for key, label, fmt in HOLDOUT_ROWS if any(key in groups[n] for n in names)]
 
 
 def calibration_line(c: dict, what: str = "held-out texts of topics it saw") -> str | None:
@@ -80,6 +90,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
 
     from backends.transformers_backend import TransformersBackend
     from domains.base import get_domain
+    from latent.features import FeatureDictionary
     from latent.occupancy import OccupancyMap
     from lm.base_model import load_base_model, train_small_base
     from loop.artifacts import atomic_dir
@@ -106,7 +117,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     timings = {}
     with RunLock(out):
         _check_holdout_folder(out, {"topic": topic, "base_sees_topic": base_sees_topic, "continue_epochs": continue_epochs,
-                                    "config_hash": cfg.result_hash()})
+                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)})
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
         engine.dispose()
@@ -149,7 +160,9 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
         nn2 = Codec.load(out / "nn2", load_base_model(str(out / "base"), cfg.run.device)[1], tok)
 
         t1 = time.perf_counter()
-        occ = OccupancyMap.fit(nn1.encode([t.text for t in without]), cfg.sample, threads=torch.get_num_threads())
+        z_without = nn1.encode([t.text for t in without])
+        occ = OccupancyMap.fit(z_without, cfg.sample, threads=torch.get_num_threads())
+        features = FeatureDictionary.fit(z_without, cfg.features, cfg.run.seed) if cfg.features.n_features else None
         calib = occ.calibrate(nn1.encode([t.text for t in heldout_seen]))
         greedy = GenParams(cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
         per_group, samples = {}, []
@@ -158,7 +171,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             want = topic if gname == "topic" else control
             z2 = nn2.encode(orig)  # (N, latent)
             z1 = nn1.encode(orig)
-            where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2)
+            where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
             for dname, net in (("nn1", nn1), ("nn2", nn2)):
                 be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
@@ -237,6 +250,9 @@ HOLDOUT_ROWS = [
     ("dark_share_nn1_own_encoding", "share dark, NN1's own encoding", "{:.1%}"),
     ("density_score_median", "median density score (NN2 latents)", "{:.2f}"),
     ("drift_nn1_to_nn2", "median |z_NN2 - z_NN1| / dark threshold", "{:.2f}"),
+    ("dark_combination_share_nn1_own_encoding", "share holding a dark combination of NN1's features (NN1 encoding)",
+     "{:.1%}"),
+    ("dark_combination_share_nn2", "share holding a dark combination of NN1's features (NN2 latents)", "{:.1%}"),
 ]
 HOLDOUT_DECODE_ROWS = [
     ("bleu_nn1_vs_nn2", "BLEU NN1 decode vs NN2 decode (0-1)"), ("cosine_nn1_vs_nn2", "cosine NN1 vs NN2 decode"),

@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.common import plain_table, store_experiment
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
-                                 locate, location_rows, reencode, nn1_reencode_figures)
+                                 locate, location_rows, reencode, nn1_reencode_figures, MEASURE_ONLY)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     from domains.molecules.domain import train_scaffolds
     from domains.molecules.metrics import scaffold
     from loop.context import RunContext
-    from loop.stages import load_map
+    from loop.stages import load_features, load_map
     from lm.base_model import load_base_model
     from sllm.codec import Codec, GenParams
     from sllm.train import train_sllm
@@ -162,7 +162,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     with RunLock(out):
         _check_holdout_folder(out, {"domain": "molecules", "run": str(run_dir.resolve()), "part_a": part_a,
                                     "max_texts": max_texts, "continue_epochs": continue_epochs,
-                                    "config_hash": cfg.result_hash()})
+                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)})
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
         engine.dispose()
@@ -170,6 +170,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         tok, model = loop.model(None)  # generation 0's base model: no adapter
         nn1 = loop.codec(0, model, tok)
         occ = load_map(loop, 0)
+        features = load_features(loop, 0)
 
         def second_copy():  # NN2 wears its own decoder adapter: a model of its own
             return load_base_model(loop.base_path(), cfg.run.device)[1]
@@ -199,7 +200,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         for gname, orig in (("topic", b_list), ("control", control)):
             z2 = nn2.encode(orig)  # (N, latent)
             z1 = nn1.encode(orig)
-            where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2)
+            where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
             for dname, net, z in (("nn1", nn1, z2), ("nn2", nn2, z2), ("nn1_own", nn1, z1)):
                 dec[dname] = net.decode(z, loop.backend(None, (tok, net.model)), greedy)

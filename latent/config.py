@@ -51,3 +51,38 @@ class SampleConfig:
         _check(self.threshold_sample >= 1000, f"sample.threshold_sample must be >= 1000 (fewer makes the "
                f"{self.dark_quantile} quantile noisy), got {self.threshold_sample}")
         _check(self.fit_sample >= 1000, f"sample.fit_sample must be >= 1000 (the PCA and GMM fits), got {self.fit_sample}")
+
+
+@dataclass
+class FeatureConfig:
+    """The feature dictionary the map stage fits over the corpus latents (latent.features): a TopK
+    sparse autoencoder whose features are directions, each text a few of them at once, and the
+    dark combinations of its features (pairs that each fire often but far more rarely together than
+    independence predicts). Defaults measured in docs/features.md."""
+    n_features: int = 256  # dictionary size (0: fit no dictionary; the compose sampler then has nothing to draw)
+    active: int = 8  # features in each text's code (TopK)
+    # of those, a slot counts as active (for frequencies, co-activation and the checks) from this share
+    # of the code's strongest activation: the weakest slots of a TopK code are the fit's noise
+    floor: float = 0.1
+    steps: int = 300  # Adam steps of the fit (a fixed cost whatever the corpus size)
+    batch_size: int = 256  # corpus latents per step
+    lr: float = 3e-3
+    min_freq: float = 0.01  # a combination's features must each be active in at least this share of the corpus
+    # A pair is a dark combination when its co-activation count is this improbable under independence
+    # (Poisson lower tail at the expected count n * f_i * f_j); 1e-3 over a few thousand tested pairs
+    # leaves a handful of chance ones.
+    combo_p: float = 1e-3
+    max_combos: int = 256  # dark combinations kept, most improbable first
+
+    def __post_init__(self):
+        _check(self.n_features == 0 or 2 <= self.n_features <= 4096,
+               f"features.n_features must be 0 (none) or in [2, 4096], got {self.n_features}")
+        _check(self.active >= 1 and (self.n_features == 0 or self.active < self.n_features),
+               f"features.active must be >= 1 and below features.n_features, got {self.active}")
+        _check(0 <= self.floor < 1, f"features.floor must be in [0, 1), got {self.floor}")
+        _check(self.steps >= 1, f"features.steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 1, f"features.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"features.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_freq < 1, f"features.min_freq must be in [0, 1), got {self.min_freq}")
+        _check(0 < self.combo_p <= 1, f"features.combo_p must be in (0, 1], got {self.combo_p}")
+        _check(self.max_combos >= 1, f"features.max_combos must be >= 1, got {self.max_combos}")

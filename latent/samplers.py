@@ -14,7 +14,8 @@ CLI help read the registry, so a new sampler is one file:
 
     register_sampler(SamplerSpec("corner", _corner, help="envelope proposals pushed outwards"))
 
-Built in: `dark` (the method), the baselines `prior`, `interpolate` and `lm` (the base model's
+Built in: `dark` (the method: geometric holes), `compose` (dark combinations of the map's feature
+dictionary, `latent.features`), the baselines `prior`, `interpolate` and `lm` (the base model's
 own sampling, no latent), and `dark-kept`, which decodes as it samples and keeps only decodes
 still dark once re-encoded (so only the discovery experiment, which hands it a decoder, runs it).
 """
@@ -30,7 +31,8 @@ from common.registry import Registry
 from latent.config import SampleConfig
 from latent.zones import ZoneInfo, assign_zone
 
-if TYPE_CHECKING:  # the map (FAISS, scikit-learn) loads where a map is fitted or read, not with the registry
+if TYPE_CHECKING:  # the map (FAISS, scikit-learn, torch) loads where a map is fitted or read, not with the registry
+    from latent.features import FeatureDictionary
     from latent.occupancy import OccupancyMap
 
 
@@ -44,12 +46,16 @@ class Draw:
     texts: list[str] | None = None
     reencoded: np.ndarray | None = None
     spent: int | None = None
+    # Where each point came from, stored with its candidate (JSON); a "features" list there is checked
+    # once the decode is re-encoded: does the decode still activate every one of them?
+    provenance: list[dict | None] | None = None
 
 
 @dataclass(frozen=True)
 class SamplerContext:
-    """What a sampler may use. `decode(points, temperature, seed) -> texts` and
-    `encode(texts) -> latents` are given to feedback samplers only."""
+    """What a sampler may use. `features` is the map's feature dictionary (None where none was
+    fitted). `decode(points, temperature, seed) -> texts` and `encode(texts) -> latents` are given
+    to feedback samplers only."""
     occ: OccupancyMap
     cfg: SampleConfig
     rng: np.random.Generator
@@ -57,6 +63,7 @@ class SamplerContext:
     seed: int = 0
     decode: Callable[[np.ndarray, float, int], list[str]] | None = None
     encode: Callable[[list[str]], np.ndarray] | None = None
+    features: FeatureDictionary | None = None
 
 
 @dataclass(frozen=True)
@@ -117,9 +124,9 @@ def check_loop_samplers(names: list[str]) -> None:
 
 
 def draw(name: str, occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator,
-         zones: list[ZoneInfo]) -> Draw:
+         zones: list[ZoneInfo], features: FeatureDictionary | None = None) -> Draw:
     """n candidates from the named sampler (one without decode feedback)."""
-    return get_sampler(name).fn(SamplerContext(occ, cfg, rng, zones), n)
+    return get_sampler(name).fn(SamplerContext(occ, cfg, rng, zones, features=features), n)
 
 
 # ----------------------------------------------------------------------------- built in
@@ -207,10 +214,57 @@ def _dark_kept(ctx: SamplerContext, n: int) -> Draw:
     return Draw(pts, dens, assign_zone(ctx.zones, pts) if len(pts) else [], texts=texts, reencoded=z2, spent=spent)
 
 
+COMPOSE_PROPOSALS = 4  # compose: proposals per candidate; the first inside the envelope is kept
+
+
+def compose(occ: OccupancyMap, fd: FeatureDictionary, n: int, rng: np.random.Generator):
+    """Latents that hold a dark combination of features: the dictionary's decoder on a sparse code
+    with only the pair active, mixed w : 1-w (w uniform in [0.3, 0.7]) of each feature's median
+    activation and scaled to the norm of a random corpus text's code, so the code is scaled like the
+    corpus's codes. Of COMPOSE_PROPOSALS proposals per candidate the first inside the envelope is
+    kept (the first proposal where none is).
+
+    A corpus latent given the pair's missing feature does not hold the pair: the dictionary's own
+    encoder then reads one of the two (8% kept on maths, 4% on molecules), so the code is built whole.
+
+    Returns (points (n, D), provenance {"features": [i, j], "activations": [a_i, a_j], "p"} per point).
+    Draws from the significant dark combinations; where the corpus has none (a small corpus), from
+    the least co-active pairs, whose provenance carries their p."""
+    m = fd.significant or len(fd.combos)
+    if m == 0:
+        raise ConfigError("the compose sampler needs feature pairs to compose, and this map's feature dictionary "
+                          "has none; raise features.n_features or lower features.min_freq")
+    total = n * COMPOSE_PROPOSALS
+    pick = rng.integers(0, m, total)
+    w = rng.uniform(0.3, 0.7, total)
+    code_norm = np.sqrt((fd.top_values.astype(np.float64) ** 2).sum(1))
+    target = code_norm[rng.integers(0, len(code_norm), total)]
+    i, j = fd.combos[pick, 0], fd.combos[pick, 1]
+    act = np.stack([w * fd.typical[i], (1 - w) * fd.typical[j]], axis=1)
+    act *= (target / np.maximum(np.linalg.norm(act, axis=1), 1e-12))[:, None]
+    pts = (fd.mean + fd.scale * (act[:, :1] * fd.atoms[i] + act[:, 1:] * fd.atoms[j])).astype(np.float32)
+    inside = occ.inside(pts).reshape(n, COMPOSE_PROPOSALS)
+    keep = np.arange(n) * COMPOSE_PROPOSALS + np.where(inside.any(1), inside.argmax(1), 0)
+    prov = [{"features": [int(i[t]), int(j[t])], "activations": [round(float(act[t, 0]), 4), round(float(act[t, 1]), 4)],
+             "p": float(fd.combo_p[pick[t]])} for t in keep]
+    return pts[keep], prov
+
+
+def _compose(ctx: SamplerContext, n: int) -> Draw:
+    if ctx.features is None:
+        raise ConfigError("the compose sampler draws from the map's feature dictionary, and this map has none; "
+                          "set features.n_features above 0 and run the map stage again")
+    pts, prov = compose(ctx.occ, ctx.features, n, ctx.rng)
+    return Draw(pts, ctx.occ.density_score(pts), [None] * n, provenance=prov)
+
+
 register_sampler(SamplerSpec("dark", _dark, "envelope proposals farthest from every corpus latent (the method)",
                              colour="#313695", marker="o", beats={"lm": 3.0, "prior": 1.5}))
 register_sampler(SamplerSpec("dark-kept", _dark_kept, "dark proposals decoded several times, only decodes "
                              "still dark once re-encoded kept", feedback=True, colour="#1a9850", marker="P"))
+register_sampler(SamplerSpec("compose", _compose, "two features that no corpus text holds together (a dark "
+                             "combination of the map's feature dictionary), decoded as one code", colour="#762a83", marker="*",
+                             beats={"lm": 2.0, "dark": 1.0}))
 register_sampler(SamplerSpec("prior", _prior, "uniform draws in the corpus latents' envelope",
                              colour="#74add1", marker="s"))
 register_sampler(SamplerSpec("interpolate", _interpolate, "points between two corpus latents",

@@ -25,14 +25,14 @@ from common.plugins import import_plugins
 from domains.base import domain_names, get_domain
 from domains.config import CorpusConfig
 from judges.config import JudgeConfig
-from latent.config import SampleConfig
+from latent.config import FeatureConfig, SampleConfig
 from latent.samplers import check_loop_samplers
 from lm.config import BaseConfig, RetrainConfig
 from sllm.config import SLLMConfig
 from storage.db import StorageError, check_schema_name, split_password
 
 __all__ = ["BaseConfig", "Config", "ConfigError", "CorpusConfig", "DecodeConfig", "JudgeConfig", "RetrainConfig",
-           "RunConfig", "SLLMConfig", "SampleConfig", "build_config", "load_config_file"]
+           "FeatureConfig", "RunConfig", "SLLMConfig", "SampleConfig", "build_config", "load_config_file"]
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Config:
     base: BaseConfig = field(default_factory=BaseConfig)
     sllm: SLLMConfig = field(default_factory=SLLMConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     judges: JudgeConfig = field(default_factory=JudgeConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
@@ -85,11 +86,14 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
-    def result_hash(self) -> str:
-        """Hash of the settings that change results (not the run length, paths or speed knobs)."""
+    def result_hash(self, leave_out: tuple[str, ...] = ()) -> str:
+        """Hash of the settings that change results (not the run length, paths or speed knobs);
+        `leave_out` sections too (a holdout folder's models do not depend on the measuring settings)."""
         d = self.to_dict()
         for section, key in PERF_KEYS:
             d[section].pop(key, None)
+        for section in leave_out:
+            d.pop(section, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def result_settings(self) -> dict[str, Any]:

@@ -109,6 +109,7 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------- map
 def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
+    from latent.features import FeatureDictionary
     from latent.occupancy import OccupancyMap
     from latent.zones import find_zones
     from sllm.codec import GenParams
@@ -121,6 +122,8 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     # fitted once (sample and decode load it); FAISS on torch's thread count, so that it never changes
     # the OpenMP threads torch's later arithmetic runs on (a resumed run must equal an uninterrupted one)
     occ = OccupancyMap.fit(latents, cfg.sample, seed=seed % 2**31, threads=torch.get_num_threads())
+    # the feature dictionary and its dark combinations, over the same latents (the compose sampler's map)
+    fd = FeatureDictionary.fit(latents, cfg.features, seed % 2**31) if cfg.features.n_features else None
     rng = np.random.default_rng(seed)
     n_probe = max(2000, 20 * cfg.sample.n_zones)
     probe = occ.envelope_samples(n_probe, rng)
@@ -138,6 +141,9 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     heldout = codec.encode([t.text for t in loop.data.eval])  # (N_eval, latent_dim)
     with atomic_dir(loop.layout.map(g), (g, "map")) as tmp:
         occ.save(tmp)  # latents.npy, the index settings and figures: no refit later
+        if fd is not None:
+            fd.save(tmp)
+            (tmp / "features-described.json").write_text(json.dumps(fd.describe(texts)))  # for the run report
         # for the run report's map (report/): held-out real texts and (at most 2,000) dark probe points
         np.save(tmp / "eval_latents.npy", heldout)
         np.save(tmp / "probes.npy", dark[:2000])
@@ -146,6 +152,7 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
             "components": int(occ.pca.n_components_), "dark_probe_share": len(dark) / n_probe,
             "zones": len(zones), "latent_norm_mean": float(norms.mean()), "latent_norm_std": float(norms.std()),
             "knn_index": occ.stats.get("index"), "knn_recall": occ.stats.get("recall"),
+            "features": fd.summary() if fd is not None else None,
             # real texts never trained on (the eval split) should mostly not be dark
             **occ.calibrate(heldout)}
 
@@ -162,6 +169,13 @@ def load_map(loop: RunContext, g: int):
     return OccupancyMap.load(loop.layout.map(g), loop.cfg.sample, threads=torch.get_num_threads())
 
 
+def load_features(loop: RunContext, g: int):
+    """Generation g's feature dictionary as the map stage saved it (None where it fitted none)."""
+    from latent.features import FeatureDictionary
+
+    return FeatureDictionary.load(loop.layout.map(g))
+
+
 # ---------------------------------------------------------------------------------- sample
 def run_sample(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from latent.samplers import draw
@@ -169,6 +183,7 @@ def run_sample(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
     cfg = loop.cfg
     occ = load_map(loop, g)
+    features = load_features(loop, g)
     zones = zones_from_rows(s.exec(select(Zone).where(Zone.generation == g).order_by(Zone.label)).all())
     rng = np.random.default_rng(seed)
     samplers = cfg.sample.samplers
@@ -180,10 +195,11 @@ def run_sample(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     for name, m in zip(samplers, counts):
         if m == 0:
             continue
-        d = draw(name, occ, m, cfg.sample, rng, zones)
+        d = draw(name, occ, m, cfg.sample, rng, zones, features)
         for i in range(m):
             s.add(Candidate(
                 generation=g, seq=seq, sampler=name, zone_id=d.zone_ids[i],
+                provenance=json.dumps(d.provenance[i]) if d.provenance and d.provenance[i] else None,
                 latent=None if d.points is None else d.points[i].astype(np.float32).tobytes(),
                 latent_norm=None if d.points is None else float(np.linalg.norm(d.points[i])),
                 density_score=None if d.density is None else float(d.density[i]),
@@ -228,16 +244,26 @@ def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     # dark latent whose text re-encodes into an occupied region snapped back to known content.
     still_dark: dict[str, list[bool]] = {}
     latent_dark: list[bool] = []  # the candidates the samplers drew as latents
+    kept: dict[str, list[bool]] = {}  # candidates composed from features: does the decode still hold them all?
     if cands:
         occ = load_map(loop, g)
-        dark = occ.is_dark(codec.reencode([c.text for c in cands]))
+        z2 = codec.reencode([c.text for c in cands])
+        dark = occ.is_dark(z2)
         for c, d in zip(cands, dark):
             still_dark.setdefault(c.sampler, []).append(bool(d))
             if c.latent is not None:
                 latent_dark.append(bool(d))
+        composed = [(i, json.loads(c.provenance)["features"]) for i, c in enumerate(cands)
+                    if c.provenance and "features" in json.loads(c.provenance)]
+        features = load_features(loop, g) if composed else None
+        if features is not None:
+            rows = [i for i, _ in composed]
+            for i, k in zip(rows, features.keeps(z2[rows], [f for _, f in composed])):
+                kept.setdefault(cands[i].sampler, []).append(bool(k))
     return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text),
             "dark_once_reencoded": {k: sum(v) / len(v) for k, v in still_dark.items()},
-            "latent_dark_once_reencoded": sum(latent_dark) / len(latent_dark) if latent_dark else None}
+            "latent_dark_once_reencoded": sum(latent_dark) / len(latent_dark) if latent_dark else None,
+            "features_kept_once_reencoded": {k: sum(v) / len(v) for k, v in kept.items()}}
 
 
 def clear_decode(s: Session, g: int) -> None:

@@ -172,6 +172,7 @@ def _collect(run_dir: Path, cfg: ReportConfig, engine) -> dict:
         "stages": stages,
         "metrics": metrics,
         "domain_metrics": [{"generation": g, **v} for g, v in sorted(domain_metrics.items()) if v],
+        "features": _features(run_dir, generations, cfg),
         "zones": [{**{k: z[k] for k in ("generation", "label", "n_points", "axes", "decoded")},
                    "radius": _num(z["radius"]), "volume": _num(z["volume"], 6),
                    "neighbours": [_clip(t, cfg.text_chars) for t in z["neighbours"]]} for z in zones],
@@ -184,6 +185,21 @@ def _collect(run_dir: Path, cfg: ReportConfig, engine) -> dict:
         "limits": dataclasses.asdict(cfg),
     }
     return data
+
+
+def _features(run_dir: Path, generations: list[int], cfg: ReportConfig) -> list[dict]:
+    """Per generation, the map's feature dictionary as the map stage described it: its figures and
+    the first dark combinations, each feature named by the corpus texts that activate it most."""
+    out = []
+    for g in generations:
+        path = RunLayout(run_dir).map(g) / "features-described.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        for c in d["combinations"]:
+            c["texts"] = [[_clip(t, cfg.text_chars) for t in ts] for ts in c["texts"]]
+        out.append({"generation": g, **d})
+    return out
 
 
 def _candidates(engine, cfg: ReportConfig) -> dict:

@@ -91,6 +91,36 @@ def _zone_gallery(data: dict) -> str:
     return "".join(parts)
 
 
+def _feature_gallery(data: dict) -> str:
+    """Dark combinations beside the geometric zones: pairs of features each common in the corpus
+    that (almost) no corpus text holds together."""
+    feats = data.get("features") or []
+    if not feats:
+        return ""
+    parts = []
+    last = max(f["generation"] for f in feats)
+    for f in sorted(feats, key=lambda f: -f["generation"]):
+        sm = f["summary"]
+        head = (f"{esc(sm.get('n_features'))} features, {esc(sm.get('active'))} a code "
+                f"({esc(round(sm.get('active_mean', 0), 1))} above the floor on average), relative reconstruction error "
+                f"{esc(round(sm.get('relative_error', 0), 3))}; {esc(f['significant'])} dark combination(s) of "
+                f"{esc(sm.get('tested_pairs'))} pairs tested, {esc(sm.get('never_together'))} never together")
+        cards = []
+        for c in f["combinations"]:
+            lists = "".join(f"<div class='lbl'>feature {esc(ft)} (in {esc(round(100 * fr, 1))}% of texts), strongest in</div>"
+                            f"<ol>{''.join(f'<li>{esc(t)}</li>' for t in ts)}</ol>"
+                            for ft, fr, ts in zip(c["features"], c["frequency"], c["texts"]))
+            p_txt = f"{c['p']:.2g}"
+            cards.append(f"<div class='zone'><h4>features {esc(c['features'][0])} + {esc(c['features'][1])}</h4>"
+                         f"<div class='small'>together in {esc(c['observed'])} corpus texts, {esc(c['expected'])} expected "
+                         f"if independent (p = {esc(p_txt)})</div>{lists}</div>")
+        parts.append(f"<details{' open' if f['generation'] == last else ''}><summary>generation {esc(f['generation'])}: "
+                     f"{head}</summary><div class='zones'>{''.join(cards)}</div></details>")
+    return ("<h3>Dark combinations of the feature dictionary</h3><p class='small'>Pairs of features, each common, "
+            "that the corpus holds together far more rarely than independence predicts (the first are the most "
+            "improbable); the <code>compose</code> sampler decodes them.</p>" + "".join(parts))
+
+
 def _experiments(data: dict) -> str:
     exps = data["experiments"]
     if not exps:
@@ -138,7 +168,7 @@ window.addEventListener('error', function (e) {{ window.REPORT_COUNTS.errors.pus
 <div class="small" id="map-notes"></div>
 <div class="maprow"><div id="map-plot"></div><aside id="map-detail"><p class="small">Hover or click a point for its text, scores and reason.</p></aside></div>
 </section>
-<section id="zones"><h2>Zone gallery</h2>{_zone_gallery(data)}</section>
+<section id="zones"><h2>Zone gallery</h2>{_zone_gallery(data)}{_feature_gallery(data)}</section>
 <section id="telemetry"><h2>Telemetry across generations</h2><div class="grid2">
 <div id="tel-rates"></div><div id="tel-counts"></div><div id="tel-ppl"></div><div id="tel-times"></div><div id="tel-domain"></div></div>
 <details><summary>metrics lines</summary><pre id="tel-lines"></pre></details></section>

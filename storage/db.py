@@ -222,6 +222,7 @@ def open_db(run_dir: str | Path, create: bool = False, url: str | None = None, s
             check_schema(engine, path)
             if create:
                 check_writable(engine, path)
+            add_missing_columns(engine)
         if create:
             SQLModel.metadata.create_all(engine)
     except StorageError:
@@ -287,6 +288,7 @@ def _open_postgres(run_dir: Path, ref: dict | None, url: str | None, schema: str
                 if "run" not in sa_inspect(conn).get_table_names():
                     raise StorageError(f"{where} holds no run yet (it is still starting); rerun this once its "
                                        "first stage is done")
+        add_missing_columns(engine)
         if create:
             SQLModel.metadata.create_all(engine)
             _install_id_triggers(engine, schema)
@@ -330,6 +332,25 @@ def _check_owner(comment: str | None, ref: dict | None, run_dir: Path, schema: s
         if twin:  # a copied run folder: both would write one schema
             raise StorageError(f"run folders {other} and {run_dir} both keep their run in {where} (a copy?); resume "
                                "the first, or start this one anew with a new --out")
+
+
+def add_missing_columns(engine) -> None:
+    """Add the columns a table gained since the database was made. Every such column is nullable, so
+    an older run's rows read as None there and the run resumes and reports as before."""
+    with engine.connect() as conn:
+        insp = sa_inspect(conn)
+        tables = set(insp.get_table_names())
+        missing = [(t, c) for t in SQLModel.metadata.sorted_tables if t.name in tables
+                   for c in t.columns if c.name not in {x["name"] for x in insp.get_columns(t.name)}]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for t, c in missing:
+            if not c.nullable:
+                raise StorageError(f"the {t.name} table lacks column {c.name}, which this version cannot add to an "
+                                   "existing run; start a new run with a new --out")
+            conn.exec_driver_sql(f"ALTER TABLE {_ident(t.name)} ADD COLUMN {_ident(c.name)} "
+                                 f"{c.type.compile(dialect=conn.dialect)}")
 
 
 def _install_id_triggers(engine, schema: str) -> None:

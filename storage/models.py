@@ -42,6 +42,8 @@ class Candidate(SQLModel, table=True):
     seq: int  # index within the generation (stable across resumes)
     sampler: str = Field(index=True)  # a registered sampler's name (latent.samplers)
     zone_id: int | None = None  # zone label within the generation, for dark samples
+    # JSON: where a sampler took the point from; compose: {"features": [kept, added], "base_row", "p"}
+    provenance: str | None = None
     latent: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # float32 bytes
     latent_norm: float | None = None
     density_score: float | None = None  # kNN distance / dark threshold (> 1 = dark)

@@ -59,13 +59,13 @@ def test_discovery_table_json_png_db(discovery_run):
     run_dir, png, js, p = discovery_run
     for _, header in DISCOVERY_COLUMNS:
         assert header in p.stdout
-    for sampler in ("dark", "dark-kept", "prior", "interpolate", "lm"):
+    for sampler in ("dark", "dark-kept", "compose", "prior", "interpolate", "lm"):
         assert sampler in p.stdout
     assert "dark vs lm" in p.stdout and "false-dark rate" in p.stdout
     doc = json.loads(js.read_text())
     res = doc["result"]
     per = res["per_sampler"]
-    assert set(per) == {"dark", "dark-kept", "prior", "interpolate", "lm"}
+    assert set(per) == {"dark", "dark-kept", "compose", "prior", "interpolate", "lm"}
     # the round-trip check: every decode re-encoded; dark-kept keeps only decodes still dark
     seeds = res["per_seed"]
     for f in seeds["dark-kept"]:
@@ -75,6 +75,11 @@ def test_discovery_table_json_png_db(discovery_run):
         for f in seeds[name]:
             assert 0 <= f["text_dark_share"] <= 1 and f["decodes_spent"] == 6 and f["snap_median"] >= 0
     assert all(f["snap_median"] == 0 for f in seeds["lm"])  # its latent is its text's encoding
+    # read through the map's feature dictionary: every sampler's decodes, and compose's own features kept
+    for name in ("dark", "compose", "prior", "interpolate", "lm"):
+        assert all(0 <= f["combo_text_share"] <= 1 for f in seeds[name])
+    assert all(0 <= f["features_kept"] <= 1 for f in seeds["compose"])
+    assert not any("features_kept" in f for n in ("dark", "prior", "interpolate", "lm") for f in seeds[n])
     for name, agg in per.items():
         assert agg["decoded"]["n"] == 2 and agg["decoded"]["lo"] is not None  # CI over 2 seeds
         assert agg["decoded"]["lo"] <= agg["decoded"]["mean"] <= agg["decoded"]["hi"]
@@ -86,9 +91,11 @@ def test_discovery_table_json_png_db(discovery_run):
     (n_exp,) = con.execute("SELECT count(*) FROM experimentrun WHERE name='discovery'").fetchone()
     per_kind = dict(con.execute("SELECT kind, count(*) FROM experimentsample GROUP BY kind").fetchall())
     kept = [json.loads(d) for (d,) in con.execute("SELECT detail_json FROM experimentsample WHERE kind='dark-kept'")]
+    composed = [json.loads(d) for (d,) in con.execute("SELECT detail_json FROM experimentsample WHERE kind='compose'")]
     con.close()
     assert n_exp == 1 and {k: v for k, v in per_kind.items() if k != "dark-kept"} == {
-        "dark": 12, "prior": 12, "interpolate": 12, "lm": 12}
+        "dark": 12, "compose": 12, "prior": 12, "interpolate": 12, "lm": 12}
+    assert all(len(d["provenance"]["features"]) == 2 and isinstance(d["features_kept"], bool) for d in composed)
     assert per_kind.get("dark-kept", 0) <= 12 and all(d["reencoded_dark"] for d in kept)
     # the map stage reports its false-dark rate too
     detail = json.loads(sqlite3.connect(run_dir / "runs.db").execute(
@@ -146,10 +153,12 @@ def test_holdout_numbers_table_db(holdout_run):
     out, js, p = holdout_run
     assert "topic fractions (unseen by NN1)" in p.stdout and "control addition (seen)" in p.stdout
     assert "share dark in NN1's map (kNN)" in p.stdout and "BLEU NN1 decode vs NN2 decode" in p.stdout
+    assert "share holding a dark combination of NN1's features (NN1 encoding)" in p.stdout
     res = json.loads(js.read_text())["result"]
     for g in ("topic", "control"):
         grp = res["groups"][g]
-        for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share"):
+        for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share",
+                  "dark_combination_share_nn1_own_encoding", "dark_combination_share_nn2"):  # NN1's feature dictionary
             assert 0 <= grp[k] <= 1
         for k, v in grp["all"].items():
             if k not in ("texts", "reencoded_density_median_nn1"):

@@ -87,7 +87,8 @@ def test_molecules_holdout_parts_models_figures_table(mol_holdout):
         g = res["groups"][name]
         assert g["texts"] == 20
         for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share",
-                  "knn_dark_share_ignoring_envelope", "scaffold_in_nn1_training"):
+                  "knn_dark_share_ignoring_envelope", "scaffold_in_nn1_training",
+                  "dark_combination_share_nn1_own_encoding", "dark_combination_share_nn2"):
             assert 0 <= g[k] <= 1, (name, k)
         assert g["density_score_median"] >= 0 and g["drift_nn1_to_nn2"] > 0  # NN2 encodes otherwise
         for sub in ("all", "dark_only"):

@@ -21,7 +21,7 @@ TINY_MODELS = [
     "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
 ]
 TINY = TINY_MODELS + [
-    "--set", "sample.samplers=dark,prior,interpolate,lm",
+    "--set", "sample.samplers=dark,compose,prior,interpolate,lm",
     # accept whatever is coherent enough so the retrain stage has texts to learn from
     "--set", "judges.require_true=false", "--set", "judges.min_coherence=0", "--set", "judges.min_novelty=0",
 ]
@@ -44,7 +44,7 @@ def db_content(run_dir: Path) -> dict:
         "stages": con.execute("SELECT generation, name FROM stage ORDER BY generation, name").fetchall(),
         "candidates": con.execute(
             "SELECT id, generation, seq, sampler, zone_id, hex(latent), density_score, text, verdict, fact_key, "
-            "true_new, total, decision, reason FROM candidate ORDER BY id").fetchall(),
+            "true_new, total, decision, reason, provenance FROM candidate ORDER BY id").fetchall(),
         "scores": con.execute("SELECT candidate_id, judge, score, reason FROM score ORDER BY candidate_id, judge").fetchall(),
         "zones": con.execute("SELECT generation, label, n_points, hex(centre), radius, decoded FROM zone ORDER BY generation, label").fetchall(),
         "metrics": con.execute("SELECT generation, acceptance_rate, truth_rate, true_new, accepted, heldout_ppl, novelty "
@@ -71,7 +71,10 @@ def test_full_loop_every_stage(reference_run):
     assert (0, "base") in names
     cands = content["candidates"]
     assert len(cands) == 16
-    assert {c[3] for c in cands} == {"dark", "prior", "interpolate", "lm"}
+    assert {c[3] for c in cands} == {"dark", "compose", "prior", "interpolate", "lm"}
+    # compose candidates name the two features they were composed from; no other sampler's do
+    assert all(len(json.loads(c[14])["features"]) == 2 for c in cands if c[3] == "compose")
+    assert all(c[14] is None for c in cands if c[3] != "compose")
     assert all(c[7] is not None for c in cands)  # every candidate decoded
     assert all(c[12] in ("accepted", "rejected") and c[13] for c in cands)  # decided with a reason
     judges = {s[1] for s in content["scores"]}
@@ -94,13 +97,18 @@ def test_full_loop_every_stage(reference_run):
     # the round-trip check: each latent sampler's share of decodes still dark once re-encoded
     con = sqlite3.connect(out / "runs.db")
     dec = json.loads(con.execute("SELECT detail_json FROM stage WHERE generation = 1 AND name = 'decode'").fetchone()[0])
-    assert set(dec["dark_once_reencoded"]) == {"dark", "prior", "interpolate", "lm"}
+    assert set(dec["dark_once_reencoded"]) == {"dark", "compose", "prior", "interpolate", "lm"}
     assert all(0 <= v <= 1 for v in dec["dark_once_reencoded"].values())
+    # and, for composed candidates, the share whose decode still holds both features
+    assert set(dec["features_kept_once_reencoded"]) == {"compose"}
+    assert 0 <= dec["features_kept_once_reencoded"]["compose"] <= 1
     assert "dark once re-encoded " in p.stdout
     # the map is fitted once and saved whole; the sample stage loads it
     assert (out / "gen-001" / "map" / "occupancy.json").is_file()
     mp = json.loads(con.execute("SELECT detail_json FROM stage WHERE generation = 1 AND name = 'map'").fetchone()[0])
     assert mp["knn_index"] == "flat"
+    # with the feature dictionary beside it
+    assert (out / "gen-001" / "map" / "features.npz").is_file() and mp["features"]["n_features"] == 256
     # each line ends its timings with the decode + judge share of the generation, from the stage table
     from storage.queries import generate_share
 
@@ -216,7 +224,7 @@ def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_pa
             texts[chunk] = [c.text for c in s.exec(select(Candidate).where(Candidate.generation == 0)
                                                    .order_by(Candidate.seq))]
             s.rollback()
-        assert sizes == ([6] if chunk == 1024 else [4, 2])  # TINY: 8 candidates, 6 with a latent (2 are lm's)
+        assert sizes == ([7] if chunk == 1024 else [4, 3])  # TINY: 8 candidates, 7 with a latent (1 is lm's)
     engine.dispose()
     assert texts[5] == texts[1024] and all(t is not None for t in texts[5])
 

@@ -69,6 +69,11 @@ def test_loop_refreshes_the_report(one_generation_run):
     assert d["generations"] == [0] and d["maps"] and d["maps"][0]["generation"] == 0
     for name in ("latents.npy", "eval_latents.npy", "probes.npy"):
         assert (one_generation_run / "gen-000" / "map" / name).is_file()
+    # the feature dictionary beside the zones: its dark combinations, each feature named by corpus texts
+    f = d["features"][0]
+    assert f["generation"] == 0 and f["combinations"] and f["summary"]["n_features"] > 0
+    assert all(len(c["features"]) == 2 and all(ts for ts in c["texts"]) for c in f["combinations"])
+    assert "Dark combinations of the feature dictionary" in page
 
 
 def test_cli_report_is_self_contained_and_reads_only(one_generation_run, tmp_path, capsys):
