@@ -100,9 +100,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
             occ = OccupancyMap.load(map_dir, cfg.sample, threads=torch.get_num_threads())
         else:  # a run mapped before maps were saved whole
             occ = OccupancyMap.fit(latents, cfg.sample, threads=torch.get_num_threads())
-        features = FeatureDictionary.load(map_dir)
-        if features is None and cfg.features.n_features:  # a map fitted before feature dictionaries were
-            features = FeatureDictionary.fit(latents, cfg.features, cfg.run.seed)
+        features = FeatureDictionary.of_map(map_dir, cfg.features, cfg.run.seed)
         calib = occ.calibrate(codec.encode([t.text for t in data.eval]))
         if data.knowledge:
             # the domain's held-out knowledge (maths: held-out true facts) is exactly what "true and new"

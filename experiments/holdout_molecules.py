@@ -129,7 +129,8 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     from domains.molecules.domain import train_scaffolds
     from domains.molecules.metrics import scaffold
     from loop.context import RunContext
-    from loop.stages import load_features, load_map
+    from latent.features import FeatureDictionary
+    from loop.stages import load_map
     from lm.base_model import load_base_model
     from sllm.codec import Codec, GenParams
     from sllm.train import train_sllm
@@ -170,7 +171,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         tok, model = loop.model(None)  # generation 0's base model: no adapter
         nn1 = loop.codec(0, model, tok)
         occ = load_map(loop, 0)
-        features = load_features(loop, 0)
+        features = FeatureDictionary.of_map(loop.layout.map(0), cfg.features, seed)
 
         def second_copy():  # NN2 wears its own decoder adapter: a model of its own
             return load_base_model(loop.base_path(), cfg.run.device)[1]

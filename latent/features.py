@@ -73,7 +73,7 @@ class FeatureDictionary:
     # ------------------------------------------------------------------------------ fit
     @classmethod
     def fit(cls, latents: np.ndarray, cfg: FeatureConfig, seed: int = 0) -> "FeatureDictionary":
-        t0 = time.perf_counter()
+        t0 = t_start = time.perf_counter()
         x = np.ascontiguousarray(latents, dtype=np.float32)
         n, d = x.shape
         k_feat = cfg.n_features
@@ -118,6 +118,7 @@ class FeatureDictionary:
         t0 = time.perf_counter()
         fd.top, fd.top_values, err = fd._encode_all(x)
         fd._count(cfg)
+        fd.stats["seconds"] = time.perf_counter() - t_start
         fd.stats.update({"n": n, "dim": d, "n_features": k_feat, "active": k, "floor": cfg.floor,
                          "active_mean": float(fd.on(fd.top_values).sum(1).mean()), "steps": cfg.steps,
                          "batch_size": bs, "relative_error": err, "fit_seconds": t_fit,
@@ -245,7 +246,7 @@ class FeatureDictionary:
     def summary(self) -> dict:
         return {k: self.stats[k] for k in ("n_features", "active", "active_mean", "relative_error", "dead_features",
                                            "frequent_features", "tested_pairs", "dark_combinations",
-                                           "never_together", "fit_seconds") if k in self.stats}
+                                           "never_together", "fit_seconds", "seconds") if k in self.stats}
 
     # ------------------------------------------------------------------------------ disk
     def save(self, folder: str | Path) -> None:
@@ -255,6 +256,15 @@ class FeatureDictionary:
                  combo_expected=self.combo_expected, combo_observed=self.combo_observed, combo_p=self.combo_p)
         (folder / "features.json").write_text(json.dumps({"format": FORMAT, "scale": self.scale, "active": self.active,
                                                           "floor": self.floor, "stats": self.stats}, indent=1))
+
+    @classmethod
+    def of_map(cls, folder: str | Path, cfg: FeatureConfig, seed: int = 0) -> "FeatureDictionary | None":
+        """The dictionary a map folder holds; for a map saved before dictionaries were, one fitted now
+        on its latents (None when features.n_features is 0)."""
+        fd = cls.load(folder)
+        if fd is None and cfg.n_features:
+            fd = cls.fit(np.load(Path(folder) / "latents.npy", allow_pickle=False), cfg, seed)
+        return fd
 
     @classmethod
     def load(cls, folder: str | Path) -> "FeatureDictionary | None":
