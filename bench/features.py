@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
                                 description="the map's feature dictionary (TopK SAE) against scikit-learn's dictionary learning")
     p.add_argument("--run", action="append", required=True, help="a run folder whose map stage is done (repeatable)")
     p.add_argument("--generation", type=int, default=0, help="whose map latents (default 0)")
-    p.add_argument("--alphas", default="0.5,1,2", help="scikit-learn lasso penalties, comma-separated")
+    p.add_argument("--alphas", default="0.01,0.03,0.1", help="scikit-learn lasso penalties on the unit-scaled latents, comma-separated")
     p.add_argument("--epochs", type=int, default=5, help="scikit-learn passes over the latents")
     p.add_argument("--set", action="append", default=[], metavar="features.KEY=VALUE",
                    help="override a features setting of the TopK dictionary (repeatable)")

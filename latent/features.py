@@ -80,7 +80,9 @@ class FeatureDictionary:
         if n < 2:
             raise ValueError(f"need at least 2 corpus latents to fit a feature dictionary, got {n}")
         mean = x.mean(0)
-        scale = float(np.sqrt(np.mean(np.sum((x - mean) ** 2, axis=1)))) or 1.0
+        # in blocks: a centred copy of a million latents would double the map stage's peak memory
+        sq = sum(float(((x[a : a + BATCH] - mean) ** 2).sum()) for a in range(0, n, BATCH))
+        scale = float(np.sqrt(sq / n)) or 1.0
         g = torch.Generator().manual_seed(int(seed))
         xt = torch.from_numpy(x)
         mu = torch.from_numpy(mean)
