@@ -21,6 +21,8 @@ from common.errors import ConfigError
 from common.registry import Registry
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from domains.config import CorpusConfig
     from lm.embedder import Embedder
 
@@ -167,6 +169,15 @@ class Domain:
     def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
         """Domain figures of one generation's decodes, added to its metrics line and stored in
         the evaluate stage's detail (molecules: the MOSES metrics). None by default."""
+        return {}
+
+    def knowledge_figures(self, splits: CorpusSplits, cfg: CorpusConfig, seed: int,
+                          loglik: Callable[[list[str]], np.ndarray], sample: Callable[[int], list[str]],
+                          n_texts: int, n_samples: int) -> dict[str, float]:
+        """What the current base model knows, measured the same way every generation (the evaluate
+        stage): `loglik(texts)` is each text's mean log-probability a token under the model,
+        `sample(n)` the model's own sampling; `n_texts` texts a group are scored, `n_samples` texts
+        sampled (0: that part is skipped). {} where the domain has nothing to measure it on."""
         return {}
 
     def reference_table(self, decodes: dict[str, list[str]], splits: CorpusSplits, note: str = "") -> dict | None:

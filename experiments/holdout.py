@@ -13,8 +13,9 @@ from experiments.common import plain_table, store_experiment
 log = logging.getLogger(__name__)
 
 # Settings that only measure the trained models (the feature dictionary is fitted afresh on NN1's
-# latents at each measurement): left out of the key a holdout folder's models were trained under.
-MEASURE_ONLY = ("features",)
+# latents at each measurement; the evaluate stage's knowledge probe): left out of the key a holdout
+# folder's models were trained under.
+MEASURE_ONLY = ("features", "evaluate")
 
 
 # ---------------------------------------------------------------------------- shared by every domain
@@ -38,6 +39,9 @@ def locate(occ, z1: np.ndarray, z2: np.ndarray, features=None) -> tuple[dict, tu
     if features is not None:
         figures["dark_combination_share_nn1_own_encoding"] = features.dark_combination_share(z1)[1]
         figures["dark_combination_share_nn2"] = features.dark_combination_share(z2)[1]
+        for key, z in (("nn1_own_encoding", z1), ("nn2", z2)):
+            lift = features.rarest_pair_lift(z)
+            figures[f"rarest_pair_lift_median_{key}"] = float(np.nanmedian(lift)) if np.isfinite(lift).any() else None
     return figures, (dark2, gdark2, inside2, dens2)
 
 
@@ -253,6 +257,9 @@ HOLDOUT_ROWS = [
     ("dark_combination_share_nn1_own_encoding", "share holding a dark combination of NN1's features (NN1 encoding)",
      "{:.1%}"),
     ("dark_combination_share_nn2", "share holding a dark combination of NN1's features (NN2 latents)", "{:.1%}"),
+    ("rarest_pair_lift_median_nn1_own_encoding", "median rarest-pair lift of NN1's features (NN1 encoding; < 1: rarer "
+     "than chance)", "{:.2f}"),
+    ("rarest_pair_lift_median_nn2", "median rarest-pair lift of NN1's features (NN2 latents)", "{:.2f}"),
 ]
 HOLDOUT_DECODE_ROWS = [
     ("bleu_nn1_vs_nn2", "BLEU NN1 decode vs NN2 decode (0-1)"), ("cosine_nn1_vs_nn2", "cosine NN1 vs NN2 decode"),

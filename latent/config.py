@@ -64,7 +64,7 @@ class FeatureConfig:
     # of those, a slot counts as active (for frequencies, co-activation and the checks) from this share
     # of the code's strongest activation: the weakest slots of a TopK code are the fit's noise
     floor: float = 0.1
-    steps: int = 300  # Adam steps of the fit (a fixed cost whatever the corpus size)
+    steps: int = 300  # Adam steps of the fit: a fixed cost whatever the corpus size (at most 100 passes over it)
     batch_size: int = 256  # corpus latents per step
     lr: float = 3e-3
     min_freq: float = 0.01  # a combination's features must each be active in at least this share of the corpus

@@ -37,9 +37,10 @@ from scipy.stats import poisson
 
 from latent.config import FeatureConfig
 
-FORMAT = 1
+FORMAT = 2  # features.json "format": 2 added the co-activation counts
 BATCH = 8192  # latents encoded at once (bounds memory at a million latents)
 CANCEL_COSINE = -0.5  # atoms this opposed are no combination: their sum cancels
+MAX_PASSES = 100  # the fit's steps are capped at this many passes over the corpus latents
 
 
 @dataclass
@@ -59,6 +60,8 @@ class FeatureDictionary:
     combo_observed: np.ndarray  # (M,) co-activation count in the corpus
     combo_p: np.ndarray  # (M,) Poisson lower-tail probability of the observed count
     floor: float = 0.0  # a slot is active from this share of its code's strongest activation (FeatureConfig.floor)
+    co: np.ndarray | None = None  # (K, K) co-activation counts over the corpus (symmetric)
+    slots: float = 1.0  # E[c(c-1)] / E[c]^2 of the corpus's active counts (the independence expectation's factor)
     stats: dict = field(default_factory=dict)
 
     @property
@@ -101,7 +104,9 @@ class FeatureDictionary:
         opt = torch.optim.Adam([atoms, enc, bias], lr=cfg.lr)
         bs = min(n, cfg.batch_size)
         k = cfg.active
-        for _ in range(cfg.steps):
+        # at most MAX_PASSES over the corpus: more passes over a small corpus only fit its noise
+        steps = min(cfg.steps, MAX_PASSES * -(-n // bs))
+        for _ in range(steps):
             xb = (xt[torch.randint(0, n, (bs,), generator=g)] - mu) / scale
             a = torch.relu(xb @ enc + bias)
             v, i = a.topk(k, dim=1)
@@ -122,7 +127,7 @@ class FeatureDictionary:
         fd._count(cfg)
         fd.stats["seconds"] = time.perf_counter() - t_start
         fd.stats.update({"n": n, "dim": d, "n_features": k_feat, "active": k, "floor": cfg.floor,
-                         "active_mean": float(fd.on(fd.top_values).sum(1).mean()), "steps": cfg.steps,
+                         "active_mean": float(fd.on(fd.top_values).sum(1).mean()), "steps": steps,
                          "batch_size": bs, "relative_error": err, "fit_seconds": t_fit,
                          "count_seconds": time.perf_counter() - t0, "seed": int(seed)})
         return fd
@@ -166,6 +171,7 @@ class FeatureDictionary:
                 hi = np.maximum(self.top[both, a], self.top[both, b]).astype(np.int64)
                 co += np.bincount(lo * kf + hi, minlength=kf * kf)
         co = co.reshape(kf, kf)
+        self.co = (co + co.T).astype(np.int32)
         i, j = np.triu_indices(kf, 1)
         frequent = np.flatnonzero(self.freq >= max(cfg.min_freq, 1e-12))
         keep = np.isin(i, frequent) & np.isin(j, frequent)
@@ -174,7 +180,7 @@ class FeatureDictionary:
         # a text holds c features, so given one the other has c - 1 of the c slots its frequency counts:
         # with c varying from text to text, E[c(c-1)] / E[c]^2 ((k-1)/k when every code holds k)
         c = on.sum(1).astype(np.float64)
-        slots = float((c * (c - 1)).mean() / max(c.mean() ** 2, 1e-12))
+        slots = self.slots = float((c * (c - 1)).mean() / max(c.mean() ** 2, 1e-12))
         expected = n * self.freq[i] * self.freq[j] * slots
         observed = co[i, j]
         p = poisson.cdf(observed, expected)
@@ -221,6 +227,26 @@ class FeatureDictionary:
             hit[r] = any((a, b) in pairs for x, a in enumerate(act) for b in act[x + 1 :])
         return hit, float(hit.mean()) if len(hit) else float("nan")
 
+    def rarest_pair_lift(self, points: np.ndarray) -> np.ndarray:
+        """(n,) for each latent, over the pairs of its active features, the lowest ratio of the pair's
+        corpus co-activation to what independence predicts, (observed + 1) / (expected + 1): below 1
+        the text holds a pair the corpus shows less often than chance, near 0 one it (almost) never
+        shows. NaN for a code with fewer than two active features. Unlike the dark-combination share
+        it needs no significance, so it reads a small corpus too."""
+        top, val = self.encode(points)
+        on = self.on(val)
+        n = len(self.top)
+        out = np.full(len(top), np.nan)
+        for r in range(len(top)):
+            f = top[r][on[r]]
+            if len(f) < 2:
+                continue
+            a, b = np.triu_indices(len(f), 1)
+            fa, fb = f[a], f[b]
+            expected = n * self.freq[fa] * self.freq[fb] * self.slots
+            out[r] = float(np.min((self.co[fa, fb] + 1) / (expected + 1)))
+        return out
+
     def members(self, feature: int, without: int | None = None) -> np.ndarray:
         """Rows of the corpus latents in which `feature` is active (and `without` is not)."""
         act = self.on(self.top_values)
@@ -255,9 +281,11 @@ class FeatureDictionary:
         folder = Path(folder)
         np.savez(folder / "features.npz", mean=self.mean, encoder=self.encoder, bias=self.bias, atoms=self.atoms,
                  top=self.top, top_values=self.top_values, freq=self.freq, typical=self.typical, combos=self.combos,
-                 combo_expected=self.combo_expected, combo_observed=self.combo_observed, combo_p=self.combo_p)
+                 combo_expected=self.combo_expected, combo_observed=self.combo_observed, combo_p=self.combo_p,
+                 co=self.co)
         (folder / "features.json").write_text(json.dumps({"format": FORMAT, "scale": self.scale, "active": self.active,
-                                                          "floor": self.floor, "stats": self.stats}, indent=1))
+                                                          "floor": self.floor, "slots": self.slots,
+                                                          "stats": self.stats}, indent=1))
 
     @classmethod
     def of_map(cls, folder: str | Path, cfg: FeatureConfig, seed: int = 0) -> "FeatureDictionary | None":
@@ -283,4 +311,5 @@ class FeatureDictionary:
             a = {k: z[k] for k in z.files}
         return cls(a["mean"], float(meta["scale"]), a["encoder"], a["bias"], a["atoms"], int(meta["active"]),
                    a["top"], a["top_values"], a["freq"], a["typical"], a["combos"], a["combo_expected"],
-                   a["combo_observed"], a["combo_p"], float(meta["floor"]), meta.get("stats", {}))
+                   a["combo_observed"], a["combo_p"], float(meta["floor"]), a["co"], float(meta["slots"]),
+                   meta.get("stats", {}))

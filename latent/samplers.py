@@ -21,6 +21,7 @@ still dark once re-encoded (so only the discovery experiment, which hands it a d
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -30,6 +31,8 @@ from common.errors import ConfigError
 from common.registry import Registry
 from latent.config import SampleConfig
 from latent.zones import ZoneInfo, assign_zone
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the map (FAISS, scikit-learn, torch) loads where a map is fitted or read, not with the registry
     from latent.features import FeatureDictionary
@@ -78,6 +81,8 @@ class SamplerSpec:
     feedback: bool = False
     colour: str = "#7f7f7f"  # in the pictures and the report
     marker: str = "o"  # matplotlib marker in the discovery picture
+    # It draws from the map's feature dictionary (SamplerContext.features): refused with features.n_features=0.
+    needs_features: bool = False
     # The baselines this sampler is a method against, with the yield ratio it must reach over each:
     # the discovery experiment prints "<name> vs <baseline>" headlines for them.
     beats: dict[str, float] = field(default_factory=dict)
@@ -111,8 +116,9 @@ def get_sampler(name: str) -> SamplerSpec:
     return spec
 
 
-def check_loop_samplers(names: list[str]) -> None:
-    """Refuse, in one line, a `sample.samplers` entry the loop cannot run."""
+def check_loop_samplers(names: list[str], features: bool = True) -> None:
+    """Refuse, in one line, a `sample.samplers` entry the loop cannot run (`features`: whether the map
+    stage fits a feature dictionary)."""
     for name in names:
         if name not in _REGISTRY:
             loopable = [n for n, s in samplers().items() if not s.feedback]
@@ -121,6 +127,9 @@ def check_loop_samplers(names: list[str]) -> None:
         if get_sampler(name).feedback:
             raise ConfigError(f"sample.samplers: {name!r} decodes while it samples, which the loop's sample stage "
                               f"cannot do; run it with `python run.py experiment discovery --only {name}`")
+        if get_sampler(name).needs_features and not features:
+            raise ConfigError(f"sample.samplers: {name!r} draws from the map's feature dictionary, and "
+                              "features.n_features=0 fits none; set features.n_features (e.g. 256) or drop it")
 
 
 def draw(name: str, occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Generator,
@@ -231,6 +240,10 @@ def compose(occ: OccupancyMap, fd: FeatureDictionary, n: int, rng: np.random.Gen
     Draws from the significant dark combinations; where the corpus has none (a small corpus), from
     the least co-active pairs, whose provenance carries their p."""
     m = fd.significant or len(fd.combos)
+    if not fd.significant and len(fd.combos):
+        log.warning("the feature dictionary found no dark combination at features.combo_p=%g over %d corpus latents; "
+                    "compose draws from the %d least co-active pairs instead (their p is in each candidate's "
+                    "provenance)", fd.stats.get("combo_p", float("nan")), len(fd.top), len(fd.combos))
     if m == 0:
         raise ConfigError("the compose sampler needs feature pairs to compose, and this map's feature dictionary "
                           "has none; raise features.n_features or lower features.min_freq")
@@ -264,7 +277,7 @@ register_sampler(SamplerSpec("dark-kept", _dark_kept, "dark proposals decoded se
                              "still dark once re-encoded kept", feedback=True, colour="#1a9850", marker="P"))
 register_sampler(SamplerSpec("compose", _compose, "two features that no corpus text holds together (a dark "
                              "combination of the map's feature dictionary), decoded as one code", colour="#762a83", marker="*",
-                             beats={"lm": 2.0, "dark": 1.0}))
+                             needs_features=True, beats={"lm": 2.0, "dark": 1.0}))
 register_sampler(SamplerSpec("prior", _prior, "uniform draws in the corpus latents' envelope",
                              colour="#74add1", marker="s"))
 register_sampler(SamplerSpec("interpolate", _interpolate, "points between two corpus latents",

@@ -31,8 +31,22 @@ from lm.config import BaseConfig, RetrainConfig
 from sllm.config import SLLMConfig
 from storage.db import StorageError, check_schema_name, split_password
 
-__all__ = ["BaseConfig", "Config", "ConfigError", "CorpusConfig", "DecodeConfig", "JudgeConfig", "RetrainConfig",
+__all__ = ["BaseConfig", "Config", "ConfigError", "CorpusConfig", "DecodeConfig", "EvaluateConfig", "JudgeConfig", "RetrainConfig",
            "FeatureConfig", "RunConfig", "SLLMConfig", "SampleConfig", "build_config", "load_config_file"]
+
+
+@dataclass
+class EvaluateConfig:
+    """What the evaluate stage measures of the model the generation leaves (the retrained base model):
+    `Domain.knowledge_figures` (maths: true-vs-false ROC AUC by likelihood on knowledge_texts texts a
+    group, recall of held-out facts in knowledge_samples samples; molecules: the MOSES metrics of
+    knowledge_samples samples). 0 skips that part."""
+    knowledge_texts: int = 200
+    knowledge_samples: int = 200
+
+    def __post_init__(self):
+        _check(self.knowledge_texts >= 0, f"evaluate.knowledge_texts must be >= 0, got {self.knowledge_texts}")
+        _check(self.knowledge_samples >= 0, f"evaluate.knowledge_samples must be >= 0, got {self.knowledge_samples}")
 
 
 @dataclass
@@ -82,6 +96,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     judges: JudgeConfig = field(default_factory=JudgeConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -198,7 +213,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         domain.meaning_target(parts["corpus"].meaning)
         domain.check_base_texts(parts["corpus"], parts["base"].extra_texts)
         domain.check_language_texts(parts["corpus"], parts["sllm"].false_texts)
-    check_loop_samplers(parts["sample"].samplers)
+    check_loop_samplers(parts["sample"].samplers, features=parts["features"].n_features > 0)
     if parts["sllm"].kv_prefix and parts["decode"].backend != "transformers":
         raise ConfigError(f"sllm.kv_prefix puts the latent into every layer's key/value cache, which the "
                           f"{parts['decode'].backend} backend cannot take: use --backend transformers or sllm.kv_prefix=0")

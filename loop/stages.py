@@ -381,13 +381,31 @@ def run_evaluate(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     extra = dom.generation_metrics([c.text or "" for c in cands], loop.data)
     if extra:
         line += " | " + " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items())
+    knowledge = knowledge_figures(loop, adapter, tok, model, seed)
+    if knowledge:
+        line += " | knowledge " + " ".join(f"{k} {v:.3g}" for k, v in knowledge.items())
+        extra = {**extra, **{f"knowledge {k}": v for k, v in knowledge.items()}}  # the report's per-generation figures
     if loop.fallback_note:
         line += " | FALLBACK base model (self-trained on this corpus): bring a pretrained one with --base-model"
     s.exec(delete(Metric).where(Metric.generation == g))
     s.add(Metric(generation=g, acceptance_rate=rate, truth_rate=truth, true_new=true_new, accepted=len(acc),
                  candidates=len(cands), heldout_ppl=ppl, novelty=novelty, distinct_2=distinct2,
                  dark_share=dark_share, timings_json=json.dumps(timings), line=line))
-    return {"line": line, "heldout_ppl": ppl, **({"domain_metrics": extra} if extra else {})}
+    return {"line": line, "heldout_ppl": ppl, "knowledge": knowledge, **({"domain_metrics": extra} if extra else {})}
+
+
+def knowledge_figures(loop: RunContext, adapter, tok, model, seed: int) -> dict:
+    """What the model this generation leaves knows (`Domain.knowledge_figures`), measured the same
+    way every generation: the texts' likelihoods under it and its own samples at the lm temperature."""
+    from judges.coherence import token_nll
+
+    ec, dc = loop.cfg.evaluate, loop.cfg.decode
+    if not (ec.knowledge_texts or ec.knowledge_samples):
+        return {}
+    be = loop.backend(adapter, (tok, model))
+    return loop.domain.knowledge_figures(
+        loop.data, loop.cfg.corpus, seed, lambda texts: -np.asarray(token_nll(model, tok, texts)),
+        lambda n: be.sample(n, dc.max_new_tokens, dc.lm_temperature, seed + 1), ec.knowledge_texts, ec.knowledge_samples)
 
 
 def clear_evaluate(s: Session, g: int) -> None:

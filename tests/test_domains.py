@@ -396,3 +396,26 @@ def test_canonical_form_normalises_whitespace():
     from domains import get_domain
 
     assert get_domain("text").canonical("  two   words\there ") == "two words here"
+
+
+def test_maths_knowledge_figures_read_likelihood_and_samples():
+    """A model that scores true facts above false ones separates them (AUC 1), one that cannot tell
+    them apart does not (AUC 0.5); recall counts the held-out facts among its samples."""
+    import numpy as np
+
+    from domains.base import get_domain
+    from domains.config import CorpusConfig
+
+    dom, cfg = get_domain("maths"), CorpusConfig(facts_per_topic=10)
+    splits = dom.load(cfg, 0)
+    held = [t for t in splits.knowledge if t.fact_key]
+    knows = lambda texts: np.array([1.0 if verify(t).status == "true" else -1.0 for t in texts])  # noqa: E731
+    blind = lambda texts: np.zeros(len(texts))  # noqa: E731
+    writes = lambda n: [held[0].text, held[1].text, "nonsense"] + [splits.train[0].text] * (n - 3)  # noqa: E731
+    k = dom.knowledge_figures(splits, cfg, 0, knows, writes, 50, 20)
+    assert k["heldout_auc"] == 1.0 and k["corpus_auc"] == 1.0
+    distinct_held = len({t.fact_key for t in held})
+    assert k["heldout_recall"] == pytest.approx(len({held[0].fact_key, held[1].fact_key}) / distinct_held)
+    assert 0 < k["corpus_recall"] < 1 and k["sample_truth"] == pytest.approx(19 / 20)
+    assert dom.knowledge_figures(splits, cfg, 0, blind, writes, 50, 0) == {"heldout_auc": 0.5, "corpus_auc": 0.5}
+    assert dom.knowledge_figures(splits, cfg, 0, knows, writes, 0, 0) == {}

@@ -160,6 +160,7 @@ def test_holdout_numbers_table_db(holdout_run):
         for k in ("dark_share_nn2_in_nn1_map", "gmm_dark_share_nn2_in_nn1_map", "outside_envelope_share",
                   "dark_combination_share_nn1_own_encoding", "dark_combination_share_nn2"):  # NN1's feature dictionary
             assert 0 <= grp[k] <= 1
+        assert grp["rarest_pair_lift_median_nn1_own_encoding"] > 0 and grp["rarest_pair_lift_median_nn2"] > 0
         for k, v in grp["all"].items():
             if k not in ("texts", "reencoded_density_median_nn1"):
                 assert 0 <= v <= 1 + 1e-6, (g, k, v)

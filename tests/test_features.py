@@ -53,6 +53,9 @@ def test_dictionary_recovers_the_planted_features_and_the_dark_pair(fitted):
     _, basis = planted()
     odd = (2.5 * basis[NEVER[0]] + 2.5 * basis[NEVER[1]])[None].astype(np.float32)
     assert fd.dark_combination_share(odd)[0].all()
+    # the rarest pair a latent holds, against chance: the missing pair near 0, a common pair near 1
+    common = (2.5 * basis[1] + 2.5 * basis[4])[None].astype(np.float32)
+    assert fd.rarest_pair_lift(odd)[0] < 0.1 and 0.5 < fd.rarest_pair_lift(common)[0] < 2
 
 
 def test_compose_draws_the_dark_pair_and_the_dictionary_reads_it_back(fitted, tmp_path):
@@ -76,6 +79,14 @@ def test_compose_without_a_dictionary_says_what_to_set(fitted):
     occ = OccupancyMap.fit(x, SampleConfig())
     with pytest.raises(ConfigError, match="features.n_features"):
         draw("compose", occ, 4, SampleConfig(), np.random.default_rng(0), [], None)
+
+
+def test_compose_in_the_loop_needs_a_dictionary():
+    from loop.config import build_config
+
+    with pytest.raises(ConfigError, match="features.n_features=0 fits none"):
+        build_config(None, {"sample.samplers": "dark,compose", "features.n_features": "0"})
+    assert build_config(None, {"sample.samplers": "dark,compose"}).sample.samplers == ["dark", "compose"]
 
 
 @pytest.mark.parametrize("kw, msg", [({"n_features": 1}, "n_features"), ({"active": 0}, "active"),

@@ -142,8 +142,10 @@ def test_resume_after_kill_equals_uninterrupted(reference_run, tmp_path, point):
 def test_decoder_adapter_in_the_loop_saved_used_and_resumed(tmp_path):
     """With sllm.decoder_lora_r, each generation's SLLM folder holds its decoder adapter (generation
     1's on top of the retrained one), and a run killed in generation 1's sllm stage resumes to the
-    same database as an uninterrupted one."""
-    args = [*TINY, "--set", "sllm.decoder_lora_r=2"]
+    same database as an uninterrupted one. With held-out facts (holdout_share 0.25 of 4 facts a
+    topic) the evaluate stage measures what the model knows, the same after a resume."""
+    args = [*TINY, "--set", "sllm.decoder_lora_r=2", "--set", "corpus.holdout_share=0.25",
+            "--set", "evaluate.knowledge_texts=16", "--set", "evaluate.knowledge_samples=16"]
     ref = tmp_path / "ref"
     run_cli(["--generations", "2", "--out", str(ref), *args])
     for g in (0, 1):
@@ -154,6 +156,18 @@ def test_decoder_adapter_in_the_loop_saved_used_and_resumed(tmp_path):
     assert p.returncode == -9, p.stderr
     run_cli(["--generations", "2", "--out", str(out), *args])
     assert db_content(out) == db_content(ref)
+
+    def knowledge(run):
+        con = sqlite3.connect(run / "runs.db")
+        rows = con.execute("SELECT detail_json FROM stage WHERE name = 'evaluate' ORDER BY generation").fetchall()
+        con.close()
+        return [json.loads(d)["knowledge"] for (d,) in rows]
+
+    k = knowledge(ref)
+    assert len(k) == 2 and k == knowledge(out)
+    for fig in k:
+        assert set(fig) == {"heldout_auc", "corpus_auc", "sample_truth", "heldout_recall", "corpus_recall"}
+        assert all(0 <= v <= 1 for v in fig.values())
 
 
 def test_more_generations_continue_a_finished_run(reference_run, one_generation_run, tmp_path):

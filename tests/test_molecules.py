@@ -192,6 +192,7 @@ TINY_MOL = [
     "--set", "sllm.n_prompt=4", "--set", "sample.n_candidates=12", "--set", "decode.max_new_tokens=24",
     "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
     "--set", "judges.min_coherence=0", "--set", "sample.samplers=dark,prior,lm",
+    "--set", "evaluate.knowledge_samples=16",
 ]
 
 
@@ -210,6 +211,8 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
     detail = json.loads(con.execute("SELECT detail_json FROM stage WHERE name='evaluate'").fetchone()[0])
     m = detail["domain_metrics"]
     assert m["decodes"] == 12 and 0 <= m.get("unique", 0) <= 1
+    # what the model knows: the MOSES metrics of a fixed-size sample of its own molecules
+    assert 0 <= detail["knowledge"]["valid"] <= 1 and "knowledge valid" in m and "knowledge valid " in line
     rows = con.execute("SELECT text, verdict, decision, reason FROM candidate").fetchall()
     for text, verdict, decision, reason in rows:
         assert (verdict == "true") == (canonical(text or "") is not None)

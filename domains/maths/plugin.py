@@ -2,7 +2,11 @@
 verifier, and held-out true facts as the knowledge set."""
 from __future__ import annotations
 
+import random
 from typing import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from common.errors import ConfigError
 from domains.base import Domain, Text, Verdict
@@ -69,3 +73,27 @@ class MathsDomain(Domain):
     @property
     def verifier(self) -> Callable[[str], Verdict]:
         return verify
+
+    def knowledge_figures(self, splits, cfg, seed: int, loglik, sample, n_texts: int, n_samples: int) -> dict[str, float]:
+        """How well the model tells true facts from false ones of the same templates by likelihood
+        (ROC AUC: held-out true facts, and the corpus's own as the control), and the share of the
+        held-out (and corpus) true facts among its own samples (recall in a fixed budget)."""
+        out: dict[str, float] = {}
+        held = [t for t in splits.knowledge if t.fact_key]
+        corpus = [t for t in splits.train if t.fact_key]
+        if n_texts and held:
+            rng = random.Random(seed)
+            pick = lambda xs: rng.sample(xs, min(n_texts, len(xs)))  # noqa: E731
+            false = [t.text for t in self.language_texts(cfg, seed + 1, n_texts)]
+            f_scores = loglik(false)
+            for name, group in (("heldout", pick(held)), ("corpus", pick(corpus))):
+                scores = np.concatenate([loglik([t.text for t in group]), f_scores])
+                labels = np.r_[np.ones(len(group)), np.zeros(len(false))]
+                out[f"{name}_auc"] = float(roc_auc_score(labels, scores))
+        if n_samples and held:
+            verdicts = [verify(t) for t in sample(n_samples)]
+            found = {v.fact_key for v in verdicts if v.status == "true"}
+            out["sample_truth"] = sum(v.status == "true" for v in verdicts) / len(verdicts)
+            out["heldout_recall"] = len(found & {t.fact_key for t in held}) / len({t.fact_key for t in held})
+            out["corpus_recall"] = len(found & {t.fact_key for t in corpus}) / max(len({t.fact_key for t in corpus}), 1)
+        return out

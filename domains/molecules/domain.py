@@ -314,6 +314,15 @@ class MoleculesDomain(Domain):
 
         return train_smiles_tokenizer(texts, vocab_size)
 
+    def knowledge_figures(self, splits, cfg, seed: int, loglik, sample, n_texts: int, n_samples: int) -> dict[str, float]:
+        """The MOSES metrics of a fixed-size sample of the model's own molecules (validity, uniqueness,
+        novelty, FCD/Test, SNN/Test, rediscoveries of scaffold-test molecules, novel scaffolds)."""
+        if not n_samples:
+            return {}
+        texts = sample(n_samples)
+        valid = sum(canonical(t) is not None for t in texts if t) / len(texts)
+        return {"valid": valid, **{k: v for k, v in self.generation_metrics(texts, splits).items() if k != "decodes"}}
+
     def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
         """The MOSES metrics of a generation's decodes against the held-out test molecules, and
         the rediscoveries (decodes in the scaffold-test set)."""
