@@ -238,13 +238,8 @@ def feature_checks(features, z2: np.ndarray, provenance: list[dict | None] | Non
     if features is None or not len(z2):
         return None, None
     combo2, _ = features.dark_combination_share(z2)
-    composed = [i for i, p in enumerate(provenance or []) if p and "features" in p]
-    if not composed:
-        return combo2, None
-    kept: list[bool | None] = [None] * len(z2)
-    for i, k in zip(composed, features.keeps(z2[composed], [provenance[i]["features"] for i in composed])):
-        kept[i] = bool(k)
-    return combo2, kept
+    kept = features.kept(z2, provenance) if provenance else None
+    return combo2, kept if kept and any(k is not None for k in kept) else None
 
 
 def feature_figures(combo2: np.ndarray | None, kept: list[bool | None] | None) -> dict:
@@ -282,6 +277,8 @@ def summarise_discovery(per_seed: dict[str, list[dict]], budget: int, seeds: int
     return out
 
 
+# figures that are shares (0-1): printed with 3 digits
+SHARES = ("dark_share", "text_dark_share", "combo_text_share", "features_kept")
 HEADLINE_KEYS = ("true_new_per_1000", "true_new_per_1000_spent", "true_new_distinct_per_1000", "dark_share",
                  "text_dark_share", "combo_text_share", "features_kept", "decodes_per_kept", "accepted")
 
@@ -301,7 +298,7 @@ def combine_training_seeds(results: dict[str, dict]) -> dict:
             per_sampler[name][key] = ci95([v for v in vals if v is not None])
     keys = [k for k in headline_keys if any(per_sampler[n][k]["mean"] is not None for n in names)]
     headers = ["sampler"] + [k.replace("_", " ") for k in keys]
-    rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if ("share" in k or k == "features_kept") else 1) for k in keys] for n in names]
+    rows = [[n] + [_fmt_ci(per_sampler[n][k], 3 if k in SHARES else 1) for k in keys] for n in names]
     lines = [plain_table(headers, rows),
              f"mean [95% CI, Student t over {len(results)} training seeds (runs); each run's figure is its mean "
              f"over sampling seeds]"]
@@ -328,8 +325,7 @@ def discovery_table(result: dict) -> str:
     for name, agg in result["per_sampler"].items():
         row = [name]
         for key, _ in columns:
-            digits = 3 if key in ("novelty", "dark_share", "text_dark_share", "combo_text_share", "features_kept") \
-                or key.startswith("domain/") else 1
+            digits = 3 if key in SHARES or key == "novelty" or key.startswith("domain/") else 1
             row.append(_fmt_ci(agg.get(key, {"mean": None}), digits))
         rows.append(row)
     method = {"t": "Student t over seeds", "normal": "normal approximation over seeds", None: "one seed: no interval"}

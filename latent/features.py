@@ -17,11 +17,11 @@ a million): the map must code every corpus latent, up to a million.
 
 Co-activation is counted over every corpus latent's active set. A pair (i, j) of features each
 active in at least `min_freq` of the corpus is a **dark combination** when its count is improbable
-under independence: Poisson lower tail P(X <= observed | expected = n f_i f_j) <= `combo_p`.
+under independence: Poisson lower tail P(X <= observed | expected) <= `combo_p`.
 Pairs whose atoms point against each other (cosine < -0.5) are left out: their sum cancels, so
-composing them writes neither. Triples are not tested: with `active` of a few hundred features
-active a text, a triple's expected count is below one at these corpus sizes, so no absence of a
-triple is significant.
+composing them writes neither. Triples are not tested: with `active` (8) of a few hundred
+features active a text, a triple's expected count is below one at these corpus sizes, so no
+absence of a triple is significant.
 
 `save(folder)` / `FeatureDictionary.load(folder)`: features.npz (weights, codes of the corpus
 latents, combinations) and features.json (settings, figures). No pickle.
@@ -165,14 +165,14 @@ class FeatureDictionary:
         starts = np.concatenate([[0], np.cumsum(counts)])
         self.typical = np.array([np.median(vals[starts[f] : starts[f + 1]]) if counts[f] else 0.0
                                  for f in range(kf)], dtype=np.float32)
-        co = np.zeros(kf * kf, np.int64)
+        keys = []  # lo * kf + hi of every active pair of every code, counted in one pass
         for a in range(self.active):
             for b in range(a + 1, self.active):
                 both = on[:, a] & on[:, b]
                 lo = np.minimum(self.top[both, a], self.top[both, b]).astype(np.int64)
                 hi = np.maximum(self.top[both, a], self.top[both, b]).astype(np.int64)
-                co += np.bincount(lo * kf + hi, minlength=kf * kf)
-        co = co.reshape(kf, kf)
+                keys.append(lo * kf + hi)
+        co = np.bincount(np.concatenate(keys) if keys else np.zeros(0, np.int64), minlength=kf * kf).reshape(kf, kf)
         self.co = (co + co.T).astype(np.int32)
         i, j = np.triu_indices(kf, 1)
         frequent = np.flatnonzero(self.freq >= max(cfg.min_freq, 1e-12))
@@ -216,6 +216,16 @@ class FeatureDictionary:
         on = self.on(val)
         return np.array([all(((top[r] == f) & on[r]).any() for f in fs) for r, fs in enumerate(features)],
                         dtype=bool)
+
+    def kept(self, points: np.ndarray, provenance: list[dict | None]) -> list[bool | None]:
+        """Per latent (a decode's, re-encoded): does it still hold every feature its candidate was
+        composed from (a provenance naming "features")? None where the provenance names none."""
+        rows = [i for i, p in enumerate(provenance) if p and "features" in p]
+        out: list[bool | None] = [None] * len(provenance)
+        if rows:
+            for i, k in zip(rows, self.keeps(points[rows], [provenance[i]["features"] for i in rows])):
+                out[i] = bool(k)
+        return out
 
     def dark_combination_share(self, points: np.ndarray) -> tuple[np.ndarray, float]:
         """(n,) bool: the latent's active set holds one of the significant dark combinations; and the

@@ -253,13 +253,12 @@ def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
             still_dark.setdefault(c.sampler, []).append(bool(d))
             if c.latent is not None:
                 latent_dark.append(bool(d))
-        composed = [(i, json.loads(c.provenance)["features"]) for i, c in enumerate(cands)
-                    if c.provenance and "features" in json.loads(c.provenance)]
-        features = load_features(loop, g) if composed else None
+        provenance = [json.loads(c.provenance) if c.provenance else None for c in cands]
+        features = load_features(loop, g) if any(p and "features" in p for p in provenance) else None
         if features is not None:
-            rows = [i for i, _ in composed]
-            for i, k in zip(rows, features.keeps(z2[rows], [f for _, f in composed])):
-                kept.setdefault(cands[i].sampler, []).append(bool(k))
+            for c, k in zip(cands, features.kept(z2, provenance)):
+                if k is not None:
+                    kept.setdefault(c.sampler, []).append(k)
     return {"decoded": len(cands), "empty": sum(1 for c in cands if not c.text),
             "dark_once_reencoded": {k: sum(v) / len(v) for k, v in still_dark.items()},
             "latent_dark_once_reencoded": sum(latent_dark) / len(latent_dark) if latent_dark else None,
