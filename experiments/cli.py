@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- CLI
 EXPERIMENTS = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
                "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes "
-                          "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)"}
+                          "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)",
+               "generations": "the loop for G generations from one generation 0, learning from dark, prior or lm "
+                              "candidates, or from corpus texts in their place (replay); what each model knows a "
+                              "generation, with 95% intervals over training seeds"}
 CHOICES = tuple(EXPERIMENTS)  # what `run.py --help` lists
 
 
@@ -46,6 +49,16 @@ def main(argv: list[str]) -> int:
         p.add_argument("--seeds", type=int, default=3, help="seeds; the 95%% CI is over them (default 3)")
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
         p.add_argument("--only", help=f"comma-separated subset of samplers (default {','.join(all_samplers())})")
+    elif name == "generations":
+        from experiments.generations import VARIANTS
+
+        p.add_argument("--variants", default=",".join(VARIANTS),
+                       help=f"comma-separated variants (default {','.join(VARIANTS)})")
+        p.add_argument("--train-seeds", default="0,1,2", help="training seeds: one generation 0 (a start run at "
+                       "OUT/start/seed-S, resumable) and every variant from it, per seed (default 0,1,2)")
+        p.add_argument("--run", action="append", help="a finished run to start from (its generation 0's base model, "
+                       "SLLM and map), in place of making one; repeat it with runs of other training seeds")
+        p.add_argument("--png", help="picture path (default OUT/experiments/generations-TIME.png)")
     else:
         p.add_argument("--topic", choices=(*ALL_TOPICS, MOLECULES_TOPIC),
                        help=f"topic T held out of NN1 (maths: required; molecules: {MOLECULES_TOPIC}, the only one)")
@@ -79,6 +92,8 @@ def main(argv: list[str]) -> int:
             torch.set_num_threads(cfg.run.threads)
         if name == "discovery":
             return _main_discovery(args, cfg)
+        if name == "generations":
+            return _main_generations(args, cfg)
         return _main_holdout(args, cfg)
     except (UserError, ValueError) as e:  # ValueError: a bad argument the experiment code checks itself
         print(f"error: {e}", file=sys.stderr)
@@ -163,6 +178,48 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     return 0
 
 
+def _main_generations(args, cfg) -> int:
+    import copy
+
+    from common.errors import ConfigError
+    from experiments.generations import VARIANTS, generations_experiment
+    from loop.runner import Loop, run_config
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants or len(set(variants)) < len(variants):
+        raise ConfigError(f"--variants {args.variants!r}: give distinct variants from {', '.join(VARIANTS)}")
+    generations = 8 if args.generations is None else args.generations
+    if generations < 2:
+        raise ConfigError(f"--generations must be >= 2 for curves over generations, got {generations}")
+    if args.samplers is not None:
+        raise ConfigError("--samplers: each variant sets its own sampler; choose them with --variants")
+    out = Path(args.out) if args.out else Path("runs") / f"generations-{cfg.corpus.domain_name}"
+    overrides = dict(item.split("=", 1) for item in args.set)  # checked already by build_from_args
+    starts: dict[int, Path] = {}
+    if args.run:
+        runs = [Path(r) for r in args.run]
+        for r in runs:
+            _check_run_dir(r)
+        seeds = [run_config(r).run.seed for r in runs]
+        if len(set(seeds)) < len(seeds) or len(set(runs)) < len(runs):
+            raise ConfigError(f"--run: the runs share a training seed ({seeds}); make them with different --seed")
+        starts = dict(zip(seeds, runs))
+    else:
+        for s in _train_seeds(args.train_seeds):
+            c = copy.deepcopy(cfg)
+            c.run.seed, c.run.generations, c.run.out = s, 1, str(out / "start" / f"seed-{s}")
+            print(f"making sure start run {c.run.out} has generation 0 (resumable)", file=sys.stderr)
+            Loop(c).run()
+            starts[s] = Path(c.run.out)
+    res = generations_experiment(starts, variants, generations, out, overrides, cfg.run.threads,
+                                 Path(args.png) if args.png else None, Path(args.json) if args.json else None)
+    print(res["table"])
+    print(f"\nexperiment stored in {', '.join(str(p / 'runs.db') for p in starts.values())}; picture "
+          f"{res['artifacts']['png']}; figures {res['artifacts']['json']}; {res['seconds']:.0f} s")
+    return 0
+
+
 def _train_seeds(text: str | None) -> list[int] | None:
     from common.errors import ConfigError
 
@@ -206,8 +263,8 @@ def _check_run_dir(run_dir: Path) -> None:
     from common.errors import ConfigError
 
     if not (run_dir / "runs.db").is_file():
-        raise ConfigError(f"--run {run_dir}: no runs.db there; pass a molecules run folder made by "
-                          "`python run.py --domain molecules --seed S --out DIR`")
+        raise ConfigError(f"--run {run_dir}: no runs.db there; pass a run folder made by "
+                          "`python run.py --seed S --out DIR` (with the experiment's --domain)")
 
 
 def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) -> int:

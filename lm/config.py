@@ -51,6 +51,10 @@ class RetrainConfig:
     lr: float = 2e-3
     replay_texts: int = 512  # real corpus texts replayed beside the accepted ones
     batch_size: int = 32  # performance knob
+    # What the next base model and SLLM learn from: "accepted" (the loop), or "corpus": as many
+    # corpus texts as were accepted, drawn afresh, in their place. The control for "more training"
+    # (the same fine-tuning steps, no generated text), as the generations experiment's replay.
+    source: str = "accepted"
 
     def __post_init__(self):
         _check(self.lora_r >= 1, f"retrain.lora_r must be >= 1, got {self.lora_r}")
@@ -60,3 +64,5 @@ class RetrainConfig:
         _check(self.lr > 0, f"retrain.lr must be > 0, got {self.lr}")
         _check(self.replay_texts >= 0, f"retrain.replay_texts must be >= 0, got {self.replay_texts}")
         _check(self.batch_size >= 1, f"retrain.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.source in ("accepted", "corpus"),
+               f"retrain.source must be accepted or corpus, got {self.source!r}")

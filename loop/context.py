@@ -92,6 +92,23 @@ class RunContext:
                             .order_by(Candidate.generation, Candidate.seq))
         return [t for t in rows]
 
+    def learned_texts(self, session: Session, upto: int) -> list[str]:
+        """What the SLLM and the base model train on besides the corpus: the accepted texts up to
+        generation `upto`, or, with retrain.source=corpus, as many corpus texts in their place (drawn
+        per generation from the run seed, so a resumed run draws the same)."""
+        accepted = self.accepted_texts(session, upto)
+        if self.cfg.retrain.source == "accepted" or not accepted:
+            return accepted
+        import random
+
+        counts = session.exec(select(Candidate.generation).where(Candidate.generation <= upto,
+                                                                 Candidate.decision == "accepted")).all()
+        corpus, out = self.data.train_texts, []
+        for g in sorted(set(counts)):
+            rng = random.Random(f"{self.cfg.run.seed}:corpus-in-place:{g}")
+            out += [rng.choice(corpus) for _ in range(counts.count(g))]
+        return out
+
     def check_inputs(self, adapter: str | None) -> None:
         """Verify the trained base folder and `adapter` against their manifests before loading them."""
         if not self.cfg.base.model:

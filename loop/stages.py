@@ -77,7 +77,7 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
     cfg = loop.cfg
     tok, model = loop.model(loop.adapter_for(s, g))
-    accepted = loop.accepted_texts(s, g - 1)
+    accepted = loop.learned_texts(s, g - 1)
     extra = [t.text for t in loop.language_texts()]  # e.g. the maths domain's false sentences
     texts = loop.data.train_texts + accepted + extra
     keys = [t.fact_key for t in loop.data.train] + [None] * (len(accepted) + len(extra))
@@ -330,7 +330,7 @@ def run_retrain(loop: RunContext, s: Session, g: int, seed: int) -> dict:
         return {"adapter": prev, "trained": False,
                 "reason": "no texts accepted in this generation" if not new else "retrain.epochs is 0"}
     loop.free()  # unload the generator before training
-    texts = retrain_texts(loop.accepted_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
+    texts = retrain_texts(loop.learned_texts(s, g), loop.data.train_texts, cfg.retrain.replay_texts, seed)
     final = loop.layout.adapter(g)
     loop.check_inputs(prev)
     # several processes (torchrun): every rank trains, rank 0 alone writes the adapter (the others' tmp: None)
@@ -384,13 +384,34 @@ def run_evaluate(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     if knowledge:
         line += " | knowledge " + " ".join(f"{k} {v:.3g}" for k, v in knowledge.items())
         extra = {**extra, **{f"knowledge {k}": v for k, v in knowledge.items()}}  # the report's per-generation figures
+    collapse = collapse_flags(s.get(Metric, 0) if g > 0 else None, ppl, distinct2)
+    if collapse:
+        line += " | COLLAPSE? " + "; ".join(collapse)
     if loop.fallback_note:
         line += " | FALLBACK base model (self-trained on this corpus): bring a pretrained one with --base-model"
     s.exec(delete(Metric).where(Metric.generation == g))
     s.add(Metric(generation=g, acceptance_rate=rate, truth_rate=truth, true_new=true_new, accepted=len(acc),
                  candidates=len(cands), heldout_ppl=ppl, novelty=novelty, distinct_2=distinct2,
                  dark_share=dark_share, timings_json=json.dumps(timings), line=line))
-    return {"line": line, "heldout_ppl": ppl, "knowledge": knowledge, **({"domain_metrics": extra} if extra else {})}
+    return {"line": line, "heldout_ppl": ppl, "knowledge": knowledge, "collapse": collapse, **({"domain_metrics": extra} if extra else {})}
+
+
+# Collapse telemetry: a generation is flagged when, against generation 0's figures, held-out
+# perplexity rose by more than this share, or the accepted texts' distinct-2 fell by more than this share.
+COLLAPSE_PPL_RISE = 0.10
+COLLAPSE_DISTINCT_DROP = 0.20
+
+
+def collapse_flags(first: Metric | None, ppl: float, distinct2: float | None) -> list[str]:
+    """What degraded beyond the thresholds since generation 0 (`first`, None at generation 0), in words."""
+    flags = []
+    if first is None:
+        return flags
+    if np.isfinite(ppl) and np.isfinite(first.heldout_ppl) and ppl > first.heldout_ppl * (1 + COLLAPSE_PPL_RISE):
+        flags.append(f"heldout ppl {first.heldout_ppl:.2f} -> {ppl:.2f} (over +{COLLAPSE_PPL_RISE:.0%})")
+    if distinct2 is not None and first.distinct_2 and distinct2 < first.distinct_2 * (1 - COLLAPSE_DISTINCT_DROP):
+        flags.append(f"distinct-2 {first.distinct_2:.2f} -> {distinct2:.2f} (over -{COLLAPSE_DISTINCT_DROP:.0%})")
+    return flags
 
 
 def knowledge_figures(loop: RunContext, adapter, tok, model, seed: int) -> dict:

@@ -150,7 +150,10 @@ def _collect(run_dir: Path, cfg: ReportConfig, engine) -> dict:
                                                  .order_by(Stage.generation, Stage.started_at, Stage.id)):
             stages.append({"generation": g, "name": name, "seconds": round(sec, 2)})
             if name == "evaluate":  # the domain's own per-generation figures (molecules: the MOSES metrics)
-                extra = json.loads(detail or "{}").get("domain_metrics") or {}
+                d = json.loads(detail or "{}")
+                extra = d.get("domain_metrics") or {}
+                if d.get("collapse"):  # the evaluate stage's collapse telemetry, flagged where it is seen first
+                    notes.append(f"generation {g}: possible collapse against generation 0: {'; '.join(d['collapse'])}")
                 domain_metrics[g] = {k: _num(v) for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics = [{k: (_num(v) if isinstance(v, float) else v) for k, v in m.items()} for m in queries.metrics(engine)]
     cands = _candidates(engine, cfg)
