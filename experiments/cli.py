@@ -50,10 +50,14 @@ def main(argv: list[str]) -> int:
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
         p.add_argument("--only", help=f"comma-separated subset of samplers (default {','.join(all_samplers())})")
     elif name == "generations":
-        from experiments.generations import VARIANTS
+        from experiments.generations import DEFAULT_REPLAY_SAMPLER, DEFAULT_VARIANTS, REPLAY
 
-        p.add_argument("--variants", default=",".join(VARIANTS),
-                       help=f"comma-separated variants (default {','.join(VARIANTS)})")
+        p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                       help=f"comma-separated variants: a loop sampler (it draws the candidates, the loop learns the "
+                            f"accepted ones) or {REPLAY} (corpus texts learnt in their place) "
+                            f"(default {','.join(DEFAULT_VARIANTS)})")
+        p.add_argument("--replay-sampler", default=DEFAULT_REPLAY_SAMPLER,
+                       help=f"the sampler {REPLAY} decodes and judges with (default {DEFAULT_REPLAY_SAMPLER})")
         p.add_argument("--train-seeds", default="0,1,2", help="training seeds: one generation 0 (a start run at "
                        "OUT/start/seed-S, resumable) and every variant from it, per seed (default 0,1,2)")
         p.add_argument("--run", action="append", help="a finished run to start from (its generation 0's base model, "
@@ -182,13 +186,11 @@ def _main_generations(args, cfg) -> int:
     import copy
 
     from common.errors import ConfigError
-    from experiments.generations import VARIANTS, generations_experiment
+    from experiments.generations import check_variants, generations_experiment
     from loop.runner import Loop, run_config
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad or not variants or len(set(variants)) < len(variants):
-        raise ConfigError(f"--variants {args.variants!r}: give distinct variants from {', '.join(VARIANTS)}")
+    check_variants(variants, args.replay_sampler)
     generations = 8 if args.generations is None else args.generations
     if generations < 2:
         raise ConfigError(f"--generations must be >= 2 for curves over generations, got {generations}")
@@ -213,7 +215,8 @@ def _main_generations(args, cfg) -> int:
             Loop(c).run()
             starts[s] = Path(c.run.out)
     res = generations_experiment(starts, variants, generations, out, overrides, cfg.run.threads,
-                                 Path(args.png) if args.png else None, Path(args.json) if args.json else None)
+                                 Path(args.png) if args.png else None, Path(args.json) if args.json else None,
+                                 args.replay_sampler)
     print(res["table"])
     print(f"\nexperiment stored in {', '.join(str(p / 'runs.db') for p in starts.values())}; picture "
           f"{res['artifacts']['png']}; figures {res['artifacts']['json']}; {res['seconds']:.0f} s")

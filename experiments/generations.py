@@ -31,9 +31,11 @@ from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
 
 log = logging.getLogger(__name__)
 
-# variant -> (the sampler that draws its candidates, what it learns from: retrain.source)
-VARIANTS = {"dark": ("dark", "accepted"), "prior": ("prior", "accepted"), "lm": ("lm", "accepted"),
-            "replay": ("dark", "corpus")}
+# A variant is a loop sampler's name (that sampler draws the candidates, the loop learns what is
+# accepted) or REPLAY (the replay sampler draws them, the loop learns corpus texts in their place).
+REPLAY = "replay"
+DEFAULT_VARIANTS = ("dark", "prior", "lm", REPLAY)
+DEFAULT_REPLAY_SAMPLER = "dark"
 # The CPU protocol: generation 0's SLLM is kept (continued SLLM training on the 16,000 maths language
 # texts is 80 s a generation, 2 hours over 96 generations); the base model under it is LoRA-retrained
 # every generation. `--set sllm.continue_epochs=1` restores the full loop (the GPU protocol).
@@ -42,18 +44,32 @@ PROTOCOL = {"sllm.continue_epochs": 0}
 CUMULATIVE = ("rediscovered", "novel_scaffolds")
 
 
-def variant_config(start_cfg, variant: str, generations: int, out: Path, overrides: dict):
+def check_variants(variants: tuple[str, ...], replay_sampler: str) -> None:
+    """Refuse an unknown variant, a repeated one, or a sampler the loop cannot run, before any work."""
+    from common.errors import ConfigError
+    from latent.samplers import check_loop_samplers
+
+    if not variants or len(set(variants)) < len(variants):
+        raise ConfigError(f"--variants {','.join(variants)!r}: give distinct variants, e.g. {','.join(DEFAULT_VARIANTS)}")
+    try:
+        check_loop_samplers([v for v in variants if v != REPLAY] + [replay_sampler], features=True)
+    except ConfigError as e:
+        raise ConfigError(f"--variants: {e} (or {REPLAY}: the replay control)") from None
+
+
+def variant_config(start_cfg, variant: str, generations: int, out: Path, overrides: dict,
+                   replay_sampler: str = DEFAULT_REPLAY_SAMPLER):
     """A variant's settings: its start run's, the protocol, the user's overrides, then the variant's own."""
     from loop.config import build_config
 
-    sampler, source = VARIANTS[variant]
+    sampler, source = (replay_sampler, "corpus") if variant == REPLAY else (variant, "accepted")
     values = {**PROTOCOL, **overrides, "sample.samplers": sampler, "retrain.source": source,
               "run.generations": generations, "run.out": str(out)}
     return build_config(start_cfg.to_dict(), values)
 
 
 def run_variants(starts: dict[int, Path], variants: tuple[str, ...], generations: int, out: Path, overrides: dict,
-                 threads: int) -> dict[tuple[str, int], Path]:
+                 threads: int, replay_sampler: str = DEFAULT_REPLAY_SAMPLER) -> dict[tuple[str, int], Path]:
     """Every variant on every training seed's start run, each branched once and then resumed."""
     from loop.branch import branch
     from loop.runner import Loop, run_config
@@ -63,7 +79,7 @@ def run_variants(starts: dict[int, Path], variants: tuple[str, ...], generations
         start_cfg = run_config(start)
         for v in variants:
             dst = out / v / f"seed-{seed}"
-            cfg = variant_config(start_cfg, v, generations, dst, overrides)
+            cfg = variant_config(start_cfg, v, generations, dst, overrides, replay_sampler)
             cfg.run.threads = threads
             if branch(start, cfg):
                 log.info("%s: branched from %s", dst, start)
@@ -113,7 +129,7 @@ def combine(per_run: dict[tuple[str, int], dict[int, dict]], generations: int) -
     """Per variant and figure: the curve (mean and 95% interval over training seeds a generation),
     the last generation's figure and the mean level (area under the curve over the generations run,
     divided by their number), each with its interval over seeds."""
-    variants = sorted({v for v, _ in per_run}, key=list(VARIANTS).index)
+    variants = list(dict.fromkeys(v for v, _ in per_run))  # in the order they ran
     keys = sorted({k for figs in per_run.values() for f in figs.values() for k in f})
     out: dict = {}
     for v in variants:
@@ -163,7 +179,7 @@ def curves_png(path: Path, combined: dict, keys: list[str], title: str) -> Path:
     cols = 4
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    colours = {"dark": "#1f3a93", "prior": "#7f7f7f", "lm": "#d35400", "replay": "#27ae60"}
+    colours = dict(zip(combined, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, k in zip(axes.flat, keys):
         for v, figs in combined.items():
             curve = figs.get(k, {}).get("curve") or []
@@ -190,10 +206,11 @@ def curves_png(path: Path, combined: dict, keys: list[str], title: str) -> Path:
 
 
 def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], generations: int, out: Path,
-                           overrides: dict, threads: int, png: Path | None, json_path: Path | None) -> dict:
+                           overrides: dict, threads: int, png: Path | None, json_path: Path | None,
+                           replay_sampler: str = DEFAULT_REPLAY_SAMPLER) -> dict:
     """Run (or resume) every variant, then the figures, the tables, the picture; stored with each start run."""
     t0 = time.perf_counter()
-    folders = run_variants(starts, variants, generations, out, overrides, threads)
+    folders = run_variants(starts, variants, generations, out, overrides, threads, replay_sampler)
     per_run = {key: run_figures(f) for key, f in folders.items()}
     combined = combine(per_run, generations)
     keys = shown_keys(combined)
@@ -212,7 +229,7 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
     text += ("\n\ncollapse flags (generations): " + "; ".join(f"{k} {g}" for k, g in flagged.items())
              if flagged else "\n\nno variant flagged a collapse")
     seconds = time.perf_counter() - t0
-    settings = {"variants": list(variants), "generations": generations, "starts": {s: str(p) for s, p in starts.items()},
+    settings = {"variants": list(variants), "replay_sampler": replay_sampler, "generations": generations, "starts": {s: str(p) for s, p in starts.items()},
                 "out": str(out), "overrides": {**PROTOCOL, **overrides}, "threads": threads}
     result = {"combined": combined, "per_run": {f"{v}/seed-{s}": figs for (v, s), figs in per_run.items()},
               "folders": {f"{v}/seed-{s}": str(p) for (v, s), p in folders.items()}, "collapse": flagged}
@@ -221,4 +238,8 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
                                     indent=1, default=str))
     artifacts = {"png": str(png), "json": str(json_path)}
     ids = [store_experiment(p, "generations", settings, result, text, artifacts, seconds, []) for p in starts.values()]
+    for p in starts.values():  # their reports show the curves from now on
+        from loop.runner import Loop, run_config
+
+        Loop(run_config(p)).refresh_report()
     return {"table": text, "artifacts": artifacts, "seconds": seconds, "experiment_ids": ids, "combined": combined}

@@ -10,6 +10,7 @@ generation, so that a stage made not-done leaves nothing of itself behind.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -20,7 +21,7 @@ from sqlmodel import Session, delete, select
 
 from judges.base import judge_with_role
 from judges.panel import build_panel, judge_texts
-from loop.artifacts import atomic_dir, check
+from loop.artifacts import MANIFEST, atomic_dir, check
 from storage.db import stage_detail
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
 from storage.layout import RunLayout
@@ -76,6 +77,13 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     from sllm.train import train_sllm
 
     cfg = loop.cfg
+    if g > 0 and cfg.sllm.continue_epochs == 0:  # nothing to learn: generation g-1's SLLM as it was, no model load
+        if distributed.is_main():
+            check(loop.layout.sllm(g - 1), f"the SLLM checkpoint of generation {g - 1}")
+            with atomic_dir(loop.layout.sllm(g), (g, "sllm")) as tmp:
+                shutil.copytree(loop.layout.sllm(g - 1), tmp, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(MANIFEST))
+        return {"texts": 0, "accepted_texts": 0, "epochs": 0, "kept_from": g - 1}
     tok, model = loop.model(loop.adapter_for(s, g))
     accepted = loop.learned_texts(s, g - 1)
     extra = [t.text for t in loop.language_texts()]  # e.g. the maths domain's false sentences

@@ -229,3 +229,99 @@ def _leaf(d, path):
 def test_holdout_seed_errors(tmp_path, args, message):
     p = run_cli(["experiment", "holdout", "--topic", "fractions", "--out", str(tmp_path / "h"), *args, "-q"], check=False)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+
+
+# ---------------------------------------------------------------------- generations
+GEN_TINY = TINY + ["--set", "judges.require_true=false", "--set", "judges.min_coherence=0",
+                   "--set", "judges.min_novelty=0", "--set", "evaluate.knowledge_texts=8",
+                   "--set", "evaluate.knowledge_samples=8", "--set", "sllm.continue_epochs=0"]
+
+
+def test_generations_resumes_after_a_kill_and_reuses_finished_variants(tmp_path):
+    """Two variants over two training seeds, killed in the middle of the first variant's generation 1,
+    then resumed: every variant ends with its generations, branched from its seed's generation 0 and
+    keeping its SLLM (the CPU protocol); a third call reuses them all; replay learns corpus texts in
+    place of the accepted ones."""
+    import hashlib
+
+    from sqlmodel import Session
+
+    from loop.config import build_config
+    from loop.context import RunContext
+    from loop.runner import run_config
+    from storage.db import open_db
+    from tests.test_loop import db_content
+
+    out = tmp_path / "gens"
+    args = ["experiment", "generations", "--variants", "lm,replay", "--train-seeds", "0,1", "--generations", "2",
+            "--out", str(out), "--json", str(out / "g.json"), *GEN_TINY]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", PYTHONHASHSEED="0", DARKZONES_CRASH_AT="1:retrain:before_commit")
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=600)
+    assert p.returncode == -9, p.stderr[-2000:]  # SIGKILL inside lm/seed-0's generation 1
+    assert not (out / "g.json").exists()
+    p = run_cli(args)
+    res = json.loads((out / "g.json").read_text())
+    assert set(res["result"]["folders"]) == {"lm/seed-0", "lm/seed-1", "replay/seed-0", "replay/seed-1"}
+    curve = res["result"]["combined"]["lm"]["heldout_ppl"]["curve"]
+    assert len(curve) == 2 and all(c["n"] == 2 for c in curve)
+    assert res["settings"]["overrides"]["sllm.continue_epochs"] == "0"  # the CPU protocol: the SLLM kept
+    assert [p.stat().st_size > 0 for p in (out / "experiments").glob("generations-*.png")] == [True]
+    assert "last generation (1)" in p.stdout and "mean level" in p.stdout
+    for v in ("lm", "replay"):
+        for s in (0, 1):
+            run = out / v / f"seed-{s}"
+            rows = db_content(run)["stages"]
+            assert (1, "evaluate") in rows and (0, "base") in rows
+            # generation 0's models are the start run's, byte for byte
+            start = out / "start" / f"seed-{s}"
+            for a, b in (("gen-000/sllm", "gen-000/sllm"), ("base", "base"), ("gen-001/sllm", "gen-000/sllm")):
+                assert (hashlib.sha256((run / a / "MANIFEST.json").read_bytes()).digest()
+                        == hashlib.sha256((start / b / "MANIFEST.json").read_bytes()).digest())
+    con = sqlite3.connect(out / "start" / "seed-0" / "runs.db")
+    assert con.execute("SELECT count(*) FROM experimentrun WHERE name = 'generations'").fetchone()[0] == 1
+    # replay: as many corpus texts as it accepted, in their place
+    cfg = run_config(out / "replay" / "seed-0")
+    ctx = RunContext(cfg)
+    engine = open_db(out / "replay" / "seed-0")
+    with Session(engine) as s:
+        accepted, learned = ctx.accepted_texts(s, 1), ctx.learned_texts(s, 1)
+    engine.dispose()
+    assert accepted and len(learned) == len(accepted) and set(learned) <= set(ctx.data.train_texts)
+    from common.errors import ConfigError
+    from loop.branch import branch
+
+    with pytest.raises(ConfigError, match="cannot branch.*sllm.epochs"):  # generation 0 would differ
+        branch(out / "start" / "seed-0", build_config(cfg.to_dict(), {"sllm.epochs": 9, "run.out": str(tmp_path / "b")}))
+    before = {v: db_content(out / v / "seed-1") for v in ("lm", "replay")}
+    run_cli(args)  # finished variants: nothing runs again
+    assert {v: db_content(out / v / "seed-1") for v in ("lm", "replay")} == before
+
+
+def test_generations_refuses_bad_flags_and_a_missing_source(tmp_path, capsys):
+    from experiments.cli import main
+
+    for extra, message in ((["--variants", "dark,bogus"], "--variants"), (["--generations", "1"], "--generations"),
+                           (["--samplers", "dark"], "--samplers")):
+        assert main(["generations", "--out", str(tmp_path / "x"), *extra, *TINY]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+    from common.errors import ConfigError
+    from loop.branch import branch
+    from loop.config import build_config
+
+    with pytest.raises(ConfigError, match="no run database"):
+        branch(tmp_path / "missing", build_config(overrides={"run.out": str(tmp_path / "b")}))
+
+
+def test_collapse_flags_name_what_degraded():
+    from loop.stages import collapse_flags
+    from storage.models import Metric
+
+    first = Metric(generation=0, acceptance_rate=0.5, truth_rate=None, true_new=0, accepted=1, candidates=2,
+                   heldout_ppl=10.0, novelty=None, distinct_2=0.8, dark_share=None, line="")
+    assert collapse_flags(None, 50.0, 0.1) == []
+    assert collapse_flags(first, 10.9, 0.7) == []
+    flags = collapse_flags(first, 11.5, 0.5)
+    assert len(flags) == 2 and "heldout ppl 10.00 -> 11.50" in flags[0] and "distinct-2 0.80 -> 0.50" in flags[1]
