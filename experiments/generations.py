@@ -14,8 +14,8 @@ Every variant gets the same decode budget (sample.n_candidates a generation) and
 Each generation's evaluate stage measures what the model it leaves knows (`Domain.knowledge_figures`)
 and its collapse telemetry; this module reads those figures back from every variant's database
 and gives, per variant, curves against generation with 95% intervals over training seeds, the last
-generation's figures and each curve's mean level (its area over the generations run, divided by
-their number). Every variant is a run folder (OUT/VARIANT/seed-S), so the experiment resumes after
+generation's figures, their rise from generation 0 (per seed) and each curve's mean level (its
+area over the generations run, divided by their number). Every variant is a run folder (OUT/VARIANT/seed-S), so the experiment resumes after
 a kill and reuses a finished variant.
 """
 from __future__ import annotations
@@ -139,8 +139,15 @@ def combine(per_run: dict[tuple[str, int], dict[int, dict]], generations: int) -
             curve = [ci95([r.get(g, {}).get(k) for r in runs]) for g in range(generations)]
             last = ci95([r.get(generations - 1, {}).get(k) for r in runs])
             level = ci95([_level([r.get(g, {}).get(k) for g in range(generations)]) for r in runs])
-            out[v][k] = {"curve": curve, "last": last, "level": level}
+            rise = ci95([_rise(r.get(0, {}).get(k), r.get(generations - 1, {}).get(k)) for r in runs])
+            out[v][k] = {"curve": curve, "last": last, "level": level, "rise": rise}
     return out
+
+
+def _rise(first: float | None, last: float | None) -> float | None:
+    """Last generation's figure minus generation 0's, on one seed: the seed's own starting point taken
+    out, so that the interval over seeds measures the change, not how the seeds differ."""
+    return None if first is None or last is None else last - first
 
 
 def _level(values: list) -> float | None:
@@ -221,6 +228,8 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
     curves_png(png, combined, keys, f"{generations} generations, training seeds {seeds}: mean and 95% interval")
     text = (f"last generation ({generations - 1}), mean [95% interval] over training seeds {seeds}\n"
             + table(combined, keys, "last")
+            + "\n\nrise from generation 0 to the last (per seed, then mean [95% interval])\n"
+            + table(combined, keys, "rise")
             + "\n\nmean level over the generations (area under the curve / generations)\n"
             + table(combined, keys, "level"))
     flagged = {f"{v}/seed-{s}": [g for g, f in figs.items() if f.get("collapse_flags")]
@@ -236,7 +245,7 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"settings": settings, "result": result, "table": text, "seconds": seconds},
                                     indent=1, default=str))
-    artifacts = {"png": str(png), "json": str(json_path)}
+    artifacts = {"png": str(png.resolve()), "json": str(json_path.resolve())}  # the start runs' reports find them
     ids = [store_experiment(p, "generations", settings, result, text, artifacts, seconds, []) for p in starts.values()]
     for p in starts.values():  # their reports show the curves from now on
         from loop.runner import Loop, run_config

@@ -1,7 +1,8 @@
-"""`python run.py experiment discovery|holdout` end to end on tiny settings, plus their statistics."""
+"""`python run.py experiment discovery|holdout|generations` end to end on tiny settings, plus their statistics."""
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -280,6 +281,8 @@ def test_generations_resumes_after_a_kill_and_reuses_finished_variants(tmp_path)
                         == hashlib.sha256((start / b / "MANIFEST.json").read_bytes()).digest())
     con = sqlite3.connect(out / "start" / "seed-0" / "runs.db")
     assert con.execute("SELECT count(*) FROM experimentrun WHERE name = 'generations'").fetchone()[0] == 1
+    report = (out / "start" / "seed-0" / "report.html").read_text()  # refreshed: the curves inline
+    assert re.search(r"generations-\d{8}-\d{6}\.png", report) and "rise from generation 0" in report
     # replay: as many corpus texts as it accepted, in their place
     cfg = run_config(out / "replay" / "seed-0")
     ctx = RunContext(cfg)
@@ -325,3 +328,21 @@ def test_collapse_flags_name_what_degraded():
     assert collapse_flags(first, 10.9, 0.7) == []
     flags = collapse_flags(first, 11.5, 0.5)
     assert len(flags) == 2 and "heldout ppl 10.00 -> 11.50" in flags[0] and "distinct-2 0.80 -> 0.50" in flags[1]
+
+
+def test_generations_figures_over_seeds():
+    """The curve, the last generation, the rise (per seed, then over seeds) and the mean level."""
+    from experiments.generations import combine
+
+    per_run = {("dark", 0): {0: {"auc": 0.5}, 1: {"auc": 0.6}, 2: {"auc": 0.7}},
+               ("dark", 1): {0: {"auc": 0.7}, 1: {"auc": 0.8}, 2: {"auc": 0.9}},
+               ("lm", 0): {0: {"auc": 0.5}, 1: {"auc": None}, 2: {"auc": 0.5}}}
+    c = combine(per_run, 3)
+    d = c["dark"]["auc"]
+    assert [p["mean"] for p in d["curve"]] == pytest.approx([0.6, 0.7, 0.8])
+    assert d["last"]["mean"] == pytest.approx(0.8) and d["last"]["lo"] < 0.8 < d["last"]["hi"]
+    # both seeds rose by exactly 0.2: the interval of the rise has no width, unlike the last figure's
+    assert d["rise"]["mean"] == pytest.approx(0.2) and d["rise"]["hi"] - d["rise"]["lo"] == pytest.approx(0, abs=1e-9)
+    assert d["level"]["mean"] == pytest.approx(0.7)  # trapezoid area 1.4 over 2 steps
+    assert c["lm"]["auc"]["level"]["mean"] is None and c["lm"]["auc"]["curve"][1]["n"] == 0
+    assert list(c) == ["dark", "lm"]
