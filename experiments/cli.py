@@ -187,6 +187,7 @@ def _main_generations(args, cfg) -> int:
 
     from common.errors import ConfigError
     from experiments.generations import check_variants, generations_experiment
+    from loop.options import set_overrides
     from loop.runner import Loop, run_config
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
@@ -197,7 +198,7 @@ def _main_generations(args, cfg) -> int:
     if args.samplers is not None:
         raise ConfigError("--samplers: each variant sets its own sampler; choose them with --variants")
     out = Path(args.out) if args.out else Path("runs") / f"generations-{cfg.corpus.domain_name}"
-    overrides = dict(item.split("=", 1) for item in args.set)  # checked already by build_from_args
+    overrides = set_overrides(args.set)
     starts: dict[int, Path] = {}
     if args.run:
         runs = [Path(r) for r in args.run]

@@ -247,8 +247,8 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
                                     indent=1, default=str))
     artifacts = {"png": str(png.resolve()), "json": str(json_path.resolve())}  # the start runs' reports find them
     ids = [store_experiment(p, "generations", settings, result, text, artifacts, seconds, []) for p in starts.values()]
-    for p in starts.values():  # their reports show the curves from now on
-        from loop.runner import Loop, run_config
+    from loop.runner import Loop, run_config
 
+    for p in starts.values():  # their reports show the curves from now on
         Loop(run_config(p)).refresh_report()
     return {"table": text, "artifacts": artifacts, "seconds": seconds, "experiment_ids": ids, "combined": combined}

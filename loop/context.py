@@ -100,13 +100,14 @@ class RunContext:
         if self.cfg.retrain.source == "accepted" or not accepted:
             return accepted
         import random
+        from collections import Counter
 
-        counts = session.exec(select(Candidate.generation).where(Candidate.generation <= upto,
-                                                                 Candidate.decision == "accepted")).all()
+        counts = Counter(session.exec(select(Candidate.generation).where(Candidate.generation <= upto,
+                                                                         Candidate.decision == "accepted")))
         corpus, out = self.data.train_texts, []
-        for g in sorted(set(counts)):
+        for g in sorted(counts):
             rng = random.Random(f"{self.cfg.run.seed}:corpus-in-place:{g}")
-            out += [rng.choice(corpus) for _ in range(counts.count(g))]
+            out += [rng.choice(corpus) for _ in range(counts[g])]
         return out
 
     def check_inputs(self, adapter: str | None) -> None:

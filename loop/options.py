@@ -48,14 +48,20 @@ FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.se
 def build_from_args(args):
 
     file_values = load_config_file(args.config) if args.config else {}
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r} must be SECTION.KEY=VALUE, e.g. --set sllm.latent_dim=128")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
+    overrides = set_overrides(args.set)
     for attr, key in FLAG_KEYS.items():
         v = getattr(args, attr)
         if v is not None:
             overrides[key] = v
     return build_config(file_values, overrides)
+
+
+def set_overrides(items: list[str]) -> dict[str, str]:
+    """--set SECTION.KEY=VALUE items as {"section.key": "value"}."""
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must be SECTION.KEY=VALUE, e.g. --set sllm.latent_dim=128")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    return overrides
