@@ -88,6 +88,10 @@ class Domain:
     # Settings this domain needs unless the user sets them ({"section.key": value}), applied by
     # loop.config.build_config under the file and command-line values.
     defaults: dict = {}
+    # The generations experiment's budget on 2 CPU cores (about an hour for 4 variants x 3 training
+    # seeds x 8 generations with their start runs), applied to the start runs it trains, under the
+    # user's own settings ({"section.key": value}).
+    generations_protocol: dict = {}
     # A rule-based critic: texts -> [(score in [0, 1] or None, reason, detail)], used in place of
     # the LLM critic and its rubric (molecules: QED, SA, filters). None: the LLM critic.
     rule_critic: Callable[[list[str]], list[tuple[float | None, str, dict]]] | None = None

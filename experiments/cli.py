@@ -187,7 +187,7 @@ def _main_generations(args, cfg) -> int:
 
     from common.errors import ConfigError
     from experiments.generations import check_variants, generations_experiment
-    from loop.options import set_overrides
+    from loop.options import build_from_args, set_overrides
     from loop.runner import Loop, run_config
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
@@ -209,6 +209,12 @@ def _main_generations(args, cfg) -> int:
             raise ConfigError(f"--run: the runs share a training seed ({seeds}); make them with different --seed")
         starts = dict(zip(seeds, runs))
     else:
+        protocol = get_domain(cfg.corpus.domain_name).generations_protocol
+        cfg = build_from_args(args, protocol)
+        taken = {k: v for k, v in protocol.items() if k not in overrides}
+        if taken:
+            print(f"the {cfg.corpus.domain_name} domain's CPU protocol for the start runs: "
+                  f"{', '.join(f'{k}={v}' for k, v in taken.items())} (--set any of them to change it)", file=sys.stderr)
         for s in _train_seeds(args.train_seeds):
             c = copy.deepcopy(cfg)
             c.run.seed, c.run.generations, c.run.out = s, 1, str(out / "start" / f"seed-{s}")

@@ -37,7 +37,7 @@ class NoveltyJudge:
         elif np.shape(corpus_embeddings)[0] != len(self.corpus_texts) or np.ndim(corpus_embeddings) != 2:
             raise ValueError(f"corpus_embeddings has shape {np.shape(corpus_embeddings)} for {len(self.corpus_texts)} "
                              "corpus texts; pass embed_fn(corpus_texts) (N, d), or None to compute them")
-        self._corpus_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(corpus_embeddings)
+        self._corpus_index = _index(corpus_embeddings, self.metric)
         self.accepted_texts: list[str] = []
         self._accepted_emb = None  # (A, d)
         self._accepted_index = None
@@ -57,7 +57,7 @@ class NoveltyJudge:
         self._accepted_emb = z if self._accepted_emb is None else np.concatenate([self._accepted_emb, z])
         self.accepted_texts += texts
         # Refit: accepted sets are small (hundreds per generation), so a rebuild is cheap.
-        self._accepted_index = NearestNeighbors(n_neighbors=1, metric=self.metric).fit(self._accepted_emb)
+        self._accepted_index = _index(self._accepted_emb, self.metric)
 
     def score(self, texts: list[str]) -> list[JudgeScore]:
         texts = list(texts)
@@ -82,6 +82,38 @@ class NoveltyJudge:
                 {"distance": di, "nearest": near[i], "source": source[i], "near_duplicate": di < self.min_distance},
             ))
         return out
+
+
+class TanimotoNearest:
+    """Exact nearest bit vector by Tanimoto (Jaccard) distance, from one product of the bit matrices
+    (`kneighbors` with n_neighbors=1, as scikit-learn's): its brute-force jaccard takes 1.5 s for
+    64 molecules against 10,000, this about 10 ms. Two empty vectors are at distance 0, as
+    scipy's jaccard has them; of equally near rows the first wins."""
+
+    BLOCK = 1024  # query rows a product: (BLOCK, N) float32
+
+    def __init__(self, bits: np.ndarray):
+        self.bits = np.asarray(bits, dtype=np.float32)  # (N, d) of 0/1
+        self.counts = self.bits.sum(1)  # (N,)
+
+    def kneighbors(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> distances (Q, 1), indices (Q, 1)."""
+        q = np.asarray(query, dtype=np.float32)
+        dist, idx = np.empty((len(q), 1)), np.empty((len(q), 1), np.int64)
+        for a in range(0, len(q), self.BLOCK):
+            part = q[a : a + self.BLOCK]
+            inter = (part @ self.bits.T).astype(np.float64)  # counts: exact in float32 below 2^24
+            union = part.sum(1, keepdims=True) + self.counts[None, :] - inter
+            d = np.where(union > 0, 1.0 - inter / np.maximum(union, 1.0), 0.0)
+            idx[a : a + self.BLOCK, 0] = d.argmin(1)
+            dist[a : a + self.BLOCK, 0] = d[np.arange(len(part)), idx[a : a + self.BLOCK, 0]]
+        return dist, idx
+
+
+def _index(emb: np.ndarray, metric: str):
+    if metric == "jaccard":
+        return TanimotoNearest(emb)
+    return NearestNeighbors(n_neighbors=1, metric=metric).fit(emb)
 
 
 def _novelty_gate(s: JudgeScore, threshold, cfg) -> tuple[str | None, str | None]:

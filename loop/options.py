@@ -45,15 +45,18 @@ FLAG_KEYS = {"generations": "run.generations", "out": "run.out", "seed": "run.se
              "db": "run.db"}
 
 
-def build_from_args(args):
-
+def build_from_args(args, below: dict | None = None):
+    """The settings of a command line. `below` ({"section.key": value}): values a command brings
+    (an experiment's protocol) under the config file's and the command line's, above the domain's."""
     file_values = load_config_file(args.config) if args.config else {}
     overrides = set_overrides(args.set)
     for attr, key in FLAG_KEYS.items():
         v = getattr(args, attr)
         if v is not None:
             overrides[key] = v
-    return build_config(file_values, overrides)
+    in_file = {f"{sec}.{k}" for sec, vals in file_values.items() if isinstance(vals, dict) for k in vals}
+    under = {k: v for k, v in (below or {}).items() if k not in in_file and k not in overrides}
+    return build_config(file_values, {**under, **overrides})
 
 
 def set_overrides(items: list[str]) -> dict[str, str]:

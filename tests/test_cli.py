@@ -23,6 +23,19 @@ def test_config_file_and_overrides(tmp_path):
     assert cfg.sllm.latent_dim == 32 and cfg.run.seed == 3  # the command line wins over the file
 
 
+def test_a_commands_own_settings_sit_under_the_users_and_over_the_domains(tmp_path):
+    """An experiment's protocol (`below`) replaces the domain's defaults, never a file's or a flag's value."""
+    from loop.options import build_from_args, parser
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("[sample]\nn_candidates = 40\n")
+    protocol = {"corpus.max_texts": 5000, "sample.n_candidates": 250, "sllm.epochs": 3}
+    args = parser().parse_args(["--domain", "molecules", "--config", str(toml), "--set", "sllm.epochs=7"])
+    cfg = build_from_args(args, protocol)
+    assert (cfg.corpus.max_texts, cfg.sample.n_candidates, cfg.sllm.epochs) == (5000, 40, 7)
+    assert build_from_args(parser().parse_args(["--domain", "molecules"])).corpus.max_texts == 10000
+
+
 @pytest.mark.parametrize("overrides, needle", [
     ({"sllm.latnt_dim": "3"}, "did you mean 'latent_dim'"),
     ({"nosection.x": "1"}, "unknown setting"),

@@ -428,3 +428,29 @@ def test_novelty_takes_the_corpus_embeddings_it_is_given():
     assert calls == [3]
     with pytest.raises(ValueError, match="corpus_embeddings has shape"):
         NoveltyJudge(bow_embed, CORPUS, corpus_embeddings=bow_embed(CORPUS[:5]))
+
+
+def test_tanimoto_nearest_equals_scikit_learns_jaccard(monkeypatch):
+    """The bit-matrix nearest neighbour of the Tanimoto novelty judge gives scikit-learn's brute-force
+    jaccard distances (empty vectors at 0 from each other, 1 from any other), ties to the first row."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from judges.novelty import TanimotoNearest
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((700, 256)) < 0.05
+    ref[3] = False  # an invalid molecule's fingerprint
+    ref[11] = ref[10]  # a tie: the first of equal rows is the one named
+    query = rng.random((1500, 256)) < 0.05  # more rows than one block
+    query[0] = False
+    query[1] = ref[10]
+    query[2] = ref[4] | ref[5]
+    expect, _ = NearestNeighbors(n_neighbors=1, metric="jaccard").fit(ref).kneighbors(query)
+    monkeypatch.setattr(TanimotoNearest, "BLOCK", 512)
+    dist, idx = TanimotoNearest(ref).kneighbors(query)
+    np.testing.assert_allclose(dist, expect, atol=1e-12)
+    assert dist[0, 0] == 0 and idx[0, 0] == 3 and dist[1, 0] == 0 and idx[1, 0] == 10
+    # every named row is at the reported distance
+    inter = (query[:, None, :] & ref[idx[:, 0]][:, None, :]).sum(-1)[:, 0]
+    union = (query | ref[idx[:, 0]]).sum(-1)
+    np.testing.assert_allclose(dist[:, 0], np.where(union > 0, 1 - inter / np.maximum(union, 1), 0.0))
