@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from domains.config import domain_name_of
 from storage import queries
 
 _TYPES = {"id": "int64", "generation": "int64", "sampler": "string", "text": "string", "decision": "string",
@@ -58,7 +59,7 @@ def card(engine, run_dir: str, judges: list[str], include_all: bool, n: int) -> 
     cfg = run.get("config", {})
     j = cfg.get("judges", {})
     corpus = cfg.get("corpus", {})
-    domain = corpus.get("domain") or ("text" if corpus.get("path") else "maths")
+    domain = domain_name_of(corpus.get("domain"), corpus.get("path"))
     lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train",
              "    path: data/train-*", "tags:", "- synthetic", "- dark-zones", "---", "",
              f"# Candidates of the dark-zone run `{Path(run_dir).name}`", "",

@@ -42,10 +42,16 @@ class CorpusConfig:
 
     @property
     def domain_name(self) -> str:
-        if self.domain:
-            return self.domain
-        if self.path is None:
-            return "maths"
-        from domains.base import domain_for_file
+        return domain_name_of(self.domain, self.path)
 
-        return domain_for_file(self.path) or "text"
+
+def domain_name_of(domain: str | None, path: str | None) -> str:
+    """The domain a corpus setting names: `domain`, else the one its file's extension belongs to
+    (text for any other file), else the built-in default (maths). Also for a stored run's settings."""
+    if domain:
+        return domain
+    if path is None:
+        return "maths"
+    from domains.base import domain_for_file
+
+    return domain_for_file(path) or "text"

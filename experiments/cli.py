@@ -353,9 +353,9 @@ def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Pa
     from common.errors import ConfigError
     from loop.runner import Loop, run_config
 
-    if args.domain not in (None, "molecules"):
-        raise ConfigError(f"--run is for the molecules holdout; --domain {args.domain} trains its own NN1 without the "
-                          "topic: drop --run")
+    if args.domain is not None and not get_domain(args.domain).knowledge_holdout:
+        raise ConfigError(f"--run is for the holdout of a domain's knowledge set (molecules); --domain {args.domain} "
+                          "trains its own NN1 without the topic: drop --run")
     if args.topic not in (None, MOLECULES_TOPIC):
         raise ConfigError(f"--topic {args.topic}: on molecules the held-out topic is {MOLECULES_TOPIC} (the MOSES "
                           "scaffold-test molecules); drop --topic")

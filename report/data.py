@@ -20,6 +20,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 
 from domains.base import domain_class, domain_names
+from domains.config import domain_name_of
 from latent.samplers import samplers
 from storage import queries
 from storage.db import DB_NAME, StorageError, check_schema, describe, open_db, read_ref
@@ -142,7 +143,8 @@ def collect(run_dir: str | Path, cfg: ReportConfig | None = None, engine=None) -
 def _collect(run_dir: Path, cfg: ReportConfig, engine) -> dict:
     info = queries.run_info(engine)
     config = info["config"]
-    domain = (config.get("corpus") or {}).get("domain") or ("maths" if not (config.get("corpus") or {}).get("path") else "text")
+    corpus = config.get("corpus") or {}
+    domain = domain_name_of(corpus.get("domain"), corpus.get("path"))
     notes: list[str] = []
     stages, domain_metrics = [], {}
     with engine.connect() as conn:
