@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from loop.runner import environment
+
 log = logging.getLogger(__name__)
 
 # Real architectures and sizes (from their published configs), random weights.
@@ -377,6 +379,6 @@ def main(argv: list[str]) -> int:
                machine={"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__})
     print_table(kind, res)
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+        Path(a.json).write_text(json.dumps({**res, "environment": environment()}, indent=2, default=str))
         print(f"wrote {a.json}")
     return 0

@@ -126,11 +126,8 @@ def main(argv: list[str]) -> int:
     print(text)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; scikit-learn {args.epochs} epochs")
     if args.json:
-        import sklearn
-
+        from loop.runner import environment  # lazy: the loop (torch) only once figures are written
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"command": "python run.py bench " + " ".join(argv),
-                                               "rows": rows, "table": text, "threads": torch.get_num_threads(),
-                                               "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__,
-                                                            "numpy": np.__version__}}, indent=2))
+                                               "rows": rows, "table": text, "environment": environment()}, indent=2))
     return 0

@@ -265,6 +265,7 @@ def main(argv: list[str]) -> int:
                 r["threshold_rel_diff"] = (r["threshold"] - exact) / exact
     print(table(rows, args.sklearn_max))
     settings = {k: v for k, v in vars(args).items() if k not in ("one", "quiet")}
-    Path(args.json).write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+    from loop.runner import environment  # lazy: the loop (torch) only once figures are written
+    Path(args.json).write_text(json.dumps({"settings": settings, "results": rows, "environment": environment()}, indent=2))
     print(f"\nwrote {args.json}")
     return 0

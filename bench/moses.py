@@ -114,6 +114,7 @@ def main(argv: list[str]) -> int:
           ", ".join(f"seed {k} {v:.0f}s / {t['score_cpu_s_per_seed'][k]:.0f}s"
                     for k, v in t["score_s_per_seed"].items())
           + f"; total {t['total_s']:.0f}s")
-    Path(args.json).write_text(json.dumps(res, indent=2))
+    from loop.runner import environment  # lazy: the loop (torch) only once figures are written
+    Path(args.json).write_text(json.dumps({**res, "environment": environment()}, indent=2))
     print(f"wrote {args.json}")
     return 0

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loop.runner import environment
+
 log = logging.getLogger(__name__)
 
 
@@ -382,16 +384,6 @@ def curve_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict:
-    """What a figure depends on beyond the code: thread count, package versions, the command."""
-    import platform
-
-    import torch
-
-    from loop.runner import versions
-
-    return {"threads": torch.get_num_threads(), **versions(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "command": " ".join(["python", "run.py", *sys.argv[1:]])}
 
 
 ABLATIONS = {

@@ -11,6 +11,7 @@ from domains.base import get_domain
 from experiments.discovery import all_samplers, discovery
 from experiments.holdout import holdout
 from experiments.holdout_molecules import TOPIC as MOLECULES_TOPIC, holdout_molecules
+from loop.runner import environment
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": {k: {"seed": v["seed"], "experiment_id": v["result"]["experiment_id"],
                                              "json": v["result"]["artifacts"]["json"]} for k, v in results.items()},
-                               "combined": combined}, indent=2, default=str))
+                               "combined": combined, "environment": environment()}, indent=2, default=str))
     print(f"\nfigures over {len(runs)} training seeds: {out}")
     return 0
 
@@ -314,7 +315,7 @@ def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) ->
                                              "experiment_id": v["result"]["experiment_id"],
                                              "json": v["result"]["artifacts"]["json"],
                                              "seconds": v["result"]["seconds"]} for k, v in results.items()},
-                                "combined": combined}, indent=2, default=str))
+                                "combined": combined, "environment": environment()}, indent=2, default=str))
     print(f"\nfigures over {len(results)} training seeds: {path}")
     return 0
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from experiments.common import DUPLICATE, ci95, judged_row, per_seed_figures, plain_table, store_experiment, _fmt_ci
 from latent.samplers import SamplerContext, get_sampler, samplers as registered_samplers
+from loop.runner import environment
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
     eid = store_experiment(run_dir, "discovery", settings, result, table, artifacts, seconds, samples)
     result["experiment_id"] = eid
     json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table,
-                                     "artifacts": artifacts}, indent=2, default=str))
+                                     "artifacts": artifacts, "environment": environment()}, indent=2, default=str))
     result["table"], result["artifacts"] = table, artifacts
     return result
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
+from loop.runner import environment
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
     result = {"combined": combined, "per_run": {f"{v}/seed-{s}": figs for (v, s), figs in per_run.items()},
               "folders": {f"{v}/seed-{s}": str(p) for (v, s), p in folders.items()}, "collapse": flagged}
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": text, "seconds": seconds},
-                                    indent=1, default=str))
+    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": text, "seconds": seconds,
+                                     "environment": environment()}, indent=1, default=str))
     artifacts = {"png": str(png.resolve()), "json": str(json_path.resolve())}  # the start runs' reports find them
     ids = [store_experiment(p, "generations", settings, result, text, artifacts, seconds, []) for p in starts.values()]
     from loop.runner import Loop, run_config

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import plain_table, store_experiment
+from loop.runner import environment
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
     result["experiment_id"] = eid
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts},
-                                    indent=2, default=str))
+    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts,
+                                     "environment": environment()}, indent=2, default=str))
     result["table"], result["artifacts"] = table, artifacts
     return result
 

@@ -24,6 +24,7 @@ import numpy as np
 from experiments.common import plain_table, store_experiment
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
                                  locate, location_rows, reencode, nn1_reencode_figures, MEASURE_ONLY)
+from loop.runner import environment
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +248,8 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
     result["experiment_id"] = eid
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts},
-                                    indent=2, default=str))
+    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts,
+                                     "environment": environment()}, indent=2, default=str))
     result["table"], result["artifacts"] = table, artifacts
     return result
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +48,13 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "sqlmodel": sqlmodel.__version__, "scikit-learn": sklearn.__version__,
             "numpy": np.__version__}
+
+
+def environment() -> dict:
+    """What a figure depends on beyond the code: thread count, package versions, the machine and
+    the command; every experiment and bench JSON records it."""
+    return {"threads": torch.get_num_threads(), **versions(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "command": " ".join(["python", "run.py", *sys.argv[1:]])}
 
 
 class Loop(RunContext):

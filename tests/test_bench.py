@@ -28,6 +28,7 @@ def test_decode_bench_on_a_random_architecture(tmp_path):
     res = json.loads(out.read_text())
     r = res["backends"]["transformers"]
     assert res["model"] == "random llama-tiny"
+    assert res["environment"]["torch"] and res["environment"]["command"].startswith("python run.py")
     assert 0 < r["batched"]["new_tokens"] <= 4 * 4 and r["batched"]["tokens_per_s"] > 0
     assert r["single"]["prompts"] == 2
 

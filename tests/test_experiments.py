@@ -64,6 +64,7 @@ def test_discovery_table_json_png_db(discovery_run):
         assert sampler in p.stdout
     assert "dark vs lm" in p.stdout and "false-dark rate" in p.stdout
     doc = json.loads(js.read_text())
+    assert doc["environment"]["torch"] and doc["environment"]["threads"] >= 1
     res = doc["result"]
     per = res["per_sampler"]
     assert set(per) == {"dark", "dark-kept", "compose", "prior", "interpolate", "lm"}
@@ -267,6 +268,8 @@ def test_generations_resumes_after_a_kill_and_reuses_finished_variants(tmp_path)
     curve = res["result"]["combined"]["lm"]["heldout_ppl"]["curve"]
     assert len(curve) == 2 and all(c["n"] == 2 for c in curve)
     assert res["settings"]["overrides"]["sllm.continue_epochs"] == "0"  # the CPU protocol: the SLLM kept
+    env = res["environment"]  # what the figures depend on beyond the code
+    assert env["threads"] == 1 and env["torch"] and env["command"].startswith("python run.py experiment generations")
     assert [p.stat().st_size > 0 for p in (out / "experiments").glob("generations-*.png")] == [True]
     assert "last generation (1)" in p.stdout and "mean level" in p.stdout
     for v in ("lm", "replay"):
