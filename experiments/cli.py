@@ -212,7 +212,8 @@ def _main_generations(args, cfg) -> int:
     else:
         protocol = get_domain(cfg.corpus.domain_name).generations_protocol
         cfg = build_from_args(args, protocol)
-        taken = {k: v for k, v in protocol.items() if k not in overrides}
+        values = cfg.to_dict()  # what the start runs got: a protocol value the user's file or --set replaced is not named
+        taken = {k: v for k, v in protocol.items() if values[k.split(".")[0]][k.split(".")[1]] == v}
         if taken:
             print(f"the {cfg.corpus.domain_name} domain's CPU protocol for the start runs: "
                   f"{', '.join(f'{k}={v}' for k, v in taken.items())} (--set any of them to change it)", file=sys.stderr)
