@@ -5,6 +5,10 @@ from typing import Protocol
 
 import torch
 
+from backends.transformers_backend import TransformersBackend
+from backends.vllm_backend import VllmBackend
+from backends.vllm_server import VllmServerBackend
+
 
 class Backend(Protocol):
     name: str
@@ -35,20 +39,14 @@ def get_backend(name: str, model_path: str, adapter: str | None, device: str, ba
     takes its own: `vllm serve --tensor-parallel-size N --data-parallel-size M`).
     """
     if name == "transformers":
-        from backends.transformers_backend import TransformersBackend
-
         be = TransformersBackend(model_path, adapter, device, batch_size)
         if loaded is not None:
             be.tokenizer, be.model = loaded
         return be
     if name == "vllm":  # one engine per process, shared by every call; the adapter is a LoRARequest
-        from backends.vllm_backend import VllmBackend
-
         return VllmBackend(model_path, adapter, device, batch_size, tokenizer=None if loaded is None else loaded[0],
                            tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size)
     if name == "vllm-server":
-        from backends.vllm_server import VllmServerBackend
-
         return VllmServerBackend(base_url or "", model_path, adapter, batch_size,
                                  tokenizer=None if loaded is None else loaded[0])
     raise ValueError(f"unknown backend {name!r}; use transformers, vllm or vllm-server")

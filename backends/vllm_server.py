@@ -16,6 +16,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -133,8 +134,6 @@ class VllmServerBackend:
         self.load()
         payload = [encode_embeds(e) for e in embeds]  # each (L, E)
         if temperature > 0:
-            from concurrent.futures import ThreadPoolExecutor
-
             def one(i: int) -> list[int]:
                 return self._complete({"prompt_embeds": payload[i], **self._sampling(max_new_tokens, temperature, seed + i)}, 1)[0]
 

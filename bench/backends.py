@@ -30,7 +30,14 @@ from pathlib import Path
 
 import torch
 
+from backends.transformers_backend import TransformersBackend
+from backends.vllm_backend import VllmBackend, shutdown_engines
+from domains.maths import RUBRIC, MathsConfig, build_maths_corpus
+from judges.critic import OPEN, CriticJudge, rubric_prompt
+from judges.critic_vllm import VllmCritic
+from lm.base_model import load_base_model, train_tokenizer
 from loop.runner import environment
+from sllm.model import decoder_inputs
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +82,12 @@ def parser(kind: str) -> argparse.ArgumentParser:
 
 # -- models ------------------------------------------------------------------------------------
 def corpus_texts(n: int = 400) -> list[str]:
-    from domains.maths import MathsConfig, build_maths_corpus
-
     return [t.text for t in build_maths_corpus(MathsConfig()).train[:n]]
 
 
 def build_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     """Random weights of `arch` with a byte-level BPE tokenizer (up to 1024 tokens), saved to `out`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from lm.base_model import train_tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM  # lazy: transformers start-up, not needed for --help
 
     family, kw = ARCHS[arch]
     tok = train_tokenizer(corpus_texts() + [maths_rubric()], min(1024, kw["vocab_size"]))
@@ -131,8 +134,6 @@ def restore_threads(n: int) -> None:
 # -- decode ------------------------------------------------------------------------------------
 def soft_prompts(model, tok, n: int, k: int, seed: int) -> torch.Tensor:
     """(n, k+1, E): embeddings of random tokens plus a little noise, then the BOS embedding."""
-    from sllm.model import decoder_inputs
-
     g = torch.Generator().manual_seed(seed)
     emb = model.get_input_embeddings().weight.detach().cpu()
     rows = torch.randint(3, len(tok), (n, k), generator=g)
@@ -151,8 +152,6 @@ def count_new_tokens(out: torch.Tensor, eos: int | None) -> list[int]:
 
 
 def make_transformers(model_path, device, batch_size, loaded):
-    from backends.transformers_backend import TransformersBackend
-
     class Counting(TransformersBackend):  # records new tokens per row of the last call, as VllmBackend does
         def generate_from_embeds(self, *args, **kw):
             self.last_token_counts = []
@@ -168,8 +167,6 @@ def make_transformers(model_path, device, batch_size, loaded):
 
 
 def run_decode(a, model_path: str, backends: list[str]) -> dict:
-    from lm.base_model import load_base_model
-
     tok, model = load_base_model(model_path, a.device)
     emb = soft_prompts(model, tok, a.n, a.soft_prompts, a.seed)  # (n, K+1, E)
     threads = torch.get_num_threads()
@@ -210,8 +207,6 @@ def run_decode(a, model_path: str, backends: list[str]) -> dict:
 def make_backend(name: str, model_path: str, device: str, batch_size: int, loaded, **kw):
     if name == "transformers":
         return make_transformers(model_path, device, batch_size, loaded)
-    from backends.vllm_backend import VllmBackend
-
     be = VllmBackend(model_path, None, device, batch_size, tokenizer=loaded[0], **kw)
     be.load()
     return be
@@ -220,16 +215,11 @@ def make_backend(name: str, model_path: str, device: str, batch_size: int, loade
 # -- critic ------------------------------------------------------------------------------------
 def maths_rubric() -> str:
     """The maths domain's critic prompt prefix (rubric + opening marker): the bench's corpus is maths."""
-    from domains.maths import RUBRIC
-    from judges.critic import rubric_prompt
-
     return rubric_prompt(RUBRIC)
 
 
 def make_rubric(tok, n_tokens: int) -> str:
     """The default rubric cut (or repeated) so that BOS + rubric is about n_tokens tokens."""
-    from judges.critic import OPEN
-
     body, tail = maths_rubric()[: -len(OPEN) - 1], f"{OPEN}\n"
     ids = tok(body, add_special_tokens=False)["input_ids"]
     want = max(1, n_tokens - 1 - len(tok(tail, add_special_tokens=False)["input_ids"]))
@@ -239,9 +229,6 @@ def make_rubric(tok, n_tokens: int) -> str:
 
 
 def run_critic(a, model_path: str, backends: list[str]) -> dict:
-    from judges.critic import CriticJudge
-    from lm.base_model import load_base_model
-
     tok, model = load_base_model(model_path, a.device)
     rubric = make_rubric(tok, a.rubric_tokens)
     pool = corpus_texts(max(a.n, a.single))
@@ -260,9 +247,6 @@ def run_critic(a, model_path: str, backends: list[str]) -> dict:
                 load_s = 0.0
                 res["prefix_tokens"] = CriticJudge(model, tok, rubric).prefix_tokens
             else:
-                from backends.vllm_backend import shutdown_engines
-                from judges.critic_vllm import VllmCritic
-
                 shutdown_engines()
                 (be, load_s) = timed(lambda: make_backend("vllm", model_path, a.device, max(a.batch_size, 1), (tok, model),
                                                           enable_prefix_caching=cached, block_size=32 if a.device == "cpu" else None))
@@ -285,8 +269,6 @@ def run_critic(a, model_path: str, backends: list[str]) -> dict:
             r[key] = m
             print(f"  {name} {key}: done", file=sys.stderr)
         if name == "vllm":
-            from backends.vllm_backend import shutdown_engines
-
             shutdown_engines()
         r["cached_over_uncached"] = {m: round(r["cached"][m]["candidates_per_s"] / r["uncached"][m]["candidates_per_s"], 2)
                                      for m in ("batched", "single")}

@@ -18,11 +18,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import MiniBatchDictionaryLearning
+
+from common.errors import ConfigError
+from loop.config import build_config
+from storage.layout import RunLayout
 
 
 def _sklearn(x: np.ndarray, n_features: int, alpha: float, epochs: int, seed: int) -> dict:
-    from sklearn.decomposition import MiniBatchDictionaryLearning
-
     t0 = time.perf_counter()
     dl = MiniBatchDictionaryLearning(n_components=n_features, alpha=alpha, batch_size=256, max_iter=epochs,
                                      positive_code=True, fit_algorithm="cd", transform_algorithm="lasso_cd",
@@ -42,7 +45,7 @@ def _sklearn(x: np.ndarray, n_features: int, alpha: float, epochs: int, seed: in
 
 
 def _topk(latents: np.ndarray, cfg, seed: int) -> dict:
-    from latent.features import FeatureDictionary
+    from latent.features import FeatureDictionary  # lazy: torch start-up, not needed for --help
 
     t0 = time.perf_counter()
     fd = FeatureDictionary.fit(latents, cfg, seed)
@@ -87,11 +90,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv[1:])
 
-    import torch
-
-    from common.errors import ConfigError
-    from loop.config import build_config
-    from storage.layout import RunLayout
+    import torch  # lazy: torch start-up, not needed for --help
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,7 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.neighbors import NearestNeighbors
+
+from latent.config import FeatureConfig, SampleConfig
+from latent.occupancy import OccupancyMap, _recall, fit_gmm, set_threads
 
 
 def synthetic_latents(n: int, dim: int = 256, seed: int = 0, n_clusters: int = 64, draw: int = 0) -> np.ndarray:
@@ -57,8 +63,6 @@ def synthetic_latents(n: int, dim: int = 256, seed: int = 0, n_clusters: int = 6
 def probe_points(latents: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Envelope-like probes (what the samplers query), the same for every method: Gaussian in a
     32-dim whitened PCA of 20,000 corpus latents, inside its 99% radius."""
-    from sklearn.decomposition import PCA
-
     rng = np.random.default_rng([seed, 17])
     fit = latents[rng.choice(len(latents), min(len(latents), 20000), replace=False)]
     pca = PCA(min(32, latents.shape[1]), whiten=True, random_state=0).fit(fit)
@@ -84,11 +88,6 @@ def _current_rss_mb() -> float:
 
 def run_one(method: str, n: int, args) -> dict:
     """One method at one size, in this process (the parent runs it in a subprocess)."""
-    import faiss
-
-    from latent.config import SampleConfig
-    from latent.occupancy import OccupancyMap, _recall, set_threads
-
     set_threads(args.threads)
     cfg_kw = {"k": args.k}
     if args.exact_max is not None:
@@ -113,8 +112,7 @@ def run_one(method: str, n: int, args) -> dict:
         found = occ.nearest(rq, args.k)
         peak_map = _rss_mb()  # the map's own peak, before the dictionary below
         # the map stage's feature dictionary on the same latents: fit, code every latent, count pairs
-        from latent.config import FeatureConfig
-        from latent.features import FeatureDictionary
+        from latent.features import FeatureDictionary  # lazy: torch, kept out of the map's peak RSS measured above
 
         t0 = time.perf_counter()
         fd = FeatureDictionary.fit(latents, FeatureConfig(), seed=args.seed)
@@ -124,11 +122,6 @@ def run_one(method: str, n: int, args) -> dict:
         res["features_peak_rss_mb"] = _rss_mb()
         del fd
     else:  # the map as it was before FAISS: exact sklearn kNN, leave-one-out over all N, PCA/GMM on all N
-        from sklearn.decomposition import PCA
-        from sklearn.neighbors import NearestNeighbors
-
-        from latent.occupancy import fit_gmm
-
         t0 = time.perf_counter()
         pca = PCA(n_components=min(32, n - 1, args.dim), whiten=True, random_state=0).fit(latents)
         fit_gmm(pca.transform(latents))

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError, UserError
+from domains.molecules.data import load_split
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +42,7 @@ def parser() -> argparse.ArgumentParser:
 def run(n: int, seeds: list[int], test_n: int | None, fcd: bool = True, device: str = "cpu",
         say=lambda msg: None) -> dict:
     """Score a training sample per seed; return the settings, per-seed metrics and timings, and the summary."""
-    from domains.molecules.data import load_split
-    from domains.molecules.metrics import PAPER_ROWS, moses_metrics, moses_reference
+    from domains.molecules.metrics import PAPER_ROWS, moses_metrics, moses_reference  # lazy: RDKit start-up, not needed for --help
 
     t0 = time.perf_counter()
     say("loading the reference sets")
@@ -83,8 +85,6 @@ def table(res: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from common.errors import ConfigError, UserError
-
     args = parser().parse_args(argv[1:])
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         if args.threads is not None:
             if args.threads < 1:
                 raise ConfigError(f"--threads {args.threads}: pass a thread count >= 1")
-            import torch
+            import torch  # lazy: torch start-up, not needed for --help
 
             torch.set_num_threads(args.threads)
         say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -19,6 +19,10 @@ import numpy as np
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from domains.base import get_domain
+from domains.config import CorpusConfig
+from report.browser import load_report, missing
+from report.build import write_report
 from storage.db import open_db
 from storage.models import Candidate, Metric, Run, Score, Stage, Zone
 
@@ -38,9 +42,6 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
     """A finished run of `generations` generations and `candidates` candidates in all (a quarter of them
     sampler lm, with no latent). The corpus is the maths domain's default one (its texts match the
     map's corpus points); `domain`/`texts` fabricate another domain's run (e.g. molecules, SMILES)."""
-    from domains.base import get_domain
-    from domains.config import CorpusConfig
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -132,9 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="/tmp/report-bench", help="run folder to fabricate (reused when it holds a run)")
     p.add_argument("--screenshot", help="also write a PNG of the report's first screen")
     args = p.parse_args(argv[1:] if argv and argv[0] == "report" else argv)
-    from report.browser import load_report, missing
-    from report.build import write_report
-
     run_dir = Path(args.out)
     t = time.perf_counter()
     if not (run_dir / "runs.db").is_file():

@@ -22,9 +22,28 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import faiss
 import numpy as np
+import sacrebleu
+import torch
+from sqlmodel import Session, select
 
-from loop.runner import environment
+from backends.transformers_backend import TransformersBackend
+from common.errors import ConfigError
+from common.stats import ci95
+from domains.base import get_domain
+from latent.config import SampleConfig
+from latent.occupancy import OccupancyMap
+from latent.samplers import sample_dark
+from lm.base_model import load_base_model, train_small_base
+from loop.config import build_config
+from loop.context import RunContext
+from loop.options import build_from_args, parser as run_parser
+from loop.runner import environment, run_config
+from sllm.codec import Codec, GenParams, first_error, teacher_forced
+from sllm.train import train_sllm
+from storage.db import open_db
+from storage.models import Candidate, Stage
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +84,6 @@ def paraphrase_closeness(z: np.ndarray, keys: list[str | None]) -> float | None:
 
 def roundtrip(codec, backend, texts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy decodes of `texts`, each from its own latent."""
-    from sllm.codec import GenParams
-
     return codec.decode(codec.encode(texts), backend, GenParams(max_new_tokens, 0.0, 0))
 
 
@@ -78,8 +95,6 @@ def single_words(texts: list[str]) -> bool:
 def error_positions(codec, texts: list[str], decoded: list[str]) -> dict:
     """Where greedy decodes first go wrong: the first differing token's index, over the decodes
     that are not exact copies (token level, so a different spelling of one canonical form counts)."""
-    from sllm.codec import first_error
-
     pos = [first_error(codec.tokenizer, a, b) for a, b in zip(texts, decoded)]
     wrong = [p for p in pos if p is not None]
     lengths = [len(codec.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]
@@ -93,8 +108,6 @@ def error_positions(codec, texts: list[str], decoded: list[str]) -> dict:
 def diagnose(codec, texts: list[str], z: np.ndarray, seed: int = 0) -> dict:
     """Teacher-forced token accuracy and CE with each text's own latent and with the latents
     shuffled across texts (how much the decoder reads z)."""
-    from sllm.codec import teacher_forced
-
     own = teacher_forced(codec.sllm, codec.model, codec.tokenizer, texts, z)
     perm = np.arange(len(z))
     if len(z) > 1:  # a derangement: no text keeps its own latent
@@ -108,11 +121,6 @@ def diagnose(codec, texts: list[str], z: np.ndarray, seed: int = 0) -> dict:
 def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: int = 100,
              seed: int = 0, n_prior: int = 200, n_dark: int = 200) -> dict:
     """All bench figures for one trained SLLM (a `Codec`) on `domain`'s texts."""
-    import sacrebleu
-
-    from backends.transformers_backend import TransformersBackend
-    from sllm.codec import GenParams, teacher_forced
-
     verify, embed = domain.verifier, domain.meaning_embedder().embed
     be = TransformersBackend("")
     be.tokenizer, be.model = codec.tokenizer, codec.model
@@ -173,12 +181,6 @@ def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int) -> dic
     """The `dark` sampler's latents in an occupancy map of the training latents (the loop's map, at
     the default settings), decoded greedily and encoded again: the share still dark (the loop's
     "dark once re-encoded") and the median re-encode drift over the corpus's nearest-neighbour step."""
-    import torch
-
-    from latent.config import SampleConfig
-    from latent.occupancy import OccupancyMap
-    from latent.samplers import sample_dark
-
     cfg = SampleConfig()
     occ = OccupancyMap.fit(z_train, cfg, seed=seed % 2**31, threads=torch.get_num_threads())
     pts, _, _ = sample_dark(occ, n, cfg, np.random.default_rng([seed, 31]))
@@ -191,8 +193,6 @@ def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int) -> dic
 def nn_step(z_train: np.ndarray) -> float:
     """The median distance from a corpus latent to its nearest other corpus latent (FAISS, exact
     search over at most 20,000 of them): the unit in which re-encode drift is read."""
-    import faiss
-
     x = np.ascontiguousarray(z_train[:20000], dtype=np.float32)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
@@ -210,14 +210,6 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
     """Build the data, train the base model into `base_dir` (or reuse the one there), train an
     SLLM, evaluate it. `curve`: training steps at which the greedy exact match (and teacher-forced
     accuracy) of the first `curve_texts` held-out texts is measured, as training goes."""
-    import torch
-
-    from backends.transformers_backend import TransformersBackend
-    from domains.base import get_domain
-    from lm.base_model import load_base_model, train_small_base
-    from sllm.codec import Codec, GenParams
-    from sllm.train import train_sllm
-
     domain = get_domain(cfg.corpus.domain_name)
     embedder = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's target (the figures use the domain's own)
     train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
@@ -269,14 +261,6 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
     """(figures, the run's settings) for a run's own SLLM (generation `generation`, default the latest trained) and
     base model (wearing that generation's adapter). Held-out facts the run accepted before that
     generation, and so trained on, are left out of the measure."""
-    from sqlmodel import Session, select
-
-    from common.errors import ConfigError
-    from loop.context import RunContext
-    from loop.runner import run_config
-    from storage.db import open_db
-    from storage.models import Candidate, Stage
-
     if not (run_dir / "runs.db").is_file():
         raise ConfigError(f"--run {run_dir}: no runs.db there; pass a run folder made by `python run.py --out DIR`")
     cfg = run_config(run_dir)
@@ -304,8 +288,9 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
     pool = loop.data.eval if heldout_set == "eval" else loop.data.knowledge
     heldout = [t for t in pool if t.fact_key not in seen]
     if not heldout:
-        raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (corpus.holdout_share="
-                          f"{c.holdout_share} of facts_per_topic={c.facts_per_topic}); nothing to measure")
+        own = cfg.to_dict().get(c.domain_name, {})
+        raise ConfigError(f"--run {run_dir} holds out no fact it has not trained on (its {c.domain_name} settings: "
+                          f"{', '.join(f'{k}={v}' for k, v in own.items()) or 'none'}); nothing to measure")
     tok, model = loop.model(adapter)
     codec = loop.codec(g, model, tok)
     res = evaluate(codec, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
@@ -356,8 +341,6 @@ def table(rows: dict[str, dict], summary: dict[str, dict] | None = None) -> str:
 
 def summarise(rows: list[dict]) -> dict[str, dict]:
     """Mean and 95% interval (Student t over the rows, one per training seed) of every figure."""
-    from common.stats import ci95
-
     out = {}
     for key, _ in FIGURES:
         vals = [figure(r, key) for r in rows]
@@ -427,8 +410,6 @@ ABLATIONS = {
 
 
 def parse_ints(text: str, what: str) -> list[int]:
-    from common.errors import ConfigError
-
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -439,10 +420,6 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    from domains.base import get_domain
-    from loop.options import build_from_args, parser as run_parser
-    from loop.config import ConfigError
-
     p = argparse.ArgumentParser(prog="run.py bench sllm", parents=[run_parser()], add_help=False,
                                 description="SLLM round-trip benchmark on held-out texts")
     p.add_argument("--ablation", nargs="?", const="terms", choices=sorted(ABLATIONS),
@@ -478,8 +455,6 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if base_cfg.run.threads:
-        import torch
-
         torch.set_num_threads(base_cfg.run.threads)
     if args.run:
         try:
@@ -501,8 +476,6 @@ def main(argv: list[str]) -> int:
         return 2
     rows: dict[str, dict] = {}
     groups: dict[str, list[str]] = {}  # variant -> its rows, one per seed
-    from loop.config import build_config
-
     # One base model per seed for every variant: --base-dir's (kept; then one for every seed), or
     # temporary ones removed when the bench ends (~1 MB each). Comparing SLLM settings on one saved
     # base model skips its training.

@@ -44,6 +44,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from cli.main import main as run_main
+from loop.artifacts import MANIFEST, verify
+from loop.config import ConfigError
+from loop.options import build_from_args, parser as run_parser
 from storage.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +138,7 @@ def serve() -> None:
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)  # whatever a module prints cannot corrupt the replies
-    import torch
+    import torch  # lazy: imported once stdout is redirected, so nothing it prints reaches the replies
 
     torch.set_num_threads(1)  # no thread pool exists before a fork
     for name in PRELOAD:
@@ -176,9 +182,7 @@ def _child(req: dict, reply_fd: int, devnull: int) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.environ.update(req["env"])
-        from cli.main import main
-
-        rc = main(req["argv"])
+        rc = run_main(req["argv"])
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # noqa: BLE001 - reported as Python would, then the exit status says it failed
@@ -270,8 +274,6 @@ def integrity_problems(run_dir: Path) -> list[str]:
 def artifact_summary(run_dir: Path) -> dict[str, dict[str, str]]:
     """For every artifact folder of a done stage: {file: sha256} of its weight files (paths differ
     between run folders, so configs and READMEs that name them are left out)."""
-    from loop.artifacts import MANIFEST
-
     out = {}
     for m in sorted(Path(run_dir).glob("*/" + MANIFEST)) + sorted(Path(run_dir).glob(RunLayout.GEN_GLOB + "/*/" + MANIFEST)):
         files = json.loads(m.read_text())["files"]
@@ -282,11 +284,10 @@ def artifact_summary(run_dir: Path) -> dict[str, dict[str, str]]:
 
 def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
     """Every done stage's artifact matches its manifest and loads; `deep` loads adapters with peft."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # lazy: transformers start-up, only to check artifacts
 
-    from lm.base_model import load_base_model
-    from loop.artifacts import verify
-    from loop.stages import BY_NAME
+    from lm.base_model import load_base_model  # lazy: torch, which the zygote loads only after redirecting stdout
+    from loop.stages import BY_NAME  # lazy: torch, which the zygote loads only after redirecting stdout
 
     hf_logging.disable_progress_bar()
 
@@ -307,12 +308,10 @@ def artifact_problems(run_dir: Path, deep: bool = True) -> list[str]:
             continue
         try:
             if name == "sllm":
-                from sllm.model import load_sllm
+                from sllm.model import load_sllm  # lazy: torch, which the zygote loads only after redirecting stdout
 
                 load_sllm(folder)  # the self-describing checkpoint, built from its own config
             elif name == "map":
-                import numpy as np
-
                 np.load(folder / "latents.npy", allow_pickle=False)
             elif name == "retrain" and deep:
                 trained_base = RunLayout(run_dir).base
@@ -370,7 +369,7 @@ def stage_at_kill(log: Path) -> str:
 
 def fixed_points(ref_dir: Path) -> list[str]:
     """GEN:STAGE:WHEN for every fault point the reference run passed, in the order a run meets them."""
-    from loop.stages import STAGES
+    from loop.stages import STAGES  # lazy: torch, which the zygote loads only after redirecting stdout
 
     con = sqlite3.connect(f"file:{ref_dir / 'runs.db'}?mode=ro", uri=True)
     detail = {(g, n): json.loads(d) for g, n, d in con.execute("SELECT generation, name, detail_json FROM stage")}
@@ -485,11 +484,8 @@ def main(argv: list[str]) -> int:
         print(f"error: --kills must be >= 0, got {args.kills}", file=sys.stderr)
         return 2
     if not any(a == "--generations" or a.startswith("--generations=") for a in run_args):
-        run_args = ["--generations", "2", *run_args]  # the issue's 2-generation job
+        run_args = ["--generations", "2", *run_args]  # the default 2-generation job
     # a bad run option fails here, once, with the loop's own one-line error
-    from loop.options import build_from_args, parser as run_parser
-    from loop.config import ConfigError
-
     try:
         build_from_args(run_parser().parse_args([*run_args, "--out", "x"]))
     except (ConfigError, ValueError) as e:

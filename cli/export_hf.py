@@ -29,7 +29,7 @@ _COLUMN_NOTES = {
 
 def write(engine, run_dir: str, out: Path, include_all: bool) -> int:
     """Write the folder atomically (a sibling .part folder renamed into place); -> rows written."""
-    from datasets import Dataset, Features, Value, disable_progress_bars
+    from datasets import Dataset, Features, Value, disable_progress_bars  # lazy: datasets start-up, only for --format hf
 
     disable_progress_bars()
     judges = queries.judges(engine)

@@ -10,9 +10,11 @@ import csv
 import json
 import os
 import sys
+from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from cli import export_hf
 from common.errors import UserError
 from storage import queries
 from storage.db import DB_NAME, describe, open_db
@@ -198,10 +200,6 @@ def cmd_export(engine, args) -> int:
 
 
 def _export_hf(engine, args) -> int:
-    from pathlib import Path
-
-    from cli import export_hf
-
     if args.out is None or args.out == "-":
         print("error: --format hf writes a folder: pass --out DIR", file=sys.stderr)
         return 2

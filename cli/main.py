@@ -8,7 +8,10 @@ import os
 import sqlite3
 import sys
 
-from common.errors import ConfigError
+from safetensors import SafetensorError
+from sqlalchemy.exc import SQLAlchemyError
+
+from common.errors import ConfigError, UserError
 from common.plugins import import_plugins
 from loop.options import USAGE, build_from_args, parser
 
@@ -84,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "sentence_transformers", "transformers", "peft", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from common.errors import UserError
-
     try:
         cfg = build_from_args(args)
-        from loop.runner import Loop
+        from loop.runner import Loop  # lazy: torch start-up, not needed for --help or the subcommands
 
         Loop(cfg).run()
     except UserError as e:
@@ -101,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 1
     except Exception as e:
-        from safetensors import SafetensorError
-        from sqlalchemy.exc import SQLAlchemyError
-
         if isinstance(e, SafetensorError):  # e.g. a truncated model.safetensors in --base-model's folder
             print(f"error: a .safetensors weights file is corrupt or partial ({str(e).strip().splitlines()[0]}); "
                   "re-save or re-download --base-model's weights, then rerun", file=sys.stderr)

@@ -15,7 +15,7 @@ def ci95(values: list[float]) -> dict:
     if n < 2:
         return {"mean": mean, "lo": None, "hi": None, "n": 1, "method": None}
     try:
-        from scipy import stats
+        from scipy import stats  # lazy: scipy start-up, only for an interval over several seeds
 
         q, method = float(stats.t.ppf(0.975, n - 1)), "t"
     except ImportError:  # pragma: no cover - scipy is a dependency of scikit-learn

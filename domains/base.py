@@ -85,6 +85,10 @@ class Domain:
     knowledge_holdout: str | None = None
     # True where the report can draw each text as a structure (molecules: RDKit depictions).
     structure_drawings: bool = False
+    # The domain's own settings: a dataclass whose fields are written `NAME.key` (`--set
+    # molecules.max_texts=5000`) and whose __post_init__ checks them; the corpus methods read the
+    # instance as `cfg.own` (domains.config.CorpusConfig). None: the domain has none.
+    settings: type | None = None
     # Settings this domain needs unless the user sets them ({"section.key": value}), applied by
     # loop.config.build_config under the file and command-line values.
     defaults: dict = {}

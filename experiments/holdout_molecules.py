@@ -40,7 +40,7 @@ def split_parts(smiles: list[str], n_b: int, n_a: int, seed: int) -> tuple[list[
     uniq = list(dict.fromkeys(smiles))
     if len(uniq) < n_a + n_b:
         raise ValueError(f"{len(uniq)} scaffold-test molecules cannot give part A {n_a} + part B {n_b}")
-    perm = np.random.default_rng([seed, 15]).permutation(len(uniq))  # 15: the issue, so A/B differ from other draws
+    perm = np.random.default_rng([seed, 15]).permutation(len(uniq))  # 15: a stream of its own, so A/B differ from other draws
     return [uniq[i] for i in perm[n_b:n_b + n_a]], [uniq[i] for i in perm[:n_b]]
 
 

@@ -154,7 +154,7 @@ class CriticJudge:
 
     def _fresh_cache(self, B: int):
         """A new DynamicCache holding the prefix state for B rows (forward mutates caches in place)."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # lazy: transformers start-up, not needed for --help
 
         kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self._prefix_kv]
         config = getattr(self.model, "config", None)

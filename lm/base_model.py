@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 
 from common.errors import ModelError
@@ -30,8 +31,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     arbitrary ("336" -> "33" + "6", "914" -> "9" + "14"), so a number never seen whole has no
     regular form, while digits compose. The SLLM round trip of held-out texts depends on it.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers start-up, not needed for --help
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -50,7 +50,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build_small_lm(tokenizer, cfg: BaseConfig, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM  # lazy: transformers start-up, not needed for --help
 
     torch.manual_seed(seed)
     mcfg = LlamaConfig(
@@ -102,7 +102,7 @@ def prefix_cache(model, kv: torch.Tensor):
     """kv (layers, 2, B, kv_heads, P, head_dim) -> a cache holding it as P past positions of every
     layer (as prefix tuning does): the model attends to them as to earlier tokens, and gradients
     flow back into kv."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # lazy: transformers start-up, not needed for --help
 
     return DynamicCache(ddp_cache_data=[(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])], config=model.config)
 
@@ -319,7 +319,7 @@ def load_base_model(name_or_path: str, device: str | torch.device = "cpu", adapt
 
     The base weights are always frozen; an adapter is trainable only when asked.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers start-up, not needed for --help
 
     check_model_path(name_or_path)
     try:
@@ -336,7 +336,7 @@ def load_base_model(name_or_path: str, device: str | torch.device = "cpu", adapt
     for prm in model.parameters():
         prm.requires_grad_(False)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: peft start-up, only for a model wearing an adapter
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable_adapter)
     model.eval()

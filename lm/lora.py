@@ -4,6 +4,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from lm import distributed
 from lm.base_model import load_base_model, train_lm
 from lm.config import RetrainConfig
@@ -18,8 +20,7 @@ def lora_finetune(base_path: str, prev_adapter: str | None, texts: list[str], cf
     trains (`train_lm`: DistributedDataParallel) and rank 0 alone saves; `out_dir` None: not saved
     (the other ranks pass None).
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: peft start-up, only when an adapter trains
 
     torch.manual_seed(seed)
     if prev_adapter is not None:

@@ -23,7 +23,7 @@ from common.errors import ConfigError
 from common.errors import check as _check
 from common.plugins import import_plugins
 from domains.base import domain_names, get_domain
-from domains.config import CorpusConfig
+from domains.config import CorpusConfig, domain_name_of, own_keys, settings_fields
 from judges.config import JudgeConfig
 from latent.config import FeatureConfig, SampleConfig
 from latent.samplers import check_loop_samplers
@@ -99,7 +99,12 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """Every section as a plain dict; the domain's own settings under the domain's name."""
+        d = dataclasses.asdict(self)
+        own = d["corpus"].pop("own", None)
+        if own is not None:
+            d[self.corpus.domain_name] = own
+        return d
 
     def result_hash(self, leave_out: tuple[str, ...] = ()) -> str:
         """Hash of the settings that change results (not the run length, paths or speed knobs);
@@ -181,20 +186,28 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     flat: dict[str, Any] = {}
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for section, values in (file_values or {}).items():
-        if section not in sections:
+        if section not in sections and section not in domain_names():
             raise ConfigError(f"unknown config section {section!r}{_suggest(section, list(sections))}")
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r} must be a table of settings, got {values!r}")
         for k, v in values.items():
             flat[f"{section}.{k}"] = v
     flat.update(overrides or {})
+    import_plugins(_plugins(flat))  # before the settings name what they register
     flat = {**domain_defaults(flat), **flat}
+    domain = _domain_of(flat)
+    flat = own_keys(flat, domain) if domain in domain_names() else flat
 
     kwargs: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    own: dict[str, Any] = {}
+    own_fields = settings_fields(domain)
     for dotted, value in flat.items():
         if "." not in dotted:
             raise ConfigError(f"setting {dotted!r} must be written section.key, e.g. sllm.latent_dim")
         section, key = dotted.split(".", 1)
+        if section == domain and section not in sections:  # the domain's own (own_keys checked the key)
+            own[key] = _coerce(value, dotted, str(own_fields[key].type))
+            continue
         if section not in sections:
             raise ConfigError(f"unknown setting {dotted!r}: no section {section!r}{_suggest(section, list(sections))}")
         cls = sections[section].default_factory  # type: ignore[misc]
@@ -202,7 +215,8 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         if key not in fields:
             raise ConfigError(f"unknown setting {dotted!r}{_suggest(key, list(fields))}")
         kwargs[section][key] = _coerce(value, dotted, str(fields[key].type))
-    import_plugins(kwargs["run"].get("plugins", []))  # before the settings name what they register
+    if domain in domain_names() and own_fields:
+        kwargs["corpus"]["own"] = own
     try:
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
     except TypeError as e:
@@ -220,12 +234,21 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
     return Config(**parts)
 
 
+def _plugins(flat: dict[str, Any]) -> list[str]:
+    value = flat.get("run.plugins") or []
+    return _coerce(value, "run.plugins", "list[str]")
+
+
+def _domain_of(flat: dict[str, Any]) -> str:
+    return str(domain_name_of(flat.get("corpus.domain"), flat.get("corpus.path")))
+
+
 def domain_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     """The chosen domain's own defaults (Domain.defaults), under the file and command-line values."""
-    name = flat.get("corpus.domain") or CorpusConfig(path=flat.get("corpus.path")).domain_name
+    name = _domain_of(flat)
     if name not in domain_names():  # CorpusConfig names the choices
         return {}
-    return dict(get_domain(str(name)).defaults)
+    return dict(get_domain(name).defaults)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

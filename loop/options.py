@@ -54,8 +54,9 @@ def build_from_args(args, below: dict | None = None):
         v = getattr(args, attr)
         if v is not None:
             overrides[key] = v
-    in_file = {f"{sec}.{k}" for sec, vals in file_values.items() if isinstance(vals, dict) for k in vals}
-    under = {k: v for k, v in (below or {}).items() if k not in in_file and k not in overrides}
+    given = {f"{sec}.{k}" for sec, vals in file_values.items() if isinstance(vals, dict) for k in vals} | set(overrides)
+    # a domain's own setting (molecules.max_texts) may be given in its older spelling (corpus.max_texts)
+    under = {k: v for k, v in (below or {}).items() if k not in given and f"corpus.{k.partition('.')[2]}" not in given}
     return build_config(file_values, {**under, **overrides})
 
 

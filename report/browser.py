@@ -45,7 +45,7 @@ def missing() -> str | None:
     if find_chromium() is None:
         return "no Chromium on PATH (apt-get install chromium, or set CHROMIUM=/path/to/chrome)"
     try:
-        import websockets.sync.client  # noqa: F401
+        import websockets.sync.client  # noqa: F401  # lazy: optional dependency (the test extra)
     except ImportError:
         return "the websockets package (>=13, its sync client) is not installed: pip install websockets"
     return None
@@ -75,7 +75,7 @@ class Browser:
         why = missing() if self.executable is None or not Path(self.executable).exists() else None
         if self.executable is None or why:
             raise BrowserError(why or "no Chromium found")
-        from websockets.sync.client import connect
+        from websockets.sync.client import connect  # lazy: optional dependency (the test extra)
 
         self.profile = tempfile.mkdtemp(prefix="report-chromium-")
         cmd = [self.executable, "--headless=new", "--no-sandbox", "--no-first-run", "--no-default-browser-check",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from plotly.offline import get_plotlyjs
+
 from report.data import ReportConfig, collect
 from report.page import render
 
@@ -12,8 +14,6 @@ REPORT_NAME = "report.html"
 
 def plotly_js() -> str:
     """plotly.js, minified, from the plotly wheel (the same bundle `include_plotlyjs=True` inlines)."""
-    from plotly.offline import get_plotlyjs
-
     return get_plotlyjs()
 
 

@@ -19,13 +19,16 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from domains.base import domain_class, domain_names
-from domains.config import domain_name_of
+from domains.base import domain_class, domain_names, get_domain
+from domains.config import domain_name_of, stored_corpus
 from latent.samplers import samplers
+from report.images import data_uri
+from report.projection import projections
+from report.structures import draw_many
 from storage import queries
 from storage.db import DB_NAME, StorageError, check_schema, describe, open_db, read_ref
 from storage.layout import RunLayout
-from storage.models import Candidate, Score, Stage
+from storage.models import Candidate, Score, Stage, Zone
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +165,8 @@ def _collect(run_dir: Path, cfg: ReportConfig, engine) -> dict:
     zones = queries.zones(engine)
     generations = sorted({st["generation"] for st in stages} | set(cands["gen"]) | {m["generation"] for m in metrics})
     if cfg.corpus_texts:
-        texts, splits_note = _corpus_texts(json.dumps(config.get("corpus") or {}, sort_keys=True), info["seed"], cfg.text_chars)
+        stored = {"corpus": config.get("corpus") or {}, domain: config.get(domain) or {}}
+        texts, splits_note = _corpus_texts(json.dumps(stored, sort_keys=True), info["seed"], cfg.text_chars)
         if splits_note:
             notes.append(splits_note)
     else:
@@ -262,16 +266,12 @@ def _candidates(engine, cfg: ReportConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=2)  # the loop rewrites the report every generation: load its corpus once
-def _corpus_texts(corpus_json: str, seed: int, chars: int) -> tuple[dict, str | None]:
+def _corpus_texts(config_json: str, seed: int, chars: int) -> tuple[dict, str | None]:
     """The domain's train and held-out texts (the map's corpus and held-out points), from the run's
     corpus settings; empty (with a note) when the domain cannot load them here."""
     empty = {"pool": [], "train": 0, "eval": 0}
     try:
-        from domains.base import get_domain
-        from domains.config import CorpusConfig
-
-        known = {f.name for f in dataclasses.fields(CorpusConfig)}
-        ccfg = CorpusConfig(**{k: v for k, v in json.loads(corpus_json).items() if k in known})
+        ccfg = stored_corpus(json.loads(config_json))
         splits = get_domain(ccfg.domain_name).load(ccfg, seed)
     except Exception as e:  # noqa: BLE001 - a corpus that moved must not stop the report
         return empty, f"corpus texts not shown on hover: the run's corpus could not be loaded here ({type(e).__name__}: {e})"
@@ -303,8 +303,6 @@ def _candidate_latents(engine, ids: list[int], dim: int) -> dict[int, np.ndarray
 
 def _maps(run_dir: Path, engine, cfg: ReportConfig, generations: list[int], cands: dict, zones: list[dict],
           texts: dict, notes: list[str]) -> list[dict]:
-    from report.projection import projections
-
     gen = np.asarray(cands["gen"], dtype=int)
     has_lat = np.asarray(cands["has_latent"], dtype=bool)
     on_map = np.flatnonzero(has_lat)
@@ -380,8 +378,6 @@ def _maps(run_dir: Path, engine, cfg: ReportConfig, generations: list[int], cand
 
 
 def _zone_centres(engine, g: int, dim: int) -> dict:
-    from storage.models import Zone
-
     labels, centres = [], []
     with engine.connect() as conn:
         for label, blob in conn.execute(select(Zone.label, Zone.centre).where(Zone.generation == g).order_by(Zone.label)):
@@ -395,8 +391,6 @@ def _structures(domain: str, cands: dict, zones: list[dict], cfg: ReportConfig, 
     """Molecule drawings (data URIs) keyed by text, for a molecules run where RDKit imports."""
     if cfg.max_structures == 0 or domain not in domain_names() or not domain_class(domain).structure_drawings:
         return {}
-    from report.structures import draw_many
-
     accepted = cands["vocab"]["decision"].index("accepted") if "accepted" in cands["vocab"]["decision"] else -1
     wanted = [z["decoded"] for z in zones if z["decoded"]]
     wanted += [t for t, d in zip(cands["text"], cands["decision"]) if t and d == accepted]
@@ -410,8 +404,6 @@ def _structures(domain: str, cands: dict, zones: list[dict], cfg: ReportConfig, 
 def _experiments(run_dir: Path, engine) -> list[dict]:
     """Experiment runs stored in the database, with their pictures inline; then pictures and JSON
     files under RUN_DIR/experiments* that no stored experiment names."""
-    from report.images import data_uri
-
     out, seen = [], set()
     try:
         rows = queries.experiments(engine)

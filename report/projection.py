@@ -27,7 +27,7 @@ def _pca(parts: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
 
 def _umap(parts: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.ndarray], str] | None:
     try:
-        import umap  # optional: pip install umap-learn
+        import umap  # lazy: optional dependency (pip install umap-learn)
     except ImportError:
         return None
     corpus = parts["corpus"]

@@ -12,8 +12,8 @@ SIZE = (220, 160)  # pixels of one drawing
 def draw_many(texts: list[str], limit: int) -> tuple[dict[str, str], str | None]:
     """{text: data URI} for the first `limit` distinct texts RDKit parses; and a note (or None)."""
     try:
-        from rdkit import Chem, RDLogger
-        from rdkit.Chem.Draw import rdMolDraw2D
+        from rdkit import Chem, RDLogger  # lazy: optional; only a molecules run draws structures
+        from rdkit.Chem.Draw import rdMolDraw2D  # lazy: optional; only a molecules run draws structures
     except ImportError:
         return {}, "no structure drawings: RDKit does not import here (pip install rdkit)"
     RDLogger.DisableLog("rdApp.*")  # unparseable decodes are expected, not news

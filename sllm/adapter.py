@@ -22,7 +22,7 @@ FOLDER = "decoder-adapter"  # inside an SLLM checkpoint folder
 
 
 def lora_config(r: int):
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: peft start-up, only with a decoder adapter
 
     # all-linear: every projection of every layer, the same modules the loop's retrained adapter and
     # vLLM's `lora_target_modules` take; alpha = 2r, as the retrained adapter's default.
@@ -41,7 +41,7 @@ def attach(model, r: int = 0, path: str | Path | None = None):
     """`model` wearing a fresh decoder adapter of rank `r`, or the one saved in `path`, switched off.
     A plain model becomes a PeftModel; a PeftModel gets a second adapter (one already named
     DECODER is replaced). Returns the model to use from now on."""
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model  # lazy: peft start-up, only with a decoder adapter
 
     model = detach(model)
     if isinstance(model, PeftModel):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sllm.config import SLLMConfig
@@ -108,8 +109,6 @@ def save_sllm(sllm: SLLM, folder) -> None:
     """A self-describing checkpoint in `folder` (as `save_pretrained` does): the weights as
     safetensors and, beside them, config.json with the SLLM's settings and sizes. The caller
     makes the folder atomic (loop.artifacts)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     save_file({k: v.detach().contiguous().cpu() for k, v in sllm.state_dict().items()}, str(folder / WEIGHTS))
     meta = {"format": FORMAT, "embed_dim": sllm.embed_dim, "meaning_dim": sllm.meaning_dim,
@@ -119,8 +118,6 @@ def save_sllm(sllm: SLLM, folder) -> None:
 
 def load_sllm(folder, device="cpu") -> SLLM:
     """The SLLM saved in `folder` by save_sllm, built from its own config.json: one call."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     try:
         meta = json.loads((folder / CONFIG).read_text())

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
 from lm import distributed
@@ -205,8 +206,6 @@ class HardNegatives:
         if meaning_targets is None or k == 1:
             labels = np.zeros(len(groups), dtype=int)
         else:
-            from sklearn.cluster import KMeans
-
             labels = KMeans(k, n_init=1, random_state=seed).fit_predict(np.asarray(meaning_targets, np.float32))
         self.groups, self.batch_size, self.per_batch = groups, batch_size, per_batch
         self.cluster_texts: dict[int, list[int]] = {}

@@ -11,11 +11,12 @@ from collections import defaultdict
 from typing import Iterator
 
 from sqlalchemy import Integer, and_, cast, func
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from common.errors import QueryError
-from storage.models import Candidate, Metric, Run, Score, Stage, Zone
+from storage.models import Candidate, ExperimentRun, ExperimentSample, Metric, Run, Score, Stage, Zone
 
 DECISIONS = ("accepted", "rejected", "pending")  # pending = decision IS NULL
 VERDICTS = ("true", "false", "unparseable")
@@ -272,8 +273,6 @@ def metrics(engine) -> list[dict]:
 
 
 def _has_table(engine, name: str) -> bool:
-    from sqlalchemy import inspect as sa_inspect
-
     with engine.connect() as conn:
         return name in sa_inspect(conn).get_table_names()
 
@@ -281,8 +280,6 @@ def _has_table(engine, name: str) -> bool:
 def experiments(engine) -> list[dict]:
     """Experiment runs (`python run.py experiment ...`) in id order, with their result figures;
     [] for a database made before the experiment tables existed."""
-    from storage.models import ExperimentRun, ExperimentSample
-
     if not _has_table(engine, "experimentrun"):
         return []
     with Session(engine) as s:
@@ -297,8 +294,6 @@ def experiments(engine) -> list[dict]:
 
 def experiment(engine, experiment_id: int) -> dict | None:
     """One experiment run with its sample counts per kind (sampler or holdout group/decoder)."""
-    from storage.models import ExperimentSample
-
     rows = [e for e in experiments(engine) if e["id"] == experiment_id]
     if not rows:
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loop.config import ConfigError, build_config, load_config_file
-from tests.test_loop import TINY, run_cli
+from tests.test_loop import TINY, other_domain, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,11 +29,11 @@ def test_a_commands_own_settings_sit_under_the_users_and_over_the_domains(tmp_pa
 
     toml = tmp_path / "c.toml"
     toml.write_text("[sample]\nn_candidates = 40\n")
-    protocol = {"corpus.max_texts": 5000, "sample.n_candidates": 250, "sllm.epochs": 3}
+    protocol = {"molecules.max_texts": 5000, "sample.n_candidates": 250, "sllm.epochs": 3}
     args = parser().parse_args(["--domain", "molecules", "--config", str(toml), "--set", "sllm.epochs=7"])
     cfg = build_from_args(args, protocol)
-    assert (cfg.corpus.max_texts, cfg.sample.n_candidates, cfg.sllm.epochs) == (5000, 40, 7)
-    assert build_from_args(parser().parse_args(["--domain", "molecules"])).corpus.max_texts == 10000
+    assert (cfg.corpus.own.max_texts, cfg.sample.n_candidates, cfg.sllm.epochs) == (5000, 40, 7)
+    assert build_from_args(parser().parse_args(["--domain", "molecules"])).corpus.own.max_texts == 10000
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -109,7 +109,8 @@ def test_user_corpus_and_user_model(tmp_path, tiny_lm_dir):
     lines = [{"text": f"{a} plus {b} equals {a + b}.", "topic": "addition"} for a in range(12) for b in range(5)]
     corpus.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "run"
-    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), "--base-model", str(tiny_lm_dir), *TINY])
+    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), "--base-model", str(tiny_lm_dir),
+             *other_domain(TINY)])
     con = sqlite3.connect(out / "runs.db")
     assert con.execute("SELECT count(*) FROM candidate WHERE text IS NOT NULL").fetchone()[0] == 8
     # a user corpus has no verifier: no verifier scores, no truth verdicts
@@ -127,7 +128,7 @@ def test_text_domain_on_the_fallback_model_says_so(tmp_path):
     rubric.write_text("You judge short animal stories from 1 to 5: 5 = vivid and complete, 1 = nonsense.\n")
     out = tmp_path / "run"
     p = run_cli(["--generations", "1", "--out", str(out), "--domain", "text", "--corpus", str(corpus),
-                 "--rubric", str(rubric), *TINY])
+                 "--rubric", str(rubric), *other_domain(TINY)])
     note = [line for line in p.stdout.splitlines() if line.startswith("note:")]
     assert note and "fallback base model" in note[0] and "--base-model" in note[0], p.stdout
     con = sqlite3.connect(out / "runs.db")
@@ -148,7 +149,7 @@ def test_txt_corpus(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"{a} times {b} is {a * b}." for a in range(1, 10) for b in range(1, 8)) + "\n")
     out = tmp_path / "run"
-    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), *TINY])
+    run_cli(["--generations", "1", "--out", str(out), "--corpus", str(corpus), *other_domain(TINY)])
     assert sqlite3.connect(out / "runs.db").execute("SELECT count(*) FROM metric").fetchone()[0] == 1
 
 

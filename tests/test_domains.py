@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -345,7 +346,7 @@ def test_maths_domain_splits_as_the_loop_always_did():
     from domains import get_domain, split_eval
     from loop.config import build_config
 
-    cfg = build_config({}, {"corpus.facts_per_topic": 10})
+    cfg = build_config({}, {"maths.facts_per_topic": 10})
     d = get_domain("maths").load(cfg.corpus, 0)
     mc = build_maths_corpus(MathsConfig(seed=0, facts_per_topic=10))
     train, ev = split_eval(list(mc.train), cfg.corpus.eval_share, 0)
@@ -405,8 +406,9 @@ def test_maths_knowledge_figures_read_likelihood_and_samples():
 
     from domains.base import get_domain
     from domains.config import CorpusConfig
+    from domains.maths.plugin import MathsSettings
 
-    dom, cfg = get_domain("maths"), CorpusConfig(facts_per_topic=10)
+    dom, cfg = get_domain("maths"), CorpusConfig(own=MathsSettings(facts_per_topic=10))
     splits = dom.load(cfg, 0)
     held = [t for t in splits.knowledge if t.fact_key]
     knows = lambda texts: np.array([1.0 if verify(t).status == "true" else -1.0 for t in texts])  # noqa: E731
@@ -419,3 +421,31 @@ def test_maths_knowledge_figures_read_likelihood_and_samples():
     assert 0 < k["corpus_recall"] < 1 and k["sample_truth"] == pytest.approx(19 / 20)
     assert dom.knowledge_figures(splits, cfg, 0, blind, writes, 50, 0) == {"heldout_auc": 0.5, "corpus_auc": 0.5}
     assert dom.knowledge_figures(splits, cfg, 0, knows, writes, 0, 0) == {}
+
+
+def test_a_domains_own_settings_are_written_under_its_name():
+    """maths.KEY / molecules.KEY reach the domain as `cfg.own`; the older corpus.KEY spelling (commands and
+    run folders of older versions, which stored every domain's fields) reads the same; another domain's
+    setting, an unknown key or a bad value is refused in one line."""
+    from common.errors import ConfigError
+    from domains.config import stored_corpus
+    from loop.config import build_config
+
+    new = build_config({"maths": {"facts_per_topic": 10}})
+    assert new.corpus.own.facts_per_topic == 10 and new.to_dict()["maths"]["facts_per_topic"] == 10
+    assert "facts_per_topic" not in new.to_dict()["corpus"]
+    old = build_config(None, {"corpus.facts_per_topic": "10", "corpus.max_texts": 0, "corpus.knowledge_texts": 1000})
+    assert old.result_hash() == new.result_hash()
+    stored = {**new.to_dict()["corpus"], "facts_per_topic": 10, "phrasings_per_fact": 3, "holdout_share": 0.2,
+              "max_texts": 0, "eval_texts": 1000, "knowledge_texts": 1000}  # an older run folder's corpus section
+    assert build_config({"corpus": stored}).result_hash() == new.result_hash()
+    assert stored_corpus({"corpus": stored}).own == new.corpus.own == stored_corpus(new.to_dict()).own
+    mol = build_config(None, {"corpus.domain": "molecules", "corpus.max_texts": "500"})
+    assert mol.corpus.own.max_texts == 500 and mol.to_dict()["molecules"]["max_texts"] == 500
+    for overrides, needle in [({"molecules.max_texts": 5}, "belongs to the molecules domain, and this run's domain is maths"),
+                              ({"maths.facts_per_topc": 5}, "did you mean 'facts_per_topic'"),
+                              ({"maths.facts_per_topic": 0}, "maths.facts_per_topic must be >= 1"),
+                              ({"corpus.domain": "text", "text.x": 1}, "the text domain has no settings of its own"),
+                              ({"corpus.own": "x"}, "write them as maths.KEY=VALUE")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            build_config(None, overrides)

@@ -13,13 +13,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny but complete: every stage runs for real, in seconds.
 TINY_MODELS = [
-    "--set", "corpus.facts_per_topic=4", "--set", "corpus.phrasings_per_fact=2",
+    "--set", "maths.facts_per_topic=4", "--set", "maths.phrasings_per_fact=2",
     "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=4",
     "--set", "base.vocab_size=300",
     "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=2", "--set", "sllm.false_texts=32",
     "--set", "sllm.n_prompt=4", "--set", "sllm.continue_epochs=1", "--set", "sample.n_candidates=8", "--set", "decode.max_new_tokens=12",
     "--set", "retrain.epochs=1", "--set", "retrain.replay_texts=16", "--set", "run.threads=1",
 ]
+
+
+def other_domain(args: list[str]) -> list[str]:
+    """`args` without the maths domain's own settings, for a run of another domain (which refuses them)."""
+    out = []
+    for a in args:
+        if a.startswith("maths."):
+            out.pop()  # its "--set"
+        else:
+            out.append(a)
+    return out
+
+
 TINY = TINY_MODELS + [
     "--set", "sample.samplers=dark,prior,interpolate,lm",
     # accept whatever is coherent enough so the retrain stage has texts to learn from
@@ -141,7 +154,7 @@ def test_decoder_adapter_in_the_loop_saved_used_and_resumed(tmp_path):
     map's feature dictionary, both the same after a resume. (Compose is not in TINY: the
     dictionary is a fit of its own on the latents, which a run under torchrun gets equal only to
     float rounding, so its draws are not those of one process; tests/test_distributed.py.)"""
-    args = [*TINY, "--set", "sllm.decoder_lora_r=2", "--set", "corpus.holdout_share=0.25",
+    args = [*TINY, "--set", "sllm.decoder_lora_r=2", "--set", "maths.holdout_share=0.25",
             "--set", "evaluate.knowledge_texts=16", "--set", "evaluate.knowledge_samples=16",
             "--set", "sample.samplers=dark,compose,prior,interpolate,lm"]
     ref = tmp_path / "ref"

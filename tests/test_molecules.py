@@ -156,9 +156,9 @@ def test_molecules_defaults_sit_under_user_settings():
     from loop.config import build_config
 
     cfg = build_config(overrides={"corpus.domain": "molecules"})
-    assert cfg.sllm.max_tokens == 64 and cfg.corpus.max_texts == 10000
-    cfg = build_config(overrides={"corpus.domain": "molecules", "corpus.max_texts": "500"})
-    assert cfg.corpus.max_texts == 500
+    assert cfg.sllm.max_tokens == 64 and cfg.corpus.own.max_texts == 10000
+    cfg = build_config(overrides={"corpus.domain": "molecules", "molecules.max_texts": "500"})
+    assert cfg.corpus.own.max_texts == 500
     assert build_config().sllm.max_tokens == 48  # maths keeps its own
 
 
@@ -185,8 +185,8 @@ def test_panel_for_molecules_uses_tanimoto_and_the_chemistry_critic(tiny_lm):
 
 
 TINY_MOL = [
-    "--domain", "molecules", "--set", "corpus.max_texts=400", "--set", "corpus.eval_texts=60",
-    "--set", "corpus.knowledge_texts=60",
+    "--domain", "molecules", "--set", "molecules.max_texts=400", "--set", "molecules.eval_texts=60",
+    "--set", "molecules.knowledge_texts=60",
     "--set", "base.hidden=32", "--set", "base.layers=1", "--set", "base.heads=2", "--set", "base.epochs=2",
     "--set", "sllm.latent_dim=32", "--set", "sllm.enc_dim=32", "--set", "sllm.enc_layers=1", "--set", "sllm.epochs=1",
     "--set", "sllm.n_prompt=4", "--set", "sample.n_candidates=12", "--set", "decode.max_new_tokens=24",
@@ -241,6 +241,7 @@ def test_base_extra_texts_come_from_moses_train_beyond_the_corpus(tmp_path):
     from common.errors import ConfigError
     from domains.config import CorpusConfig
     from domains.molecules.data import load_split
+    from domains.molecules.domain import MoleculesSettings
     from loop.config import build_config
 
     dom = get_domain("molecules")
@@ -268,7 +269,7 @@ def test_sllm_language_texts_are_moses_train_beyond_the_corpus(tmp_path):
     from loop.config import build_config
 
     dom = get_domain("molecules")
-    cfg = CorpusConfig(domain="molecules", max_texts=500, knowledge_texts=50, eval_texts=50)
+    cfg = CorpusConfig(domain="molecules", own=MoleculesSettings(max_texts=500, knowledge_texts=50, eval_texts=50))
     extra = dom.language_texts(cfg, 0, 200)
     corpus = {t.text for t in dom.texts(cfg, 0)[0]}
     held = set(load_split("test_scaffolds")) | set(load_split("test"))

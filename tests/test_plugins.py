@@ -5,15 +5,17 @@ import re
 import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from domains.base import Domain, Text, Verdict, register_domain, unregister_domain
 from judges.base import JudgeScore, JudgeSpec, register_judge, unregister_judge
 from latent.samplers import Draw, SamplerSpec, register_sampler, unregister_sampler
-from tests.test_loop import ROOT, TINY_MODELS
+from tests.test_loop import ROOT, TINY_MODELS, other_domain
 
 _CLAIM = re.compile(r"^(\d+) is (even|odd)\.$")
 
@@ -27,16 +29,28 @@ def _verify(text: str) -> Verdict:
     return Verdict("true" if said == truth else "false", f"parity:{n}:{said}", "parity")
 
 
+@dataclass
+class ParitySettings:
+    """The domain's own settings, written parity-test.KEY: how many numbers to learn from."""
+    numbers: int = 60
+
+    def __post_init__(self):
+        if self.numbers < 2:
+            raise ConfigError(f"parity-test.numbers must be >= 2, got {self.numbers}")
+
+
 class ParityDomain(Domain):
-    """Claims about the parity of numbers: 0-59 to learn from, 60-79 held out as knowledge."""
+    """Claims about the parity of numbers: 0 to numbers-1 to learn from, the next 20 held out as knowledge."""
     name = "parity-test"
     rubric = "Rate 1 to 5 how clearly the text states whether a number is even or odd. Answer with one digit.\n"
     extensions = (".parity",)
+    settings = ParitySettings
 
     def texts(self, cfg, seed):
         claim = lambda n: Text(f"{n} is {'even' if n % 2 == 0 else 'odd'}.", "parity",  # noqa: E731
                                f"parity:{n}:{'even' if n % 2 == 0 else 'odd'}")
-        return [claim(n) for n in range(60)], [claim(n) for n in range(60, 80)]
+        n = cfg.own.numbers
+        return [claim(i) for i in range(n)], [claim(i) for i in range(n, n + 20)]
 
     @property
     def verifier(self):
@@ -76,9 +90,9 @@ def plugin_run(plugins, tmp_path_factory):
     from cli.main import main
 
     out = tmp_path_factory.mktemp("plugins") / "run"
-    rc = main(["--generations", "1", "--out", str(out), "--domain", "parity-test", *TINY_MODELS, "-q",
+    rc = main(["--generations", "1", "--out", str(out), "--domain", "parity-test", *other_domain(TINY_MODELS), "-q",
                "--set", "sample.samplers=shell-test,dark,lm", "--set", "judges.min_coherence=0",
-               "--set", "judges.thresholds=length-test:0.5"])
+               "--set", "judges.thresholds=length-test:0.5", "--set", "parity-test.numbers=50"])
     assert rc == 0
     return out
 
@@ -91,6 +105,8 @@ def test_plugins_run_through_the_loop(plugin_run):
                        "ON s.candidate_id = c.id AND s.judge = 'length-test'").fetchall()
     con.close()
     assert set(per_sampler) == {"shell-test", "dark", "lm"} and sum(per_sampler.values()) == 8 == len(rows)
+    settings = json.loads((plugin_run / "config.json").read_text())
+    assert settings["parity-test"] == {"numbers": 50}  # the domain's own settings, under its name
     assert judges == {"verifier", "coherence", "novelty", "critic", "length-test"}
     for text, reason, verdict, score in rows:
         assert verdict == _verify(text or "").status  # the domain's verifier decided the verdict

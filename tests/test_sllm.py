@@ -228,7 +228,7 @@ def test_bench_figures():
 def test_bench_sllm_command_writes_every_figure(tmp_path):
     out, base = tmp_path / "bench.json", tmp_path / "base"
     p = run_cli(["bench", "sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
-                 "--set", "corpus.facts_per_topic=5"])
+                 "--set", "maths.facts_per_topic=5"])
     assert "exact_match" in p.stdout and "examples (held-out text -> decoded)" in p.stdout
     res = json.loads(out.read_text())["results"]["full"]
     assert res["heldout_texts"] > 0 and res["false_texts"] == 32
@@ -242,7 +242,7 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     from bench.sllm import main
 
     assert main(["sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
-                 "--set", "corpus.facts_per_topic=5", "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2",
+                 "--set", "maths.facts_per_topic=5", "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2",
                  "--seeds", "0,1", "--curve", "2"]) == 0
     saved = json.loads(out.read_text())
     res2 = saved["results"]["full s1"]
@@ -262,7 +262,7 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--corpus", "{tmp}/c.txt"], "domain's own held-out set"),
-    (["--set", "corpus.facts_per_topic=4"], "holds out no fact"),
+    (["--set", "maths.facts_per_topic=4"], "holds out no fact"),
 ])
 def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment):
     (tmp_path / "c.txt").write_text("a text\n")
@@ -272,7 +272,7 @@ def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment):
 
 def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
     run = tmp_path / "run"
-    run_cli(["--generations", "2", "--out", str(run), *TINY_MODELS, "--set", "corpus.facts_per_topic=5",
+    run_cli(["--generations", "2", "--out", str(run), *TINY_MODELS, "--set", "maths.facts_per_topic=5",
              "--set", "judges.require_true=false", "--set", "judges.min_coherence=0", "--set", "judges.min_novelty=0"])
     out = tmp_path / "bench.json"
     p = run_cli(["bench", "sllm", "-q", "--run", str(run), "--json", str(out)])
@@ -280,7 +280,7 @@ def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
     data = json.loads(out.read_text())
     res = next(iter(data["results"].values()))
     assert res["generation"] == 1 and res["heldout_texts"] + res["heldout_left_out"] == 12 * 2  # 1 fact a topic, 2 phrasings
-    assert data["settings"]["corpus"]["facts_per_topic"] == 5  # the run's own settings
+    assert data["settings"]["maths"]["facts_per_topic"] == 5  # the run's own settings
     # the rest in process (the command line's own path is covered above): no interpreter start-ups
     from bench.sllm import main
 

@@ -3,12 +3,14 @@ verifier, and held-out true facts as the knowledge set."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from common.errors import ConfigError
+from common.errors import check as _check
 from domains.base import Domain, Text, Verdict
 from domains.maths.corpus import MathsConfig, build_maths_corpus, false_statements, heldout_per_topic
 from domains.maths.language import verify
@@ -36,6 +38,20 @@ RUBRIC = (
 )
 
 
+@dataclass
+class MathsSettings:
+    """The built-in maths corpus: how many facts a topic, phrasings a fact, and the share of facts
+    held out as the knowledge set ("true and new"). A user's maths file ignores them."""
+    facts_per_topic: int = 40
+    phrasings_per_fact: int = 3
+    holdout_share: float = 0.2
+
+    def __post_init__(self):
+        _check(self.facts_per_topic >= 1, f"maths.facts_per_topic must be >= 1, got {self.facts_per_topic}")
+        _check(self.phrasings_per_fact >= 1, f"maths.phrasings_per_fact must be >= 1, got {self.phrasings_per_fact}")
+        _check(0 <= self.holdout_share < 1, f"maths.holdout_share must be in [0, 1), got {self.holdout_share}")
+
+
 class MathsDomain(Domain):
     """Elementary-school maths: the built-in generator (or a user's file of maths sentences),
     the exact verifier, and held-out true facts as the knowledge set ("true and new")."""
@@ -45,9 +61,12 @@ class MathsDomain(Domain):
     topics = ALL_TOPICS
     generations_protocol = {"sample.n_candidates": 500}  # half the default: 96 variant generations in 18 min
 
+    settings = MathsSettings
+
     def maths_config(self, cfg, seed: int, topics: tuple[str, ...] = ALL_TOPICS) -> MathsConfig:
-        return MathsConfig(seed=seed, facts_per_topic=cfg.facts_per_topic, phrasings_per_fact=cfg.phrasings_per_fact,
-                           holdout_share=cfg.holdout_share, topics=topics)
+        own = cfg.own
+        return MathsConfig(seed=seed, facts_per_topic=own.facts_per_topic, phrasings_per_fact=own.phrasings_per_fact,
+                           holdout_share=own.holdout_share, topics=topics)
 
     def texts(self, cfg, seed: int) -> tuple[list[Text], list[Text]]:
         if cfg.path is not None:  # a user's maths sentences: true ones get their fact key from the verifier
@@ -62,9 +81,10 @@ class MathsDomain(Domain):
         return list(mc.train), list(mc.heldout)
 
     def check_knowledge(self, cfg) -> None:
-        if heldout_per_topic(MathsConfig(facts_per_topic=cfg.facts_per_topic, holdout_share=cfg.holdout_share)) < 1:
-            raise ConfigError(f"corpus.holdout_share={cfg.holdout_share} of corpus.facts_per_topic={cfg.facts_per_topic} "
-                              "holds out no fact to measure on; raise either (e.g. --set corpus.facts_per_topic=10)")
+        own = cfg.own
+        if heldout_per_topic(MathsConfig(facts_per_topic=own.facts_per_topic, holdout_share=own.holdout_share)) < 1:
+            raise ConfigError(f"maths.holdout_share={own.holdout_share} of maths.facts_per_topic={own.facts_per_topic} "
+                              "holds out no fact to measure on; raise either (e.g. --set maths.facts_per_topic=10)")
 
     def language_texts(self, cfg, seed: int, n: int, topics: tuple[str, ...] | None = None) -> list[Text]:
         if n == 0:

@@ -1,6 +1,6 @@
 """The molecules domain: MOSES SMILES, RDKit validity, Morgan-fingerprint meaning, chemistry critic.
 
-Corpus: a subset of MOSES train (`corpus.max_texts`, 0 = all 1.58M), held-out evaluation:
+Corpus: a subset of MOSES train (`molecules.max_texts`, 0 = all 1.58M), held-out evaluation:
 MOSES test, held-out knowledge: MOSES scaffold test (molecules whose Bemis-Murcko scaffolds
 occur in neither train nor test; Polykovskiy et al. 2020). A user's `--corpus FILE.smi|.csv|.txt`
 replaces the training molecules; its invalid lines are counted and reported, never fatal.
@@ -19,11 +19,13 @@ Every text is a canonical SMILES (RDKit), so de-duplication and "new" are exact.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from common.errors import check as _check
 from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
 from domains.files import CorpusError
 from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit
@@ -207,6 +209,20 @@ def read_smiles_file(path: str | Path) -> tuple[list[str], int]:
     return valid, invalid
 
 
+@dataclass
+class MoleculesSettings:
+    """How many molecules: MOSES training molecules in the corpus (0 = all 1.58M; the first of a
+    user's .smi file), MOSES test molecules held out for evaluation and scaffold-test molecules
+    in the held-out knowledge set (0 = all)."""
+    max_texts: int = 0
+    eval_texts: int = 1000
+    knowledge_texts: int = 1000
+
+    def __post_init__(self):
+        for k in ("max_texts", "eval_texts", "knowledge_texts"):
+            _check(getattr(self, k) >= 0, f"molecules.{k} must be >= 0, got {getattr(self, k)}")
+
+
 class MoleculesDomain(Domain):
     name = "molecules"
     extensions = (".smi",)
@@ -218,11 +234,12 @@ class MoleculesDomain(Domain):
                       ("domain/SNN/Test", "SNN/Test"), ("domain/FCD/Test", "FCD/Test"))
     rubric = RUBRIC
     truth_label, new_label = "valid", "valid-new"
+    settings = MoleculesSettings
     # Settings a molecules run needs unless the user sets them (loop.config.build_config).
     # Sized so that `--domain molecules --generations 2` fits 20 minutes on 2 CPU cores; on a GPU
-    # pass --set corpus.max_texts=0 (all of MOSES train) and more epochs.
+    # pass --set molecules.max_texts=0 (all of MOSES train) and more epochs.
     defaults = {
-        "corpus.max_texts": 10000,
+        "molecules.max_texts": 10000,
         "base.epochs": 8,
         "base.pack_len": 128,
         "sllm.epochs": 4,
@@ -233,7 +250,7 @@ class MoleculesDomain(Domain):
     # Half the corpus and a quarter of the candidates: a generation re-encodes every corpus molecule
     # under the retrained base model (10 s for 10,000), and 84 variant generations must fit beside
     # the three start runs.
-    generations_protocol = {"corpus.max_texts": 5000, "sample.n_candidates": 250}
+    generations_protocol = {"molecules.max_texts": 5000, "sample.n_candidates": 250}
 
     def check_knowledge(self, cfg) -> None:
         """The scaffold-test molecules are always there to measure on."""
@@ -249,12 +266,12 @@ class MoleculesDomain(Domain):
                 self.notes = [f"note: {self.invalid_lines} line(s) of {cfg.path} are not valid SMILES (RDKit cannot "
                               f"parse or sanitise them); skipped, {len(smiles)} molecules kept"]
             smiles = list(dict.fromkeys(smiles))  # one text per molecule, first occurrence kept
-            if cfg.max_texts:
-                smiles = smiles[: cfg.max_texts]
+            if cfg.own.max_texts:
+                smiles = smiles[: cfg.own.max_texts]
         else:
-            smiles = load_split("train", cfg.max_texts or None, seed)
+            smiles = load_split("train", cfg.own.max_texts or None, seed)
         try:
-            knowledge = load_split("test_scaffolds", cfg.knowledge_texts or None, seed)
+            knowledge = load_split("test_scaffolds", cfg.own.knowledge_texts or None, seed)
         except CorpusError:
             if cfg.path is None:
                 raise
@@ -307,7 +324,7 @@ class MoleculesDomain(Domain):
             train, ev = split_eval(train, cfg.eval_share, seed)
             keys = frozenset(t.text for t in train)
         else:
-            ev = [Text(s, "molecule", s) for s in load_split("test", cfg.eval_texts or None, seed)]
+            ev = [Text(s, "molecule", s) for s in load_split("test", cfg.own.eval_texts or None, seed)]
             keys = train_set()  # "new" = absent from all of MOSES train, as MOSES's Novelty counts it
         return CorpusSplits(train=train, eval=ev, knowledge=knowledge, train_fact_keys=keys)
 
