@@ -4,7 +4,8 @@
 
 `fabricate_run` writes a run folder the way the loop does (storage models and db helpers, map
 folders with latents.npy / eval_latents.npy / probes.npy), with made-up maths texts, scores,
-reasons, zones and metrics; the tests use it small, the bench at 100,000 candidates.
+reasons, zones and metrics; the tests use it small, the bench at 100,000 candidates. Its samplers and
+judges are the registered ones (a plugin's too), so the report is measured on what a run can hold.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ import numpy as np
 from sqlalchemy import insert
 from sqlmodel import Session
 
+import judges.panel  # noqa: F401  (its import registers the built-in judges)
 from domains.base import get_domain
 from domains.config import CorpusConfig
+from judges.base import judge_specs, judge_with_role
+from judges.config import JudgeConfig
+from latent.samplers import samplers
 from report.browser import load_report, missing
 from report.build import write_report
 from storage.db import open_db
 from storage.models import Candidate, Metric, Run, Score, Stage, Zone
 
-SAMPLERS = ("dark", "prior", "interpolate", "lm")
-JUDGES = ("coherence", "critic", "novelty", "verifier")
 STAGE_NAMES = ("sllm", "map", "sample", "decode", "judge", "retrain", "evaluate")
 
 
@@ -37,21 +40,32 @@ def _sentence(rng: np.random.Generator) -> tuple[str, str]:
     return f"{a} plus {b} equals {c}.", ("true" if c == a + b else "false")
 
 
+def loop_samplers() -> list[str]:
+    """The registered samplers a loop run holds candidates of (none that decodes while it samples
+    or draws from a feature dictionary)."""
+    return [n for n, spec in samplers().items() if not spec.feedback and not spec.needs_features]
+
+
 def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: int = 10, latent_dim: int = 256,
                   domain: str = "maths", texts: list[str] | None = None, seed: int = 0) -> Path:
     """A finished run of `generations` generations and `candidates` candidates in all (a quarter of them
-    sampler lm, with no latent). The corpus is the maths domain's default one (its texts match the
-    map's corpus points); `domain`/`texts` fabricate another domain's run (e.g. molecules, SMILES)."""
+    from a sampler that draws no latent). The corpus is `domain`'s own (its texts match the map's
+    corpus points) when `texts` is None, and the texts are made-up sums; with `texts`, the candidates
+    are drawn from them and the map gets 40 corpus points (e.g. a molecules run, SMILES)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_train = len(get_domain("maths").load(CorpusConfig(), 0).train) if domain == "maths" else 40
-    n_eval = 57 if domain == "maths" else 5
+    n_train, n_eval = (40, 5) if texts else (len(get_domain(domain).load(CorpusConfig(domain=domain), 0).train), 57)
+    names = loop_samplers()
+    specs = judge_specs()
+    weights = {j.name: j.weight_in(JudgeConfig()) for j in specs}
+    norm = sum(weights.values()) or 1.0
+    truth = judge_with_role("truth")
     engine = open_db(run_dir, create=True)
     t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
     config = {"run": {"out": str(run_dir), "generations": generations, "seed": seed},
-              "corpus": {"domain": None if domain == "maths" else domain, "path": None},
-              "sllm": {"latent_dim": latent_dim}, "sample": {"samplers": ",".join(SAMPLERS)}}
+              "corpus": {"domain": domain, "path": None},
+              "sllm": {"latent_dim": latent_dim}, "sample": {"samplers": ",".join(names)}}
     per_gen = np.full(generations, candidates // generations)
     per_gen[: candidates % generations] += 1
     cid = 0
@@ -67,23 +81,24 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
             n_acc = 0
             for seq in range(n):
                 cid += 1
-                sampler = SAMPLERS[seq % len(SAMPLERS)]
+                sampler = names[seq % len(names)]
                 if texts:
                     text, verdict = texts[int(rng.integers(len(texts)))], None
                 else:
                     text, verdict = _sentence(rng)
-                sc = {j: float(np.round(rng.random(), 3)) for j in JUDGES}
-                total = float(np.round(0.3 * sc["coherence"] + 0.3 * sc["novelty"] + 0.2 * sc["critic"] + 0.2 * sc["verifier"], 3))
+                sc = {j: float(np.round(rng.random(), 3)) for j in weights}
+                total = float(np.round(sum(weights[j] * v for j, v in sc.items()) / norm, 3))
                 accepted = verdict != "false" and total > 0.55
                 n_acc += accepted
-                reason = (f"accepted: {verdict or 'no verifier'}, coherent ({sc['coherence']:.2f}), novel ({sc['novelty']:.2f}, "
-                          f"distance {sc['novelty'] * 0.9:.3f}), critic ({sc['critic']:.2f}), weighted {total:.2f} >= 0.55"
-                          if accepted else
-                          ("rejected: verifier says false" if verdict == "false" else
-                           f"rejected: weighted {total:.2f} < 0.55 (coherence {sc['coherence']:.2f}, novelty {sc['novelty']:.2f})"))
-                latent = None if sampler == "lm" else rng.standard_normal(latent_dim).astype(np.float32)
+                scored = ", ".join(f"{j} {v:.2f}" for j, v in sc.items())
+                reason = (f"accepted: {verdict or 'no verifier'}, {scored}, weighted {total:.2f} >= 0.55" if accepted else
+                          (f"rejected: {truth} says false" if verdict == "false" else
+                           f"rejected: weighted {total:.2f} < 0.55 ({scored})"))
+                spec = samplers()[sampler]
+                latent = rng.standard_normal(latent_dim).astype(np.float32) if spec.latent else None
                 rows.append({"id": cid, "generation": g, "seq": seq, "sampler": sampler,
-                             "zone_id": int(rng.integers(8)) if sampler == "dark" else None,
+                             # the methods (a sampler with baselines to beat) draw from the zones
+                             "zone_id": int(rng.integers(8)) if spec.beats and spec.latent else None,
                              "latent": None if latent is None else latent.tobytes(),
                              "latent_norm": None if latent is None else float(np.linalg.norm(latent)),
                              "density_score": None if latent is None else float(rng.gamma(4, 0.3)),
@@ -104,7 +119,7 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
                               "decoded": texts[label % len(texts)] if texts else _sentence(rng)[0]})
             conn.execute(insert(Zone.__table__), zones)
             start = t0 + timedelta(hours=g)
-            extra = {} if domain == "maths" else {"domain_metrics": {"validity": float(rng.random()), "fcd": float(rng.gamma(3))}}
+            extra = {"domain_metrics": {"validity": float(rng.random()), "fcd": float(rng.gamma(3))}} if texts else {}
             conn.execute(insert(Stage.__table__), [
                 {"generation": g, "name": name, "status": "done", "started_at": start, "finished_at": start,
                  "seconds": float(rng.gamma(2, 10)), "detail_json": json.dumps(extra if name == "evaluate" else {})}

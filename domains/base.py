@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Callable, Container
 
 from common.errors import ConfigError
 from common.registry import Registry
+from lm.embedder import MINILM, Embedder
 
 if TYPE_CHECKING:
     import numpy as np
 
     from domains.config import CorpusConfig
-    from lm.embedder import Embedder
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,6 @@ class Domain:
 
     def meaning_embedder(self) -> Embedder:
         """The embedder whose space the SLLM's meaning term predicts and novelty measures in."""
-        from lm.embedder import MINILM
-
         return MINILM
 
     def meaning_targets(self) -> dict[str, Callable[[], Embedder]]:
@@ -199,7 +197,7 @@ class Domain:
     def train_tokenizer(self, texts: list[str], vocab_size: int):
         """The tokenizer a base model trained from scratch on this domain uses (byte-level BPE
         with digits split, by default)."""
-        from lm.base_model import train_tokenizer
+        from lm.base_model import train_tokenizer  # lazy: torch start-up, not needed to read a run's settings
 
         return train_tokenizer(texts, vocab_size)
 

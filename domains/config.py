@@ -33,8 +33,7 @@ class CorpusConfig:
     own: Any = field(default=None, compare=False)
 
     def __post_init__(self):
-        # lazy: domains.base finds the domains, and imports this module for its type hints
-        from domains.base import domain_class, domain_names
+        from domains.base import domain_class, domain_names  # lazy: domains.base imports this module for its type hints
 
         names = domain_names()
         _check(self.domain is None or self.domain in names,
@@ -61,7 +60,7 @@ def domain_name_of(domain: str | None, path: str | None) -> str:
         return domain
     if path is None:
         return "maths"
-    from domains.base import domain_for_file
+    from domains.base import domain_for_file  # lazy: domains.base imports this module for its type hints
 
     return domain_for_file(path) or "text"
 
@@ -72,7 +71,7 @@ def own_keys(flat: dict[str, Any], domain: str) -> dict[str, Any]:
     `DOMAIN.key`, and is dropped where it belongs to another domain only (a run folder of an older
     version stores every domain's corpus fields, the others at their defaults, unused). Another
     domain's plugin is imported only to read such an older key."""
-    from domains.base import domain_names
+    from domains.base import domain_names  # lazy: domains.base imports this module for its type hints
 
     names = domain_names()
     shared = {f.name for f in dataclasses.fields(CorpusConfig)}
@@ -103,7 +102,7 @@ def own_keys(flat: dict[str, Any], domain: str) -> dict[str, Any]:
 
 def settings_fields(domain: str) -> dict[str, dataclasses.Field]:
     """The fields of a domain's own settings ({} where it has none)."""
-    from domains.base import domain_class, domain_names
+    from domains.base import domain_class, domain_names  # lazy: domains.base imports this module for its type hints
 
     if domain not in domain_names():
         return {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from common.errors import ConfigError
 from domains.base import Domain, Text
+from domains.files import load_corpus
 
 RUBRIC = (
     "You are a careful editor. You will read one short text and rate it on a scale from 1 to 5.\n"
@@ -34,6 +35,4 @@ class TextDomain(Domain):
     def texts(self, cfg, seed: int) -> tuple[list[Text], list[Text]]:
         if cfg.path is None:
             raise ConfigError("the text domain needs a corpus: pass --corpus FILE (.txt one text a line, or .jsonl)")
-        from domains.files import load_corpus
-
         return load_corpus(cfg.path), []

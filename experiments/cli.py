@@ -2,16 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
+import torch
+
+from common.errors import ConfigError, UserError
+from domains import ALL_TOPICS
 from domains.base import get_domain
-from experiments.discovery import all_samplers, discovery
-from experiments.holdout import holdout
+from experiments.discovery import all_samplers, combine_training_seeds, discovery
+from experiments.generations import (DEFAULT_REPLAY_SAMPLER, DEFAULT_VARIANTS, REPLAY, check_variants,
+                                     generations_experiment)
+from experiments.holdout import combine_holdout_seeds, holdout
 from experiments.holdout_molecules import TOPIC as MOLECULES_TOPIC, holdout_molecules
-from loop.runner import environment
+from loop.options import build_from_args, parser as run_parser, set_overrides
+from loop.runner import Loop, environment, run_config
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +39,6 @@ CHOICES = tuple(EXPERIMENTS)  # what `run.py --help` lists
 def main(argv: list[str]) -> int:
     if "-q" in argv or "--quiet" in argv:  # before anything imports tqdm, which reads it at import
         os.environ["TQDM_DISABLE"] = "1"
-    from common.errors import UserError
-    from domains import ALL_TOPICS
-    from loop.options import build_from_args, parser as run_parser
-
     if not argv or argv[0] not in EXPERIMENTS:
         print(f"usage: python run.py experiment {{{','.join(EXPERIMENTS)}}} [options]; see --help of each",
               file=sys.stderr)
@@ -51,8 +57,6 @@ def main(argv: list[str]) -> int:
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
         p.add_argument("--only", help=f"comma-separated subset of samplers (default {','.join(all_samplers())})")
     elif name == "generations":
-        from experiments.generations import DEFAULT_REPLAY_SAMPLER, DEFAULT_VARIANTS, REPLAY
-
         p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                        help=f"comma-separated variants: a loop sampler (it draws the candidates, the loop learns the "
                             f"accepted ones) or {REPLAY} (corpus texts learnt in their place) "
@@ -92,8 +96,6 @@ def main(argv: list[str]) -> int:
     try:
         cfg = build_from_args(args)
         if cfg.run.threads:
-            import torch
-
             torch.set_num_threads(cfg.run.threads)
         if name == "discovery":
             return _main_discovery(args, cfg)
@@ -109,9 +111,6 @@ def main(argv: list[str]) -> int:
 
 
 def _main_discovery(args, cfg) -> int:
-    from common.errors import ConfigError
-    from loop.runner import Loop, run_config
-
     if args.budget < 1 or args.seeds < 1:
         raise ConfigError(f"--budget and --seeds must be >= 1, got {args.budget} and {args.seeds}")
     samplers = all_samplers()
@@ -152,13 +151,6 @@ def _main_discovery(args, cfg) -> int:
 def _main_discovery_seeds(args, cfg, samplers) -> int:
     """The discovery experiment on each run (one per training seed), then the headline figures
     with intervals over the runs: each run's mean over its sampling seeds is one observation."""
-    import json
-    import time
-
-    from common.errors import ConfigError
-    from experiments.discovery import combine_training_seeds
-    from loop.runner import run_config
-
     runs = [Path(r) for r in args.run]
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run folder is given twice; pass runs of different training seeds")
@@ -184,13 +176,6 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
 
 
 def _main_generations(args, cfg) -> int:
-    import copy
-
-    from common.errors import ConfigError
-    from experiments.generations import check_variants, generations_experiment
-    from loop.options import build_from_args, set_overrides
-    from loop.runner import Loop, run_config
-
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     check_variants(variants, args.replay_sampler)
     generations = 8 if args.generations is None else args.generations
@@ -233,8 +218,6 @@ def _main_generations(args, cfg) -> int:
 
 
 def _train_seeds(text: str | None) -> list[int] | None:
-    from common.errors import ConfigError
-
     if text is None:
         return None
     try:
@@ -247,8 +230,6 @@ def _train_seeds(text: str | None) -> list[int] | None:
 
 
 def _main_holdout(args, cfg) -> int:
-    from common.errors import ConfigError
-
     seeds = _train_seeds(args.train_seeds)
     runs = [Path(r) for r in args.run or []]
     if seeds and runs:
@@ -272,8 +253,6 @@ def _default_out(args, cfg) -> Path:
 
 
 def _check_run_dir(run_dir: Path) -> None:
-    from common.errors import ConfigError
-
     if not (run_dir / "runs.db").is_file():
         raise ConfigError(f"--run {run_dir}: no runs.db there; pass a run folder made by "
                           "`python run.py --seed S --out DIR` (with the experiment's --domain)")
@@ -282,14 +261,6 @@ def _check_run_dir(run_dir: Path) -> None:
 def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) -> int:
     """The holdout once per training seed (a run of each, or one made per seed), then every figure's
     mean and 95% interval over the seeds (`experiments.holdout.combine_holdout_seeds`)."""
-    import copy
-    import json
-    import time
-
-    from common.errors import ConfigError
-    from experiments.holdout import combine_holdout_seeds
-    from loop.runner import run_config
-
     out = _default_out(args, cfg)
     results, jobs = {}, []
     if runs:
@@ -323,7 +294,6 @@ def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) ->
 
 def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path | None) -> dict:
     """One holdout experiment (maths, or molecules with or without `run`); its result, with `out`."""
-    from common.errors import ConfigError
     if run is not None or get_domain(cfg.corpus.domain_name).knowledge_holdout:
         return _holdout_molecules_one(args, cfg, run, out or _default_out(args, cfg), json_path)
     domain = get_domain(cfg.corpus.domain_name)
@@ -352,9 +322,6 @@ def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path 
 
 def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Path | None) -> dict:
     """NN1 = generation 0 of a molecules run (`run`, or one made at OUT/run); see experiments/holdout_molecules.py."""
-    from common.errors import ConfigError
-    from loop.runner import Loop, run_config
-
     if args.domain is not None and not get_domain(args.domain).knowledge_holdout:
         raise ConfigError(f"--run is for the holdout of a domain's knowledge set (molecules); --domain {args.domain} "
                           "trains its own NN1 without the topic: drop --run")

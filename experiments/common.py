@@ -6,8 +6,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from sqlmodel import Session
 
 from common.stats import ci95  # noqa: F401 - the experiments' intervals
+from storage.db import open_db
+from storage.models import ExperimentRun, ExperimentSample
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,6 @@ def per_seed_figures(rows: list[dict], budget: int, dark: np.ndarray, gmm_dark: 
 def store_experiment(run_dir: Path, name: str, settings: dict, result: dict, table: str, artifacts: dict,
                      seconds: float, samples: list[dict]) -> int:
     """One transaction: the ExperimentRun row and its samples. Returns the experiment id."""
-    from sqlmodel import Session
-
-    from storage.db import open_db
-    from storage.models import ExperimentRun, ExperimentSample
-
     engine = open_db(run_dir, create=True)  # creates the experiment tables in an older run database
     try:
         with Session(engine) as s:

@@ -16,10 +16,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from sqlmodel import Session, select
 
 from experiments.common import DUPLICATE, ci95, judged_row, per_seed_figures, plain_table, store_experiment, _fmt_ci
+from experiments.plots import discovery_png
+from judges.panel import build_panel, judge_texts
+from latent.features import FeatureDictionary
 from latent.samplers import SamplerContext, get_sampler, samplers as registered_samplers
+from latent.zones import zones_from_rows
+from loop.context import RunContext
 from loop.runner import environment
+from sllm.codec import GenParams
+from storage.db import RunLock, open_db
+from storage.models import Stage, Zone
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +52,6 @@ def all_samplers() -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- discovery
 def _latest_map_generation(run_dir: Path) -> int:
-    from sqlmodel import Session, select
-
-    from storage.db import open_db
-    from storage.models import Stage
-
     engine = open_db(run_dir)
     try:
         with Session(engine) as s:
@@ -59,19 +65,7 @@ def _latest_map_generation(run_dir: Path) -> int:
 
 def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: int, png: Path | None,
               json_path: Path | None, samplers: tuple[str, ...] | None = None) -> dict:
-    import torch
-    from sklearn.decomposition import PCA
-    from sqlmodel import Session, select
-
-    from experiments.plots import discovery_png
-    from judges.panel import build_panel, judge_texts
-    from latent.features import FeatureDictionary
-    from latent.occupancy import OccupancyMap
-    from latent.zones import zones_from_rows
-    from loop.context import RunContext
-    from sllm.codec import GenParams
-    from storage.db import RunLock, open_db
-    from storage.models import Zone
+    from latent.occupancy import OccupancyMap  # lazy: faiss start-up, not needed for --help
 
     samplers = all_samplers() if samplers is None else tuple(samplers)
     t0 = time.perf_counter()

@@ -26,9 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlmodel import Session, select
 
+from common.errors import ConfigError
 from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
-from loop.runner import environment
+from experiments.plots import _plt
+from latent.samplers import check_loop_samplers
+from loop.branch import branch
+from loop.config import build_config
+from loop.runner import Loop, environment, run_config
+from storage.db import open_db
+from storage.models import Candidate, Metric, Stage
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +55,6 @@ CUMULATIVE = ("rediscovered", "novel_scaffolds")
 
 def check_variants(variants: tuple[str, ...], replay_sampler: str) -> None:
     """Refuse an unknown variant, a repeated one, or a sampler the loop cannot run, before any work."""
-    from common.errors import ConfigError
-    from latent.samplers import check_loop_samplers
-
     if not variants or len(set(variants)) < len(variants):
         raise ConfigError(f"--variants {','.join(variants)!r}: give distinct variants, e.g. {','.join(DEFAULT_VARIANTS)}")
     try:
@@ -61,8 +66,6 @@ def check_variants(variants: tuple[str, ...], replay_sampler: str) -> None:
 def variant_config(start_cfg, variant: str, generations: int, out: Path, overrides: dict,
                    replay_sampler: str = DEFAULT_REPLAY_SAMPLER):
     """A variant's settings: its start run's, the protocol, the user's overrides, then the variant's own."""
-    from loop.config import build_config
-
     sampler, source = (replay_sampler, "corpus") if variant == REPLAY else (variant, "accepted")
     values = {**PROTOCOL, **overrides, "sample.samplers": sampler, "retrain.source": source,
               "run.generations": generations, "run.out": str(out)}
@@ -72,9 +75,6 @@ def variant_config(start_cfg, variant: str, generations: int, out: Path, overrid
 def run_variants(starts: dict[int, Path], variants: tuple[str, ...], generations: int, out: Path, overrides: dict,
                  threads: int, replay_sampler: str = DEFAULT_REPLAY_SAMPLER) -> dict[tuple[str, int], Path]:
     """Every variant on every training seed's start run, each branched once and then resumed."""
-    from loop.branch import branch
-    from loop.runner import Loop, run_config
-
     folders = {}
     for seed, start in starts.items():
         start_cfg = run_config(start)
@@ -96,11 +96,6 @@ def run_figures(run_dir: Path) -> dict[int, dict[str, float]]:
     """Per generation, the figures of one variant run: the metrics row, the evaluate stage's knowledge
     figures, the running totals (distinct true-new facts; CUMULATIVE domain metrics of the decodes)
     and the number of collapse flags."""
-    from sqlmodel import Session, select
-
-    from storage.db import open_db
-    from storage.models import Candidate, Metric, Stage
-
     engine = open_db(run_dir)
     try:
         with Session(engine) as s:
@@ -181,8 +176,6 @@ def shown_keys(combined: dict) -> list[str]:
 
 def curves_png(path: Path, combined: dict, keys: list[str], title: str) -> Path:
     """One panel a figure: every variant's mean against generation, its 95% interval shaded."""
-    from experiments.plots import _plt
-
     plt = _plt()
     cols = 4
     rows = -(-len(keys) // cols)
@@ -248,8 +241,6 @@ def generations_experiment(starts: dict[int, Path], variants: tuple[str, ...], g
                                      "environment": environment()}, indent=1, default=str))
     artifacts = {"png": str(png.resolve()), "json": str(json_path.resolve())}  # the start runs' reports find them
     ids = [store_experiment(p, "generations", settings, result, text, artifacts, seconds, []) for p in starts.values()]
-    from loop.runner import Loop, run_config
-
     for p in starts.values():  # their reports show the curves from now on
         Loop(run_config(p)).refresh_report()
     return {"table": text, "artifacts": artifacts, "seconds": seconds, "experiment_ids": ids, "combined": combined}

@@ -7,9 +7,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from sqlmodel import Session
 
-from experiments.common import plain_table, store_experiment
-from loop.runner import environment
+from backends.transformers_backend import TransformersBackend
+from common.errors import ConfigError
+from domains.base import get_domain
+from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
+from latent.features import FeatureDictionary
+from lm.base_model import load_base_model, train_small_base
+from loop.artifacts import atomic_dir, verify as verify_artifacts
+from loop.runner import environment, versions
+from sllm.codec import Codec, GenParams
+from storage.db import RunLock, get_run, open_db
+from storage.models import Run
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +86,21 @@ def calibration_line(c: dict, what: str = "held-out texts of topics it saw") -> 
 
 # ---------------------------------------------------------------------------- holdout (maths)
 def _save_codec_atomic(codec, folder: Path) -> None:
-    from loop.artifacts import atomic_dir
-
     with atomic_dir(folder) as tmp:
         codec.save(tmp)
 
 
 def _ready(folder: Path) -> bool:
-    from loop.artifacts import verify
-
-    return folder.is_dir() and verify(folder) is None
+    return folder.is_dir() and verify_artifacts(folder) is None
 
 
 def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_texts: int,
             base_sees_topic: bool, json_path: Path | None) -> dict:
     """The NN1/NN2 test. Resumable: the base model, NN1 and NN2 are reused from `out` when there."""
-    import sacrebleu
-    import torch
+    import sacrebleu  # lazy: sacrebleu start-up, not needed for --help
 
-    from backends.transformers_backend import TransformersBackend
-    from domains.base import get_domain
-    from latent.features import FeatureDictionary
-    from latent.occupancy import OccupancyMap
-    from lm.base_model import load_base_model, train_small_base
-    from loop.artifacts import atomic_dir
-    from sllm.codec import Codec, GenParams
-    from sllm.train import train_sllm
-    from storage.db import RunLock, open_db
+    from latent.occupancy import OccupancyMap  # lazy: faiss start-up, not needed for --help
+    from sllm.train import train_sllm  # lazy: scikit-learn's clustering start-up, not needed for --help
 
     t0 = time.perf_counter()
     domain = get_domain(cfg.corpus.domain_name)
@@ -296,8 +295,6 @@ def holdout_table(result: dict) -> str:
 
 def _check_holdout_folder(out: Path, key: dict) -> None:
     """The folder's models were trained for one (topic, base, settings): refuse to mix them."""
-    from common.errors import ConfigError
-
     f = out / "holdout-settings.json"
     if f.is_file():
         old = json.loads(f.read_text())
@@ -309,12 +306,6 @@ def _check_holdout_folder(out: Path, key: dict) -> None:
 
 
 def _ensure_run_row(engine, cfg) -> None:
-    from sqlmodel import Session
-
-    from loop.runner import versions
-    from storage.db import get_run
-    from storage.models import Run
-
     with Session(engine) as s:
         if get_run(s) is None:
             s.add(Run(seed=cfg.run.seed, config_json=json.dumps(cfg.to_dict()), config_hash=cfg.result_hash(),
@@ -338,8 +329,6 @@ def combine_holdout_seeds(results: dict[str, dict]) -> dict:
     on molecules, its own base model and map) is one observation of every figure; per figure the mean
     and 95% Student-t interval over them. Figures missing in a run (an empty dark-only subset) count
     only where present, and `n` says over how many."""
-    from experiments.common import _fmt_ci, ci95
-
     leaves = {name: {**_numeric_leaves(r["groups"], "groups/"),
                      **_numeric_leaves(r.get("calibration_nn1_map", {}), "calibration/")}
               for name, r in results.items()}

@@ -20,11 +20,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlmodel import Session
 
+from common.errors import ConfigError
+from domains.base import get_domain
+from domains.files import CorpusError
+from domains.molecules.domain import canonical, fingerprints, scaffold_test_set, train_scaffolds
 from experiments.common import plain_table, store_experiment
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
                                  locate, location_rows, reencode, nn1_reencode_figures, MEASURE_ONLY)
+from latent.features import FeatureDictionary
+from lm.base_model import load_base_model
+from loop.context import RunContext
 from loop.runner import environment
+from loop.stages import load_map
+from sllm.codec import Codec, GenParams
+from storage.db import RunLock, done_stages, open_db
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +58,6 @@ def split_parts(smiles: list[str], n_b: int, n_a: int, seed: int) -> tuple[list[
 def tanimoto_pairs(a: list[str], b: list[str]) -> np.ndarray:
     """Tanimoto similarity of a[i] and b[i] on Morgan bits (the domain's fingerprints); 0 where
     either is invalid."""
-    from domains.molecules.domain import fingerprints
-
     fa, fb = fingerprints(a).astype(bool), fingerprints(b).astype(bool)  # (N, 1024) each
     inter, union = (fa & fb).sum(1), (fa | fb).sum(1)
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
@@ -56,8 +65,7 @@ def tanimoto_pairs(a: list[str], b: list[str]) -> np.ndarray:
 
 def decode_arrays(orig: list[str], dec: list[str], part_a: frozenset[str], train_keys) -> dict[str, np.ndarray]:
     """Per-molecule comparison of decodes `dec` with the originals `orig`."""
-    from domains.molecules.domain import canonical, scaffold_test_set
-    from domains.molecules.metrics import scaffold
+    from domains.molecules.metrics import scaffold  # lazy: RDKit start-up, not needed for --help
 
     can = [canonical(t) if t else None for t in dec]
     ref = [canonical(t) or t for t in orig]
@@ -105,11 +113,6 @@ def decode_figures(arr: dict[str, dict[str, np.ndarray]], mask: np.ndarray,
 
 def _check_run_mapped(run_dir: Path) -> None:
     """The run has generation 0's SLLM and map (its `map` stage is done)."""
-    from sqlmodel import Session
-
-    from common.errors import ConfigError
-    from storage.db import done_stages, open_db
-
     engine = open_db(run_dir)
     try:
         with Session(engine) as s:
@@ -125,22 +128,14 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                       json_path: Path | None) -> dict:
     """The NN1/NN2 test on molecules against run `run_dir` (cfg = that run's own settings).
     Resumable: NN2 is reused from `out` when there; nothing is written into `run_dir`."""
-    from common.errors import ConfigError
-    from domains.files import CorpusError
-    from domains.molecules.domain import train_scaffolds
-    from domains.molecules.metrics import scaffold
-    from loop.context import RunContext
-    from latent.features import FeatureDictionary
-    from loop.stages import load_map
-    from lm.base_model import load_base_model
-    from sllm.codec import Codec, GenParams
-    from sllm.train import train_sllm
-    from storage.db import RunLock, open_db
+    from domains.molecules.metrics import scaffold  # lazy: RDKit start-up, not needed for --help
+    from sllm.train import train_sllm  # lazy: scikit-learn's clustering start-up, not needed for --help
 
     t0 = time.perf_counter()
-    if cfg.corpus.domain_name != "molecules":
-        raise ConfigError(f"run {run_dir} is a {cfg.corpus.domain_name} run; the molecules holdout needs a molecules "
-                          "run (python run.py --domain molecules --out DIR)")
+    domain = cfg.corpus.domain_name
+    if get_domain(domain).knowledge_holdout != TOPIC:
+        raise ConfigError(f"run {run_dir} is a {domain} run; this holdout needs a run of a domain whose held-out "
+                          f"knowledge set is {TOPIC} (python run.py --domain DOMAIN --out DIR)")
     _check_run_mapped(run_dir)
     loop = RunContext(cfg)
     if cfg.corpus.path is not None:
@@ -162,7 +157,7 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     with RunLock(out):
-        _check_holdout_folder(out, {"domain": "molecules", "run": str(run_dir.resolve()), "part_a": part_a,
+        _check_holdout_folder(out, {"domain": domain, "run": str(run_dir.resolve()), "part_a": part_a,
                                     "max_texts": max_texts, "continue_epochs": continue_epochs,
                                     "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)})
         engine = open_db(out, create=True)
@@ -234,14 +229,14 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                                       if d == "nn1" else {})},
                     })
         timings["measure_s"] = time.perf_counter() - t1
-    result = {"domain": "molecules", "topic": TOPIC, "control": "MOSES test", "run": str(run_dir),
+    result = {"domain": domain, "topic": TOPIC, "control": "MOSES test", "run": str(run_dir),
               "continue_epochs": continue_epochs, "part_a": len(a_list), "part_b": len(b_list),
               "train_texts": len(data.train), "groups": per_group, "calibration_nn1_map": calib, "timings": timings}
     table = holdout_molecules_table(result)
     seconds = time.perf_counter() - t0
     result["seconds"] = seconds
     json_path = json_path or out / "experiments" / f"holdout-{TOPIC}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    settings = {"out": str(out), "run": str(run_dir), "domain": "molecules", "part_a": part_a, "max_texts": max_texts,
+    settings = {"out": str(out), "run": str(run_dir), "domain": domain, "part_a": part_a, "max_texts": max_texts,
                 "continue_epochs": continue_epochs, "config": cfg.to_dict()}
     artifacts = {"json": str(json_path), "base": loop.base_path(), "nn1": str(loop.layout.sllm(0)),
                  "map": str(loop.layout.map(0)), "nn2": str(out / "nn2"), "parts": str(out / "parts.json")}

@@ -16,10 +16,10 @@ VERDICT_COLOURS = {"true": "#1a9850", "false": "#d73027", "unparseable": "#fdae6
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib start-up, only when a picture is drawn
 
     matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: once the Agg backend above is chosen
 
     return plt
 

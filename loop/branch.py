@@ -18,6 +18,8 @@ from sqlmodel import Session, select
 
 from common.errors import ConfigError
 from loop.config import Config
+from loop.runner import run_config, versions
+from storage.db import DB_NAME, RunLock, open_db
 from storage.layout import RunLayout
 from storage.models import Run, Stage, Zone
 
@@ -30,9 +32,6 @@ FREE = ("run.", "sample.samplers", "sample.n_candidates", "retrain.", "evaluate.
 def branch(src: str | Path, cfg: Config) -> bool:
     """Make cfg.run.out a run that starts from `src`'s generation-0 base model, SLLM and map.
     Returns False (and does nothing) when that folder already holds a run: the caller resumes it."""
-    from loop.runner import run_config, versions
-    from storage.db import DB_NAME, RunLock, open_db
-
     src, dst = Path(src), Path(cfg.run.out)
     if (dst / DB_NAME).exists():
         return False

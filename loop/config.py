@@ -10,6 +10,7 @@ counts may change freely.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -175,8 +176,6 @@ def _coerce(value: Any, where: str, ftype: str) -> Any:
 
 
 def _suggest(name: str, choices: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(choices))})"
 
@@ -257,14 +256,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} not found; pass an existing .toml or .yaml file")
     text = p.read_text(encoding="utf-8")
     if p.suffix == ".toml":
-        import tomllib
+        import tomllib  # lazy: stdlib from Python 3.11 only; requires-python allows 3.10
 
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     if p.suffix in (".yaml", ".yml"):
-        import yaml
+        import yaml  # lazy: PyYAML start-up, only for a .yaml config file
 
         try:
             data = yaml.safe_load(text) or {}

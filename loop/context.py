@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
+from collections import Counter
 from pathlib import Path
 
 from sqlmodel import Session, select
 
+from backends.base import get_backend
 from common.errors import ConfigError
 from domains.base import CorpusSplits, Domain, Text, get_domain
+from judges.critic import load_rubric
+from lm.base_model import check_model_path, load_base_model
 from loop.artifacts import check
 from loop.config import Config
+from sllm.codec import Codec
 from storage.db import stage_detail
 from storage.layout import RunLayout
 from storage.models import Candidate
@@ -65,8 +71,6 @@ class RunContext:
         return None if d is None else d.get("adapter")
 
     def model(self, adapter: str | None):
-        from lm.base_model import load_base_model
-
         key = (self.base_path(), adapter)
         if key not in self.models:
             self.models.clear()  # one model in memory at a time
@@ -76,8 +80,6 @@ class RunContext:
 
     def backend(self, adapter: str | None, loaded):
         """The decoding backend for this generation's model (transformers shares `loaded`)."""
-        from backends.base import get_backend
-
         return get_backend(self.cfg.decode.backend, self.base_path(), adapter, self.cfg.run.device,
                            self.cfg.decode.batch_size, loaded=loaded, base_url=self.cfg.decode.base_url,
                            tensor_parallel_size=self.cfg.decode.tensor_parallel_size,
@@ -99,9 +101,6 @@ class RunContext:
         accepted = self.accepted_texts(session, upto)
         if self.cfg.retrain.source == "accepted" or not accepted:
             return accepted
-        import random
-        from collections import Counter
-
         counts = Counter(session.exec(select(Candidate.generation).where(Candidate.generation <= upto,
                                                                          Candidate.decision == "accepted")))
         corpus, out = self.data.train_texts, []
@@ -121,8 +120,6 @@ class RunContext:
         """Generation g's SLLM on `model` (a `Codec`), its decoder adapter attached. The codec's model
         takes `model`'s place in the model cache: the adapter is off outside the codec's decodes, so
         every other user sees the same model, and the next codec finds the adapter to replace."""
-        from sllm.codec import Codec
-
         check(self.layout.sllm(g), f"the SLLM checkpoint of generation {g}")
         codec = Codec.load(self.layout.sllm(g), model, tok)
         self.share_model(model, codec.model)
@@ -136,13 +133,9 @@ class RunContext:
 
     def preflight(self) -> None:
         """Check the inputs before anything is written: bad input leaves no trace."""
-        from lm.base_model import check_model_path
-
         if self.cfg.base.model:
             check_model_path(self.cfg.base.model)
         if self.cfg.judges.rubric:
-            from judges.critic import load_rubric
-
             load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
             if self.domain.rule_critic is not None:
                 log.warning("--rubric is ignored: the %s domain's critic is rule-based, not an LLM with a rubric",

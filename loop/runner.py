@@ -20,9 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import sklearn
+import sqlmodel
 import torch
 from sqlmodel import Session, select
 
+import report
 from common.errors import ConfigError
 from lm import distributed
 from loop.artifacts import crash_point, verify
@@ -40,10 +43,8 @@ def stage_seed(seed: int, generation: int, name: str) -> int:
 
 
 def versions() -> dict[str, str]:
-    import peft
-    import sklearn
-    import sqlmodel
-    import transformers
+    import peft  # lazy: peft start-up, not needed for --help
+    import transformers  # lazy: transformers start-up, not needed for --help
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "sqlmodel": sqlmodel.__version__, "scikit-learn": sklearn.__version__,
@@ -181,9 +182,7 @@ class Loop(RunContext):
         """Rewrite RUN_DIR/report.html at the end of a generation, so it can be opened mid-run;
         a report that fails never stops the loop."""
         try:
-            from report import write_report
-
-            write_report(self.out)
+            report.write_report(self.out)
         except Exception as e:  # noqa: BLE001 - any failure of the report is only a warning
             log.warning("could not refresh the run report %s: %s: %s (the run goes on; "
                         "retry with `python run.py report %s`)", self.out / "report.html", type(e).__name__, e, self.out)

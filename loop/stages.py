@@ -9,6 +9,7 @@ generation, so that a stage made not-done leaves nothing of itself behind.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -20,8 +21,17 @@ import torch
 from sqlmodel import Session, delete, select
 
 from judges.base import judge_with_role
+from judges.coherence import token_nll
 from judges.panel import build_panel, judge_texts
+from latent.features import FeatureDictionary
+from latent.samplers import draw
+from latent.zones import find_zones, zones_from_rows
+from lm import distributed
+from lm.base_model import perplexity, train_small_base
+from lm.embedder import embed_cached
+from lm.lora import lora_finetune, retrain_texts
 from loop.artifacts import MANIFEST, atomic_dir, check
+from sllm.codec import Codec, GenParams
 from storage.db import stage_detail
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
 from storage.layout import RunLayout
@@ -51,8 +61,6 @@ class Stage:
 
 # ------------------------------------------------------------------------------------ base
 def run_base(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from lm.base_model import train_small_base
-
     cfg = loop.cfg
     if cfg.base.model:
         tok, model = loop.model(None)  # validates the folder through the same loading code
@@ -71,10 +79,7 @@ def run_base(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------ sllm
 def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from lm import distributed
-    from lm.embedder import embed_cached
-    from sllm.codec import Codec
-    from sllm.train import train_sllm
+    from sllm.train import train_sllm  # lazy: scikit-learn's clustering start-up, not needed for --help
 
     cfg = loop.cfg
     if g > 0 and cfg.sllm.continue_epochs == 0:  # nothing to learn: generation g-1's SLLM as it was, no model load
@@ -117,10 +122,7 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------- map
 def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from latent.features import FeatureDictionary
-    from latent.occupancy import OccupancyMap
-    from latent.zones import find_zones
-    from sllm.codec import GenParams
+    from latent.occupancy import OccupancyMap  # lazy: faiss start-up, not needed for --help
 
     cfg = loop.cfg
     tok, model = loop.model(loop.adapter_for(s, g))
@@ -171,7 +173,7 @@ def clear_map(s: Session, g: int) -> None:
 
 def load_map(loop: RunContext, g: int):
     """Generation g's occupancy map as the map stage saved it (no refit)."""
-    from latent.occupancy import OccupancyMap
+    from latent.occupancy import OccupancyMap  # lazy: faiss start-up, not needed for --help
 
     check(loop.layout.map(g), f"the latent map of generation {g}")
     return OccupancyMap.load(loop.layout.map(g), loop.cfg.sample, threads=torch.get_num_threads())
@@ -179,16 +181,11 @@ def load_map(loop: RunContext, g: int):
 
 def load_features(loop: RunContext, g: int):
     """Generation g's feature dictionary as the map stage saved it (None where it fitted none)."""
-    from latent.features import FeatureDictionary
-
     return FeatureDictionary.load(loop.layout.map(g))
 
 
 # ---------------------------------------------------------------------------------- sample
 def run_sample(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from latent.samplers import draw
-    from latent.zones import zones_from_rows
-
     cfg = loop.cfg
     occ = load_map(loop, g)
     features = load_features(loop, g)
@@ -225,8 +222,6 @@ def clear_sample(s: Session, g: int) -> None:
 
 # ---------------------------------------------------------------------------------- decode
 def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from sllm.codec import GenParams
-
     tok, model = loop.model(loop.adapter_for(s, g))
     codec = loop.codec(g, model, tok)
     be = loop.backend(loop.adapter_for(s, g), (tok, codec.model))
@@ -281,8 +276,6 @@ def clear_decode(s: Session, g: int) -> None:
 
 # ----------------------------------------------------------------------------------- judge
 def run_judge(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from lm.embedder import embed_cached
-
     tok, model = loop.model(loop.adapter_for(s, g))
     d = loop.data
     cands = s.exec(select(Candidate).where(Candidate.generation == g).order_by(Candidate.seq)).all()
@@ -326,11 +319,6 @@ def clear_judge(s: Session, g: int) -> None:
 
 # --------------------------------------------------------------------------------- retrain
 def run_retrain(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    import contextlib
-
-    from lm import distributed
-    from lm.lora import lora_finetune, retrain_texts
-
     cfg = loop.cfg
     prev = loop.adapter_for(s, g)
     new = s.exec(select(Candidate).where(Candidate.generation == g, Candidate.decision == "accepted")).all()
@@ -349,8 +337,6 @@ def run_retrain(loop: RunContext, s: Session, g: int, seed: int) -> dict:
 
 # -------------------------------------------------------------------------------- evaluate
 def run_evaluate(loop: RunContext, s: Session, g: int, seed: int) -> dict:
-    from lm.base_model import perplexity
-
     adapter = (stage_detail(s, g, "retrain") or {}).get("adapter")
     tok, model = loop.model(adapter)
     ppl = perplexity(model, tok, [t.text for t in loop.data.eval]) if loop.data.eval else float("nan")
@@ -425,8 +411,6 @@ def collapse_flags(first: Metric | None, ppl: float, distinct2: float | None) ->
 def knowledge_figures(loop: RunContext, adapter, tok, model, seed: int) -> dict:
     """What the model this generation leaves knows (`Domain.knowledge_figures`), measured the same
     way every generation: the texts' likelihoods under it and its own samples at the lm temperature."""
-    from judges.coherence import token_nll
-
     ec, dc = loop.cfg.evaluate, loop.cfg.decode
     if not (ec.knowledge_texts or ec.knowledge_samples):
         return {}

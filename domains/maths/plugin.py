@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from common.errors import ConfigError
 from common.errors import check as _check
 from domains.base import Domain, Text, Verdict
+from domains.files import load_corpus
 from domains.maths.corpus import MathsConfig, build_maths_corpus, false_statements, heldout_per_topic
 from domains.maths.language import verify
 from domains.maths.topics import ALL_TOPICS
@@ -70,8 +71,6 @@ class MathsDomain(Domain):
 
     def texts(self, cfg, seed: int) -> tuple[list[Text], list[Text]]:
         if cfg.path is not None:  # a user's maths sentences: true ones get their fact key from the verifier
-            from domains.files import load_corpus
-
             out = []
             for t in load_corpus(cfg.path):
                 v = verify(t.text)

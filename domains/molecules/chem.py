@@ -18,7 +18,7 @@ FP_RADIUS, FP_BITS = 2, 1024  # MOSES fingerprint(fp_type="morgan"): morgan__r=2
 def rdkit():
     """RDKit's Chem module, its warnings off (invalid SMILES are counted, not printed one by one)."""
     try:
-        from rdkit import Chem, RDLogger
+        from rdkit import Chem, RDLogger  # lazy: RDKit start-up, not needed to read a run's settings
     except ImportError:
         raise CorpusError("the molecules domain needs RDKit: pip install rdkit") from None
     RDLogger.DisableLog("rdApp.*")
@@ -62,7 +62,7 @@ def canonical(smiles: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def morgan():
-    from rdkit.Chem import rdFingerprintGenerator
+    from rdkit.Chem import rdFingerprintGenerator  # lazy: RDKit start-up, not needed to read a run's settings
 
     rdkit()
     return rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)

@@ -18,17 +18,22 @@ Every text is a canonical SMILES (RDKit), so de-duplication and "new" are exact.
 """
 from __future__ import annotations
 
+import csv
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from common.errors import ConfigError
 from common.errors import check as _check
 from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
 from domains.files import CorpusError
 from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit
+from domains.molecules.data import load_split
+from domains.molecules.tokenizer import train_smiles_tokenizer
 
 SMILES_EXTENSIONS = (".smi", ".csv", ".txt")
 # Drawn from MOSES train beside the corpus: molecules that teach the base model's copy units and
@@ -88,7 +93,7 @@ class DescriptorEmbedder:
     metric = "cosine"
 
     def __init__(self):
-        from rdkit.Chem import Descriptors
+        from rdkit.Chem import Descriptors  # lazy: RDKit start-up, not needed to read a run's settings
 
         self.names = [n for n, _ in Descriptors._descList]
         self.dim = len(self.names)
@@ -96,8 +101,8 @@ class DescriptorEmbedder:
 
     def raw(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float64 descriptor values; NaN where RDKit gives none or the SMILES is invalid."""
-        from rdkit import Chem, RDLogger
-        from rdkit.Chem import Descriptors
+        from rdkit import Chem, RDLogger  # lazy: RDKit start-up, not needed to read a run's settings
+        from rdkit.Chem import Descriptors  # lazy: RDKit start-up, not needed to read a run's settings
 
         RDLogger.DisableLog("rdApp.*")
         out = np.full((len(texts), self.dim), np.nan)
@@ -112,8 +117,6 @@ class DescriptorEmbedder:
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         if self._stats is None:
-            from domains.molecules.data import load_split
-
             x = self.raw(load_split("train", DESCRIPTOR_SAMPLE, seed=0))
             mu, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
             self._stats = (np.nan_to_num(mu), np.where(np.nan_to_num(sd) > 1e-12, sd, 1.0))
@@ -145,7 +148,7 @@ def verify(text: str) -> Verdict:
 def chemistry_critic(texts: list[str]) -> list[tuple[float | None, str, dict]]:
     """(score, reason, detail) per text: score = mean of QED and (10 - SA) / 9, halved when the
     molecule fails the MOSES filters; None for an invalid SMILES (the verifier rejects it)."""
-    from domains.molecules import metrics
+    from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
 
     out = []
     for t in texts:
@@ -175,8 +178,6 @@ def read_smiles_file(path: str | Path) -> tuple[list[str], int]:
     .smi/.txt (SMILES first on each line, anything after whitespace ignored) or .csv (a column
     named SMILES or smiles, else the first). Salts keep their largest fragment; stereochemistry
     and charges are kept. Raises CorpusError when nothing valid is left."""
-    import csv
-
     p = Path(path)
     if not p.is_file():
         raise CorpusError(f"corpus file {p} does not exist; pass a .smi, .csv or .txt file of SMILES")
@@ -258,8 +259,6 @@ class MoleculesDomain(Domain):
         self.invalid_lines = 0  # of a user's --corpus file, counted by `texts`
 
     def texts(self, cfg, seed: int) -> tuple[list[Text], list[Text]]:
-        from domains.molecules.data import load_split
-
         if cfg.path is not None:
             smiles, self.invalid_lines = read_smiles_file(cfg.path)
             if self.invalid_lines:
@@ -281,23 +280,17 @@ class MoleculesDomain(Domain):
     def check_base_texts(self, cfg, n: int) -> None:
         if not n:
             return
-        from common.errors import ConfigError
-
         if cfg.path is not None:
             raise ConfigError(f"base.extra_texts {n}: extra base-model molecules come from MOSES train, not from "
                               f"--corpus {cfg.path}; drop the setting or the --corpus")
 
     def check_language_texts(self, cfg, n: int) -> None:
         if n and cfg.path is not None:
-            from common.errors import ConfigError
-
             raise ConfigError(f"sllm.false_texts {n}: the SLLM's extra molecules come from MOSES train, not from "
                               f"--corpus {cfg.path}; set sllm.false_texts=0 or drop the --corpus")
 
     def base_texts(self, cfg, seed: int, n: int, exclude: set[str]) -> list[str]:
         """`n` more MOSES training molecules, none in the corpus, a seeded draw (file order kept)."""
-        from domains.molecules.data import load_split
-
         self.check_base_texts(cfg, n)
         pool = [m for m in load_split("train") if m not in exclude]
         if n > len(pool):
@@ -317,8 +310,6 @@ class MoleculesDomain(Domain):
         return [Text(m, "molecule", m) for m in self.base_texts(cfg, seed + 1, n, corpus)]
 
     def load(self, cfg, seed: int) -> CorpusSplits:
-        from domains.molecules.data import load_split
-
         train, knowledge = self.texts(cfg, seed)
         if cfg.path is not None:
             train, ev = split_eval(train, cfg.eval_share, seed)
@@ -346,8 +337,6 @@ class MoleculesDomain(Domain):
         return chemistry_critic
 
     def train_tokenizer(self, texts: list[str], vocab_size: int):
-        from domains.molecules.tokenizer import train_smiles_tokenizer
-
         return train_smiles_tokenizer(texts, vocab_size)
 
     def knowledge_figures(self, splits, cfg, seed: int, loglik, sample, n_texts: int, n_samples: int) -> dict[str, float]:
@@ -362,9 +351,7 @@ class MoleculesDomain(Domain):
     def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
         """The MOSES metrics of a generation's decodes against the held-out test molecules, and
         the rediscoveries (decodes in the scaffold-test set)."""
-        from domains.molecules import metrics
-
-        import warnings
+        from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
 
         valid = [c for c in (canonical(t) for t in texts if t) if c is not None]
         out: dict[str, float] = {"decodes": len(texts)}  # validity itself is the verifier's share (the line's "valid")
@@ -396,10 +383,7 @@ class MoleculesDomain(Domain):
         rows and beside a sample of MOSES train of the same size scored the same way: FCD, Unique@k
         and the set metrics depend on the sample size (the paper scores 30,000), so only that
         same-size Train row tells what a perfect generator would score at this n."""
-        import warnings
-
-        from domains.molecules import metrics
-        from domains.molecules.data import load_split
+        from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
 
         try:
             test, test_sf = metrics.moses_reference("test"), metrics.moses_reference("test_scaffolds")
@@ -453,8 +437,6 @@ class MosesTrainSet:
 
 @functools.lru_cache(maxsize=1)
 def _moses_train() -> frozenset[str]:
-    from domains.molecules.data import load_split
-
     return frozenset(load_split("train"))
 
 
@@ -464,15 +446,13 @@ def train_set() -> MosesTrainSet:
 
 @functools.lru_cache(maxsize=1)
 def scaffold_test_set() -> frozenset[str]:
-    from domains.molecules.data import load_split
-
     return frozenset(load_split("test_scaffolds"))
 
 
 def reference_set(splits: CorpusSplits):
     """What SNN and FCD compare with: all of MOSES test, from the statistics MOSES ships (the
     paper's protocol); the run's evaluation molecules where the MOSES files are absent."""
-    from domains.molecules import metrics
+    from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
 
     try:
         return metrics.moses_reference("test")
@@ -485,7 +465,7 @@ _SCAFFOLDS: dict[int, frozenset[str]] = {}
 
 def train_scaffolds(splits: CorpusSplits) -> frozenset[str]:
     """Bemis-Murcko scaffolds of the run's training molecules (computed once per corpus)."""
-    from domains.molecules import metrics
+    from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
 
     key = id(splits)
     if key not in _SCAFFOLDS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from pathlib import Path
 import pickle
 
 import numpy as np
+import torch
+from fcd_torch import FCD  # ChemNet's weights ship in the fcd-torch wheel: no download
+from numpy.lib import format as npformat
 from rdkit import Chem, DataStructs, RDLogger
 from rdkit.Chem.QED import qed as _rdkit_qed
 from rdkit.Chem.Scaffolds import MurckoScaffold
@@ -88,7 +92,7 @@ def qed(smi: str) -> float | None:
 
 @lru_cache(maxsize=1)
 def _sascorer():
-    from rdkit.Contrib.SA_Score import sascorer  # loads fpscores.pkl.gz (~1 s): only when first needed
+    from rdkit.Contrib.SA_Score import sascorer  # lazy: loads fpscores.pkl.gz (~1 s), only when first needed
 
     return sascorer
 
@@ -182,8 +186,6 @@ def _fragments(mol: Chem.Mol) -> list[str]:
 def _tanimoto_agg(gen: np.ndarray, ref: np.ndarray, agg: str, p: int = 1, device: str = "cpu") -> np.ndarray:
     """Per gen row: max (agg="max") or mean of Tanimoto^p (agg="mean") over all ref rows. As MOSES
     average_agg_tanimoto, with 0/0 (two empty fingerprints) counted as 1. gen: (n, B), ref: (m, B) uint8."""
-    import torch
-
     out = np.zeros(len(gen), np.float64)
     if len(gen) == 0 or len(ref) == 0:
         return np.full(len(gen), np.nan)
@@ -320,10 +322,6 @@ class _StatsUnpickler(pickle.Unpickler):
 def read_moses_stats(path: str | Path) -> dict:
     """The `stats` dict of a MOSES `*_stats.npz`, read with `_StatsUnpickler` (never np.load's
     unrestricted unpickling)."""
-    import zipfile
-
-    from numpy.lib import format as npformat
-
     with zipfile.ZipFile(path) as zf, zf.open("stats.npy") as fh:
         version = npformat.read_magic(fh)
         header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
@@ -351,8 +349,6 @@ def _as_reference(ref: "Sequence[str] | Reference", n_jobs: int = 1) -> Referenc
 
 @lru_cache(maxsize=4)
 def _fcd_model(device: str):
-    from fcd_torch import FCD  # ChemNet's weights ship in the fcd-torch wheel: no download
-
     return FCD(device=device, n_jobs=1, batch_size=512)
 
 

@@ -30,8 +30,8 @@ def train_smiles_tokenizer(texts: list[str], vocab_size: int | None = None):
     """A word-level fast tokenizer over the SMILES units of `texts`. `vocab_size` is ignored
     (the units decide the vocabulary: about 30-60 for drug-like molecules); kept so that the
     signature matches `lm.base_model.train_tokenizer` (Domain.train_tokenizer)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # lazy: tokenizers start-up, not needed to read a run's settings
+    from transformers import PreTrainedTokenizerFast  # lazy: transformers start-up, not needed to read a run's settings
 
     counts = Counter(tok for t in texts for tok in smiles_tokens(t))
     vocab = {s: i for i, s in enumerate(SPECIALS)}
