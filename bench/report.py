@@ -47,15 +47,21 @@ def loop_samplers() -> list[str]:
 
 
 def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: int = 10, latent_dim: int = 256,
-                  domain: str = "maths", texts: list[str] | None = None, seed: int = 0) -> Path:
+                  domain: str = "maths", texts: list[str] | None = None, seed: int = 0,
+                  corpus_points: int | None = None) -> Path:
     """A finished run of `generations` generations and `candidates` candidates in all (a quarter of them
-    from a sampler that draws no latent). The corpus is `domain`'s own (its texts match the map's
-    corpus points) when `texts` is None, and the texts are made-up sums; with `texts`, the candidates
-    are drawn from them and the map gets 40 corpus points (e.g. a molecules run, SMILES)."""
+    from a sampler that draws no latent). The map's corpus points are as many as `domain`'s own
+    corpus holds (so the report matches them to its texts), or `corpus_points` made-up ones (a
+    domain whose corpus is large, e.g. molecules). The candidates' texts are made-up sums, or drawn
+    from `texts`."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    n_train, n_eval = (40, 5) if texts else (len(get_domain(domain).load(CorpusConfig(domain=domain), 0).train), 57)
+    if corpus_points is None:
+        splits = get_domain(domain).load(CorpusConfig(domain=domain), 0)
+        n_train, n_eval = len(splits.train), len(splits.eval)
+    else:
+        n_train, n_eval = corpus_points, 5
     names = loop_samplers()
     specs = judge_specs()
     weights = {j.name: j.weight_in(JudgeConfig()) for j in specs}
@@ -119,7 +125,8 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
                               "decoded": texts[label % len(texts)] if texts else _sentence(rng)[0]})
             conn.execute(insert(Zone.__table__), zones)
             start = t0 + timedelta(hours=g)
-            extra = {"domain_metrics": {"validity": float(rng.random()), "fcd": float(rng.gamma(3))}} if texts else {}
+            extra = {} if corpus_points is None else {"domain_metrics": {"validity": float(rng.random()),
+                                                                         "fcd": float(rng.gamma(3))}}
             conn.execute(insert(Stage.__table__), [
                 {"generation": g, "name": name, "status": "done", "started_at": start, "finished_at": start,
                  "seconds": float(rng.gamma(2, 10)), "detail_json": json.dumps(extra if name == "evaluate" else {})}

@@ -182,6 +182,9 @@ def _child(req: dict, reply_fd: int, devnull: int) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.environ.update(req["env"])
+        # A harness started in the background inherits SIGINT ignored; the run must meet Ctrl-C
+        # (the sigint fault) as a user's terminal would deliver it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rc = run_main(req["argv"])
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

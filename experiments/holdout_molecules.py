@@ -143,7 +143,8 @@ def holdout_molecules(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                           "molecules; the molecules holdout needs a run on MOSES train (no --corpus)")
     seed = cfg.run.seed
     # scaffold-test molecules (parts A and B) and MOSES test molecules (the control), seeded subsets
-    corpus = dataclasses.replace(cfg.corpus, knowledge_texts=part_a + max_texts, eval_texts=max_texts)
+    corpus = dataclasses.replace(cfg.corpus, own=dataclasses.replace(cfg.corpus.own, knowledge_texts=part_a + max_texts,
+                                                                      eval_texts=max_texts))
     try:
         held = loop.domain.load(corpus, seed)
     except CorpusError as e:

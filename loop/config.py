@@ -205,7 +205,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
             raise ConfigError(f"setting {dotted!r} must be written section.key, e.g. sllm.latent_dim")
         section, key = dotted.split(".", 1)
         if section == domain and section not in sections:  # the domain's own (own_keys checked the key)
-            own[key] = _coerce(value, dotted, str(own_fields[key].type))
+            own[key] = _coerce(value, dotted, _type_name(own_fields[key].type))
             continue
         if section not in sections:
             raise ConfigError(f"unknown setting {dotted!r}: no section {section!r}{_suggest(section, list(sections))}")
@@ -231,6 +231,12 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         raise ConfigError(f"sllm.kv_prefix puts the latent into every layer's key/value cache, which the "
                           f"{parts['decode'].backend} backend cannot take: use --backend transformers or sllm.kv_prefix=0")
     return Config(**parts)
+
+
+def _type_name(t: Any) -> str:
+    """A field's type as _coerce reads it: "int", "list[str]", ... (a plugin's module may not write
+    `from __future__ import annotations`, and then the type is the class itself)."""
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
 def _plugins(flat: dict[str, Any]) -> list[str]:

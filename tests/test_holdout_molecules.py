@@ -77,7 +77,7 @@ def test_molecules_holdout_parts_models_figures_table(mol_holdout):
     con = sqlite3.connect(out / "run" / "runs.db")
     (cfg_json,) = con.execute("SELECT config_json FROM run").fetchone()
     con.close()
-    assert json.loads(cfg_json)["corpus"]["max_texts"] == 400
+    assert json.loads(cfg_json)["molecules"]["max_texts"] == 400
     nn1, nn2 = load_sllm(out / "run" / "gen-000" / "sllm"), load_sllm(out / "nn2")
     s1, s2 = nn1.state_dict(), nn2.state_dict()
     assert s1.keys() == s2.keys() and any(not np.array_equal(s1[k].numpy(), s2[k].numpy()) for k in s1)

@@ -241,7 +241,6 @@ def test_base_extra_texts_come_from_moses_train_beyond_the_corpus(tmp_path):
     from common.errors import ConfigError
     from domains.config import CorpusConfig
     from domains.molecules.data import load_split
-    from domains.molecules.domain import MoleculesSettings
     from loop.config import build_config
 
     dom = get_domain("molecules")
@@ -266,6 +265,7 @@ def test_sllm_language_texts_are_moses_train_beyond_the_corpus(tmp_path):
     from common.errors import ConfigError
     from domains.config import CorpusConfig
     from domains.molecules.data import load_split
+    from domains.molecules.domain import MoleculesSettings
     from loop.config import build_config
 
     dom = get_domain("molecules")

@@ -21,7 +21,7 @@ import torch
 
 from cli.crashtest import Zygote, db_content, differences, run_harness
 from storage.models import SCHEMA_VERSION
-from tests.test_loop import TINY, run_cli
+from tests.test_loop import TINY, other_domain, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d [\w.]+: ")  # the loop's progress log lines (stderr)
@@ -165,7 +165,8 @@ def test_bad_input_on_existing_run(zygote, reference, tmp_path, case, args, need
     out = copy_run(reference[0], tmp_path)
     before = (out / "runs.db").read_bytes()
     extra = args(tmp_path) if callable(args) else args
-    rc, _, err = cli(zygote, ["--generations", "2", "--out", str(out), *TINY, *extra], tmp_path)
+    tiny = other_domain(TINY) if "--corpus" in extra else TINY  # a .txt corpus makes it a text run
+    rc, _, err = cli(zygote, ["--generations", "2", "--out", str(out), *tiny, *extra], tmp_path)
     assert_one_line_error(rc, err, needle)
     assert (out / "runs.db").read_bytes() == before
 

@@ -292,7 +292,8 @@ NO_CORPUS = ReportConfig(corpus_texts=False)  # loading the MOSES corpus is slow
 
 def test_molecule_drawings_with_rdkit(tmp_path):
     pytest.importorskip("rdkit")
-    run = fabricate_run(tmp_path / "mol", candidates=40, generations=1, latent_dim=8, domain="molecules", texts=SMILES)
+    run = fabricate_run(tmp_path / "mol", candidates=40, generations=1, latent_dim=8, domain="molecules", texts=SMILES,
+                      corpus_points=40)
     d = collect(run, NO_CORPUS)
     assert set(d["structures"]) == {"CCO", "c1ccccc1O"}
     assert [sorted(m) for m in d["domain_metrics"]] == [["fcd", "generation", "validity"]]  # evaluate's domain_metrics
@@ -303,7 +304,8 @@ def test_molecule_drawings_with_rdkit(tmp_path):
 
 def test_molecule_drawings_only_for_molecules_and_guarded(small_run, tmp_path, monkeypatch):
     assert collect(small_run, ReportConfig(max_map_candidates=10))["structures"] == {}  # a maths run draws none
-    run = fabricate_run(tmp_path / "mol", candidates=12, generations=1, latent_dim=8, domain="molecules", texts=SMILES)
+    run = fabricate_run(tmp_path / "mol", candidates=12, generations=1, latent_dim=8, domain="molecules", texts=SMILES,
+                      corpus_points=40)
     # a tiny fake RDKit: parses anything without a space, draws a fixed SVG
     chem = types.SimpleNamespace(MolFromSmiles=lambda s: None if " " in s else types.SimpleNamespace(GetNumAtoms=lambda: 1))
 
