@@ -63,6 +63,7 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
     else:
         n_train, n_eval = corpus_points, 5
     names = loop_samplers()
+    sampler_specs = samplers()  # a copy of the registry: looked up once, not per candidate
     specs = judge_specs()
     weights = {j.name: j.weight_in(JudgeConfig()) for j in specs}
     norm = sum(weights.values()) or 1.0
@@ -100,7 +101,7 @@ def fabricate_run(run_dir: str | Path, candidates: int = 100_000, generations: i
                 reason = (f"accepted: {verdict or 'no verifier'}, {scored}, weighted {total:.2f} >= 0.55" if accepted else
                           (f"rejected: {truth} says false" if verdict == "false" else
                            f"rejected: weighted {total:.2f} < 0.55 ({scored})"))
-                spec = samplers()[sampler]
+                spec = sampler_specs[sampler]
                 latent = rng.standard_normal(latent_dim).astype(np.float32) if spec.latent else None
                 rows.append({"id": cid, "generation": g, "seq": seq, "sampler": sampler,
                              # the methods (a sampler with baselines to beat) draw from the zones

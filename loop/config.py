@@ -214,7 +214,7 @@ def build_config(file_values: dict[str, Any] | None = None, overrides: dict[str,
         if key not in fields:
             raise ConfigError(f"unknown setting {dotted!r}{_suggest(key, list(fields))}")
         kwargs[section][key] = _coerce(value, dotted, str(fields[key].type))
-    if domain in domain_names() and own_fields:
+    if own_fields:  # {} for a domain without settings of its own, or a name CorpusConfig will refuse
         kwargs["corpus"]["own"] = own
     try:
         parts = {name: sections[name].default_factory(**kw) for name, kw in kwargs.items()}  # type: ignore[misc]
