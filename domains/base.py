@@ -59,6 +59,57 @@ class CorpusSplits:
 _WS = re.compile(r"\s+")
 
 
+class KnowledgeHoldout:
+    """What a domain gives the holdout of its knowledge set (experiments/holdout_knowledge.py): a
+    held-out set of real texts that the domain's own corpus holds nothing like (molecules: the MOSES
+    scaffold-test molecules), a control set of unseen texts the corpus does resemble, and how a
+    decode compares with the text it came from. The experiment trains, locates and decodes; the
+    domain says what is compared and how the table names it."""
+
+    name: str = ""  # the held-out set, e.g. "scaffold-test"
+    control: str = ""  # the control set, e.g. "MOSES test"
+    noun: str = "texts"  # what the tables call its texts, e.g. "molecules"
+    # Figures of one decoder's decodes (`figures`), each shown per decoder: (key prefix, label, format).
+    decode_rows: tuple[tuple[str, str, str], ...] = ()
+    # Figures comparing two decoders' decodes of the same latents (`pair_figures`): (key, label, format).
+    pair_rows: tuple[tuple[str, str, str], ...] = ()
+    # Figures of a group's originals (`group_figures`), None where they do not apply: (key, label, format).
+    group_rows: tuple[tuple[str, str, str], ...] = ()
+
+    def sets(self, cfg: CorpusConfig, seed: int, n_held: int, n_control: int) -> tuple[list[str], list[str]]:
+        """(`n_held` texts of the held-out set, `n_control` of the control set), seeded draws;
+        `CorpusError` when the domain holds fewer."""
+        raise NotImplementedError
+
+    def compare(self, originals: list[str], decodes: list[str], seen: frozenset[str],
+                train_keys: Container[str]) -> dict[str, np.ndarray]:
+        """Per-text arrays comparing `decodes[i]` with `originals[i]`; `seen`: the held-out texts the
+        continued network trained on. Must hold "canonical" (object: the decode's canonical form,
+        None where it is no valid text), "valid" and "valid_new" (bool: valid and absent from
+        `train_keys`); `figures`, `pair_figures` and the stored samples read the rest."""
+        raise NotImplementedError
+
+    def figures(self, arr: dict[str, np.ndarray]) -> dict:
+        """The `decode_rows` figures of one decoder's arrays (`compare`), on a subset of the texts."""
+        raise NotImplementedError
+
+    def pair_figures(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
+        """The `pair_rows` figures of two decoders' arrays of the same texts."""
+        return {}
+
+    def group_figures(self, originals: list[str], splits: CorpusSplits, seen: list[str], held: bool) -> dict:
+        """The `group_rows` figures of a group's originals; `held`: the held-out group, not the control."""
+        return {}
+
+    def sample_detail(self, arr: dict[str, np.ndarray], i: int) -> dict:
+        """What a stored sample keeps of text i's comparison."""
+        return {}
+
+    def setup_note(self, result: dict) -> str:
+        """The line under the table that says what NN1, NN2 and each figure are."""
+        return ""
+
+
 class Domain:
     """Base class of a domain plugin; a subclass sets `name` and `rubric` and overrides `texts`."""
 
@@ -80,9 +131,9 @@ class Domain:
     # columns the discovery table adds for the domain: (figure key, header).
     count_figures: tuple[str, ...] = ()
     report_columns: tuple[tuple[str, str], ...] = ()
-    # The name of the held-out set when the holdout experiment holds out the domain's whole
-    # knowledge set against a finished run (molecules: "scaffold-test"); None: it holds out a topic.
-    knowledge_holdout: str | None = None
+    # The held-out knowledge set the holdout experiment measures against a finished run, and how its
+    # decodes compare (molecules: the scaffold-test molecules); None: it holds out a topic instead.
+    knowledge_holdout: KnowledgeHoldout | None = None
     # True where the report can draw each text as a structure (molecules: RDKit depictions).
     structure_drawings: bool = False
     # The domain's own settings: a dataclass whose fields are written `NAME.key` (`--set

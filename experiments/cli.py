@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 
 from common.errors import ConfigError, UserError
-from domains import ALL_TOPICS
 from domains.base import get_domain
 from experiments.discovery import all_samplers, combine_training_seeds, discovery
 from experiments.generations import (DEFAULT_REPLAY_SAMPLER, DEFAULT_VARIANTS, REPLAY, check_variants,
                                      generations_experiment)
 from experiments.holdout import combine_holdout_seeds, holdout
-from experiments.holdout_molecules import TOPIC as MOLECULES_TOPIC, holdout_molecules
+from experiments.holdout_knowledge import holdout_knowledge
 from loop.options import build_from_args, parser as run_parser, set_overrides
 from loop.runner import Loop, environment, run_config
 
@@ -29,7 +28,8 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- CLI
 EXPERIMENTS = {"discovery": "same decode budget per sampler; yields with 95% CIs over seeds; a picture",
                "holdout": "the NN1/NN2 test: NN1 without topic T, NN2 continued with it; dark share and decodes "
-                          "(molecules: T = the MOSES scaffold-test molecules, NN1 = a run's generation 0)",
+                          "(a domain with a held-out knowledge set, e.g. molecules: T = that set, NN1 = a run's "
+                          "generation 0)",
                "generations": "the loop for G generations from one generation 0, learning from dark, prior or lm "
                               "candidates, or from corpus texts in their place (replay); what each model knows a "
                               "generation, with 95% intervals over training seeds"}
@@ -56,6 +56,10 @@ def main(argv: list[str]) -> int:
         p.add_argument("--seeds", type=int, default=3, help="seeds; the 95%% CI is over them (default 3)")
         p.add_argument("--png", help="picture path (default RUN_DIR/experiments/discovery-TIME.png)")
         p.add_argument("--only", help=f"comma-separated subset of samplers (default {','.join(all_samplers())})")
+        p.add_argument("--add-results", action="append", metavar="JSON",
+                       help="the figures of runs measured earlier (a discovery JSON: of one run, or of several "
+                            "training seeds) joined to the runs of --run in the intervals over training seeds, "
+                            "without measuring them again; repeatable")
     elif name == "generations":
         p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                        help=f"comma-separated variants: a loop sampler (it draws the candidates, the loop learns the "
@@ -69,10 +73,10 @@ def main(argv: list[str]) -> int:
                        "SLLM and map), in place of making one; repeat it with runs of other training seeds")
         p.add_argument("--png", help="picture path (default OUT/experiments/generations-TIME.png)")
     else:
-        p.add_argument("--topic", choices=(*ALL_TOPICS, MOLECULES_TOPIC),
-                       help=f"topic T held out of NN1 (maths: required; molecules: {MOLECULES_TOPIC}, the only one)")
-        p.add_argument("--control", choices=ALL_TOPICS, help="maths: a topic NN1 did see (default: another one); "
-                       "molecules: always MOSES test molecules")
+        p.add_argument("--topic", help="topic T held out of NN1, one of the domain's topics (maths: required); a "
+                       "domain with a held-out knowledge set (molecules: the scaffold-test molecules) holds that out")
+        p.add_argument("--control", help="a topic NN1 did see (default: another one); a domain with a held-out "
+                       "knowledge set measures its own control set (molecules: MOSES test molecules)")
         p.add_argument("--continue-epochs", type=int, help="NN2's continued epochs (default sllm.continue_epochs)")
         p.add_argument("--max-texts", type=int, default=96, help="texts per topic encoded and decoded (default 96); "
                        "molecules: the size of part B and of the control")
@@ -120,7 +124,9 @@ def _main_discovery(args, cfg) -> int:
         bad = [s for s in samplers if s not in known]
         if bad or not samplers:
             raise ConfigError(f"--only: unknown sampler(s) {bad}; choose from {', '.join(known)}")
-    if args.run and len(args.run) > 1:
+    if args.add_results and not args.run:
+        raise ConfigError("--add-results joins earlier figures to the runs measured now; pass at least one --run")
+    if args.run and (len(args.run) > 1 or args.add_results):
         return _main_discovery_seeds(args, cfg, samplers)
     if args.run:
         run_dir = Path(args.run[0])
@@ -154,6 +160,12 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     runs = [Path(r) for r in args.run]
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run folder is given twice; pass runs of different training seeds")
+    earlier: dict[str, dict] = {}
+    for f in args.add_results or ():  # read and checked before anything is measured
+        for k, v in earlier_results(Path(f)).items():
+            if Path(k).resolve() in {Path(r).resolve() for r in [*runs, *earlier]}:
+                raise ConfigError(f"--add-results {f}: run {k} is measured twice; pass each run once")
+            earlier[k] = v
     results = {}
     for r in runs:
         rcfg = run_config(r)
@@ -161,6 +173,7 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
         res = discovery(rcfg, r, args.generation, args.budget, args.seeds, None, None, samplers)
         print(f"--- {r} (training seed {rcfg.run.seed})\n{res['table']}\n")
         results[str(r)] = {"seed": rcfg.run.seed, "result": res}
+    results.update(earlier)
     seeds = [v["seed"] for v in results.values()]
     if len(set(seeds)) < len(seeds):
         raise ConfigError(f"--run: the runs share a training seed ({seeds}); make them with different --seed")
@@ -168,11 +181,37 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     print(combined["table"])
     out = Path(args.json) if args.json else runs[0] / "experiments" / f"discovery-seeds-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": {k: {"seed": v["seed"], "experiment_id": v["result"]["experiment_id"],
-                                             "json": v["result"]["artifacts"]["json"]} for k, v in results.items()},
+    # each run's own means are kept, so that a later --add-results can join them to more runs
+    out.write_text(json.dumps({"runs": {k: {"seed": v["seed"], "experiment_id": v["result"].get("experiment_id"),
+                                             "json": v["result"].get("artifacts", {}).get("json", v.get("json")),
+                                             "result": {f: v["result"].get(f) for f in SEED_FIELDS}}
+                                         for k, v in results.items()},
                                "combined": combined, "environment": environment()}, indent=2, default=str))
-    print(f"\nfigures over {len(runs)} training seeds: {out}")
+    print(f"\nfigures over {len(results)} training seeds: {out}")
     return 0
+
+
+SEED_FIELDS = ("per_sampler", "domain_columns")  # what combine_training_seeds reads of one run's result
+
+
+def earlier_results(path: Path) -> dict[str, dict]:
+    """The per-run results a discovery JSON holds, {run folder: {"seed", "result", "json"}}: the one
+    run of a single-run JSON, or each run of a JSON over training seeds."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--add-results {path}: cannot read it as JSON ({e}); pass a JSON written by "
+                          "`python run.py experiment discovery --json FILE`") from None
+    if isinstance(d.get("result"), dict) and "per_sampler" in d["result"]:
+        s = d.get("settings", {})
+        return {s.get("run_dir", str(path)): {"seed": s.get("config", {}).get("run", {}).get("seed"),
+                                               "result": d["result"], "json": str(path)}}
+    runs = d.get("runs")
+    if isinstance(runs, dict) and runs and all("result" in v for v in runs.values()):
+        return {k: {"seed": v["seed"], "result": v["result"], "json": v.get("json")} for k, v in runs.items()}
+    raise ConfigError(f"--add-results {path}: holds no per-run discovery figures (a JSON over training seeds from "
+                      "an older version keeps only the combined ones); pass a discovery JSON of one run, or rerun "
+                      "the experiment on those runs")
 
 
 def _main_generations(args, cfg) -> int:
@@ -248,8 +287,11 @@ def _main_holdout(args, cfg) -> int:
 def _default_out(args, cfg) -> Path:
     if args.out:
         return Path(args.out)
-    held = get_domain(cfg.corpus.domain_name).knowledge_holdout
-    return Path("runs") / f"holdout-{held or (MOLECULES_TOPIC if args.run else args.topic)}"
+    domain = cfg.corpus.domain_name
+    if args.run and (Path(args.run[0]) / "runs.db").is_file():  # the runs' own domain, not the command's default
+        domain = run_config(Path(args.run[0])).corpus.domain_name
+    held = get_domain(domain).knowledge_holdout
+    return Path("runs") / f"holdout-{held.name if held else args.topic}"
 
 
 def _check_run_dir(run_dir: Path) -> None:
@@ -293,24 +335,29 @@ def _main_holdout_seeds(args, cfg, runs: list[Path], seeds: list[int] | None) ->
 
 
 def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path | None) -> dict:
-    """One holdout experiment (maths, or molecules with or without `run`); its result, with `out`."""
+    """One holdout experiment (a held-out topic, or a domain's knowledge set with or without `run`);
+    its result, with `out`."""
     if run is not None or get_domain(cfg.corpus.domain_name).knowledge_holdout:
-        return _holdout_molecules_one(args, cfg, run, out or _default_out(args, cfg), json_path)
+        return _holdout_knowledge_one(args, cfg, run, out or _default_out(args, cfg), json_path)
     domain = get_domain(cfg.corpus.domain_name)
     if not domain.topics or domain.verifier is None or cfg.corpus.path is not None:
         raise ConfigError("experiment holdout needs a domain's own corpus with topics and a verifier (maths); "
                           "drop --corpus and --domain")
-    ALL_TOPICS = domain.topics
-    if args.topic is None or args.topic not in ALL_TOPICS:
+    topics = domain.topics
+    if args.topic is None or args.topic not in topics:
         raise ConfigError(f"--topic {args.topic or '(missing)'}: the {domain.name} holdout needs --topic, one of "
-                          f"{', '.join(ALL_TOPICS)}")
+                          f"{', '.join(topics)}")
     if args.part_a is not None:
-        raise ConfigError(f"--part-a is for the molecules holdout (--domain molecules); drop it on {domain.name}")
+        raise ConfigError(f"--part-a is for the holdout of a domain's knowledge set (e.g. --domain molecules); "
+                          f"drop it on {domain.name}")
     if cfg.base.model:
         raise ConfigError("experiment holdout trains its own base model without the topic; drop --base-model")
-    control = args.control or next(t for t in ALL_TOPICS if t != args.topic)
+    control = args.control or next(t for t in topics if t != args.topic)
     if control == args.topic:
         raise ConfigError(f"--control must differ from --topic ({args.topic}); pick a topic NN1 sees")
+    if control not in topics:
+        raise ConfigError(f"--control {control}: not a topic of the {domain.name} domain; pick one of "
+                          f"{', '.join(t for t in topics if t != args.topic)}")
     out = out or _default_out(args, cfg)
     cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
     if cont < 1:
@@ -320,19 +367,12 @@ def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path 
     return res
 
 
-def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Path | None) -> dict:
-    """NN1 = generation 0 of a molecules run (`run`, or one made at OUT/run); see experiments/holdout_molecules.py."""
+def _holdout_knowledge_one(args, cfg, run: Path | None, out: Path, json_path: Path | None) -> dict:
+    """NN1 = generation 0 of a run of a domain with a held-out knowledge set (`run`, or one made at
+    OUT/run); see experiments/holdout_knowledge.py."""
     if args.domain is not None and not get_domain(args.domain).knowledge_holdout:
-        raise ConfigError(f"--run is for the holdout of a domain's knowledge set (molecules); --domain {args.domain} "
-                          "trains its own NN1 without the topic: drop --run")
-    if args.topic not in (None, MOLECULES_TOPIC):
-        raise ConfigError(f"--topic {args.topic}: on molecules the held-out topic is {MOLECULES_TOPIC} (the MOSES "
-                          "scaffold-test molecules); drop --topic")
-    if args.control:
-        raise ConfigError(f"--control {args.control}: on molecules the control is MOSES test molecules; drop --control")
-    if args.base_sees_topic:
-        raise ConfigError("--base-sees-topic: on molecules the base model is the run's, trained on MOSES train only; "
-                          "drop it")
+        raise ConfigError(f"--run is for the holdout of a domain's knowledge set (e.g. molecules); --domain "
+                          f"{args.domain} trains its own NN1 without the topic: drop --run")
     part_a = 1000 if args.part_a is None else args.part_a
     if part_a < 1 or args.max_texts < 1:
         raise ConfigError(f"--part-a and --max-texts must be >= 1, got {part_a} and {args.max_texts}")
@@ -342,15 +382,29 @@ def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Pa
         ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
         ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "seed", "base_model", "corpus", "rubric",
                                                           "samplers", "config") if getattr(args, a, None) is not None]
-        if ignored:
-            log.warning("--run uses that run's own settings; ignoring %s", ", ".join(ignored))
         threads = cfg.run.threads
         cfg = run_config(run_dir)  # the run's own settings, so its models load as they were trained
         cfg.run.threads = threads
+    held = get_domain(cfg.corpus.domain_name).knowledge_holdout
+    if held is None:
+        raise ConfigError(f"run {run_dir} is a {cfg.corpus.domain_name} run, a domain without a held-out knowledge "
+                          f"set; pass a run of a domain that has one, or drop --run and pass --topic")
+    if args.topic not in (None, held.name):
+        raise ConfigError(f"--topic {args.topic}: the {cfg.corpus.domain_name} holdout holds out its {held.name} "
+                          f"{held.noun}; drop --topic")
+    if args.control:
+        raise ConfigError(f"--control {args.control}: the {cfg.corpus.domain_name} holdout's control is "
+                          f"{held.control} {held.noun}; drop --control")
+    if args.base_sees_topic:
+        raise ConfigError(f"--base-sees-topic: the base model is the run's, trained on the {cfg.corpus.domain_name} "
+                          "domain's own corpus; drop it")
+    if run is not None:
+        if ignored:
+            log.warning("--run uses that run's own settings; ignoring %s", ", ".join(ignored))
     else:
         if cfg.corpus.path is not None:
-            raise ConfigError("the molecules holdout needs NN1 trained on MOSES train, which holds no scaffold-test "
-                              "molecule; drop --corpus")
+            raise ConfigError(f"the {cfg.corpus.domain_name} holdout needs NN1 trained on the domain's own corpus, "
+                              f"which holds no {held.name} {held.noun}; drop --corpus")
         run_dir = out / "run"
         cfg.run.out = str(run_dir)
         if args.generations is None:
@@ -360,6 +414,6 @@ def _holdout_molecules_one(args, cfg, run: Path | None, out: Path, json_path: Pa
     cont = cfg.sllm.continue_epochs if args.continue_epochs is None else args.continue_epochs
     if cont < 1:
         raise ConfigError(f"--continue-epochs must be >= 1, got {cont}")
-    res = holdout_molecules(cfg, run_dir, out, part_a, args.max_texts, cont, json_path)
+    res = holdout_knowledge(cfg, run_dir, out, part_a, args.max_texts, cont, json_path)
     res["out"] = out
     return res

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
+from experiments.cli import main as experiment_main
 from tests.test_loop import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_discovery_reuses_a_run_and_inspect_lists_it(discovery_run):
     assert bad.returncode == 2 and "no experiment with id 99" in bad.stderr
 
 
-def test_discovery_over_training_seeds(discovery_run, tmp_path):
+def test_discovery_over_training_seeds(discovery_run, tmp_path, capsys):
     """Two runs of different training seeds: the headline figures get intervals over them."""
     other = tmp_path / "seed1"
     run_cli(["--generations", "1", "--out", str(other), "--seed", "1", *TINY])
@@ -130,15 +131,30 @@ def test_discovery_over_training_seeds(discovery_run, tmp_path):
     assert set(combined["per_sampler"]) == {"dark", "dark-kept", "lm"}
     c = combined["per_sampler"]["dark"]["dark_share"]
     assert c["n"] == 2 and c["lo"] <= c["mean"] <= c["hi"]
-    same = run_cli(["experiment", "discovery", "--run", str(other), "--run", str(other), "-q"], check=False)
-    assert same.returncode == 2 and "same run folder" in same.stderr
+    assert experiment_main(["discovery", "--run", str(other), "--run", str(other), "-q"]) == 2
+    assert "same run folder" in capsys.readouterr().err
+    # figures measured earlier join the runs measured now: a single-run JSON, and the seeds JSON,
+    # which keeps each run's own means
+    assert all("per_sampler" in v["result"] for v in json.loads(js.read_text())["runs"].values())
+    joined = tmp_path / "joined.json"
+    p = run_cli(["experiment", "discovery", "--run", str(other), "--add-results", str(discovery_run[2]), "--budget", "4",
+                 "--seeds", "1", "--only", "dark,lm", "--json", str(joined), "-q"])
+    assert "over 2 training seeds" in p.stdout
+    j = json.loads(joined.read_text())
+    assert len(j["runs"]) == 2 and j["combined"]["per_sampler"]["dark"]["dark_share"]["n"] == 2
+    assert {v["seed"] for v in j["runs"].values()} == {0, 1}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": {"x": {"seed": 0}}}')
+    for extra, msg in ((js, "measured twice"), (bad, "no per-run discovery figures")):  # refused before measuring
+        assert experiment_main(["discovery", "--run", str(other), "--add-results", str(extra), "-q"]) == 2
+        assert msg in capsys.readouterr().err
 
 
-def test_discovery_bad_flags_are_one_line_errors(tmp_path):
-    p = run_cli(["experiment", "discovery", "--out", str(tmp_path / "r"), "--only", "dark,bogus", *TINY], check=False)
-    assert p.returncode == 2 and "bogus" in p.stderr
-    p = run_cli(["experiment", "discovery", "--run", str(tmp_path / "missing"), "-q"], check=False)
-    assert p.returncode == 2 and "no run database" in p.stderr
+def test_discovery_bad_flags_are_one_line_errors(tmp_path, capsys):
+    assert experiment_main(["discovery", "--out", str(tmp_path / "r"), "--only", "dark,bogus", *TINY]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert experiment_main(["discovery", "--run", str(tmp_path / "missing"), "-q"]) == 2
+    assert "no run database" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------- holdout
@@ -228,9 +244,9 @@ def _leaf(d, path):
     (["--train-seeds", "0,1", "--run", "x", "--run", "y"], "repeat --run instead"),
     (["--run", "x", "--run", "x"], "given twice"),
 ])
-def test_holdout_seed_errors(tmp_path, args, message):
-    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--out", str(tmp_path / "h"), *args, "-q"], check=False)
-    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+def test_holdout_seed_errors(tmp_path, args, message, capsys):
+    assert experiment_main(["holdout", "--topic", "fractions", "--out", str(tmp_path / "h"), *args, "-q"]) == 2
+    assert message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- generations

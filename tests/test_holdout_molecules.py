@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("rdkit")
 
-from experiments.holdout_molecules import (  # noqa: E402
-    DECODERS, decode_arrays, decode_figures, split_parts, tanimoto_pairs)
+from domains.molecules.holdout import ScaffoldTestHoldout, tanimoto_pairs  # noqa: E402
+from experiments.holdout_knowledge import DECODERS, decode_figures, split_parts  # noqa: E402
 from tests.test_experiments import run_cli  # noqa: E402
 from tests.test_molecules import ASPIRIN, TINY_MOL, needs_moses  # noqa: E402
 
@@ -41,13 +41,14 @@ def test_decode_figures_count_exact_scaffold_and_rediscoveries():
            "C1CC",  # invalid
            sf[0],  # a scaffold-test original decoded exactly
            sf[0]]  # another scaffold-test molecule: a rediscovery other than the original
-    arr = {d: decode_arrays(orig, dec, frozenset(), frozenset()) for d, _ in DECODERS}
-    f = decode_figures(arr, np.ones(4, bool))
+    h = ScaffoldTestHoldout()
+    arr = {d: h.compare(orig, dec, frozenset(), frozenset()) for d, _ in DECODERS}
+    f = decode_figures(h, arr, np.ones(4, bool))
     assert f["texts"] == 4 and f["valid_nn1"] == 0.75 and f["exact_nn1"] == 0.5
     assert f["n_rediscovered_nn1"] == 2 and f["n_rediscovered_other_nn1"] == 1
     assert f["tanimoto_nn1"] == pytest.approx(np.mean([1, 1, tanimoto_pairs([sf[1]], [sf[0]])[0]]))
     assert f["same_scaffold_nn1"] >= 0.5 and f["identical_nn1_nn2"] == 0.75 and f["tanimoto_nn1_vs_nn2"] == 1
-    assert decode_figures(arr, np.zeros(4, bool)) == {"texts": 0}
+    assert decode_figures(h, arr, np.zeros(4, bool)) == {"texts": 0}
 
 
 # ------------------------------------------------------------------------- end to end
@@ -62,7 +63,7 @@ def mol_holdout(tmp_path_factory):
 
 @needs_moses
 def test_molecules_holdout_parts_models_figures_table(mol_holdout):
-    from domains.molecules.domain import scaffold_test_set
+    from domains.molecules.data import scaffold_test_set
     from sllm.model import load_sllm
 
     out, js, p = mol_holdout
@@ -131,8 +132,8 @@ def test_molecules_holdout_with_run_reuses_nn2_and_writes_nothing_in_the_run(mol
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--domain", "molecules", "--topic", "fractions"], "held-out topic is scaffold-test"),
-    (["--domain", "molecules", "--control", "addition"], "the control is MOSES test molecules"),
+    (["--domain", "molecules", "--topic", "fractions"], "holds out its scaffold-test molecules"),
+    (["--domain", "molecules", "--control", "addition"], "control is MOSES test molecules"),
     (["--domain", "molecules", "--base-sees-topic"], "--base-sees-topic"),
     (["--domain", "molecules", "--part-a", "0"], "--part-a and --max-texts must be >= 1"),
     (["--domain", "molecules", "--corpus", "x.smi"], "drop --corpus"),
@@ -140,7 +141,7 @@ def test_molecules_holdout_with_run_reuses_nn2_and_writes_nothing_in_the_run(mol
     (["--domain", "maths", "--run", "/nonexistent/run"], "drop --run"),
     ([], "needs --topic"),
     (["--topic", "scaffold-test"], "needs --topic"),
-    (["--topic", "fractions", "--part-a", "10"], "--part-a is for the molecules holdout"),
+    (["--topic", "fractions", "--part-a", "10"], "--part-a is for the holdout of a domain's knowledge set"),
 ])
 def test_holdout_bad_input_is_a_one_line_error(args, message, tmp_path, capsys):
     from experiments.cli import main

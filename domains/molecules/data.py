@@ -101,3 +101,9 @@ def pains_patterns() -> tuple[tuple[str, str], ...]:
     the SMARTS are padded with spaces after their closing quote, hence the strip)."""
     with open(moses_metrics_dir() / "wehi_pains.csv", newline="") as f:
         return tuple((row[1].strip(), row[0].strip()) for row in csv.reader(f) if len(row) >= 2 and row[0].strip())
+
+
+@lru_cache(maxsize=1)
+def scaffold_test_set() -> frozenset[str]:
+    """MOSES's scaffold-test molecules as a set: the held-out knowledge a decode may rediscover."""
+    return frozenset(load_split("test_scaffolds"))

@@ -32,7 +32,8 @@ from common.errors import check as _check
 from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
 from domains.files import CorpusError
 from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit
-from domains.molecules.data import load_split
+from domains.molecules.data import load_split, scaffold_test_set
+from domains.molecules.holdout import ScaffoldTestHoldout
 from domains.molecules.tokenizer import train_smiles_tokenizer
 
 SMILES_EXTENSIONS = (".smi", ".csv", ".txt")
@@ -227,7 +228,7 @@ class MoleculesSettings:
 class MoleculesDomain(Domain):
     name = "molecules"
     extensions = (".smi",)
-    knowledge_holdout = "scaffold-test"  # MOSES's scaffold-test molecules: scaffolds in neither train nor test
+    knowledge_holdout = ScaffoldTestHoldout()  # MOSES's scaffold-test molecules: scaffolds in neither train nor test
     structure_drawings = True
     count_figures = ("rediscovered", "novel_scaffolds")
     report_columns = (("rediscovered_per_1000", "rediscovered /1000"), ("novel_scaffolds_per_1000", "novel scaffolds /1000"),
@@ -371,7 +372,7 @@ class MoleculesDomain(Domain):
             out["FCD/Test"] = metrics.fcd(valid, test) if len(uniq) >= 2 else float("nan")
         sf = scaffold_test_set()
         out["rediscovered"] = sum(s in sf for s in uniq)
-        train_scaf = train_scaffolds(splits)
+        train_scaf = metrics.train_scaffolds(splits)
         scaf = {metrics.scaffold(s) for s in uniq} - {None, ""}
         out["novel_scaffolds"] = len(scaf - train_scaf)
         return out
@@ -444,11 +445,6 @@ def train_set() -> MosesTrainSet:
     return MosesTrainSet()
 
 
-@functools.lru_cache(maxsize=1)
-def scaffold_test_set() -> frozenset[str]:
-    return frozenset(load_split("test_scaffolds"))
-
-
 def reference_set(splits: CorpusSplits):
     """What SNN and FCD compare with: all of MOSES test, from the statistics MOSES ships (the
     paper's protocol); the run's evaluation molecules where the MOSES files are absent."""
@@ -458,16 +454,3 @@ def reference_set(splits: CorpusSplits):
         return metrics.moses_reference("test")
     except CorpusError:
         return [t.text for t in splits.eval]
-
-
-_SCAFFOLDS: dict[int, frozenset[str]] = {}
-
-
-def train_scaffolds(splits: CorpusSplits) -> frozenset[str]:
-    """Bemis-Murcko scaffolds of the run's training molecules (computed once per corpus)."""
-    from domains.molecules import metrics  # lazy: RDKit start-up, not needed to read a run's settings
-
-    key = id(splits)
-    if key not in _SCAFFOLDS:
-        _SCAFFOLDS[key] = frozenset(s for s in (metrics.scaffold(t.text) for t in splits.train) if s)
-    return _SCAFFOLDS[key]

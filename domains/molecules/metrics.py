@@ -176,6 +176,17 @@ def scaffold(smi: str, min_rings: int = 1) -> str | None:
     return _scaffold_of(to_mol(smi), min_rings)
 
 
+_TRAIN_SCAFFOLDS: dict[int, frozenset[str]] = {}
+
+
+def train_scaffolds(splits) -> frozenset[str]:
+    """Bemis-Murcko scaffolds of a corpus's training molecules (`CorpusSplits`), computed once per corpus."""
+    key = id(splits)
+    if key not in _TRAIN_SCAFFOLDS:
+        _TRAIN_SCAFFOLDS[key] = frozenset(s for s in (scaffold(t.text) for t in splits.train) if s)
+    return _TRAIN_SCAFFOLDS[key]
+
+
 def _fragments(mol: Chem.Mol) -> list[str]:
     """MOSES fragmenter: the BRICS fragments (FragmentOnBRICSBonds, labelled dummy atoms kept) as SMILES."""
     return Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split(".")
