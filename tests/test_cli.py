@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main as cli_main
 from loop.config import ConfigError, build_config, load_config_file
 from tests.test_loop import TINY, other_domain, run_cli
 
@@ -50,14 +51,21 @@ def test_bad_settings(overrides, needle):
         build_config({}, overrides)
 
 
-def _bad(args, tmp_path, needle):
+def _bad(args, tmp_path, needle, capsys):
+    """`python run.py ARGS` refused with one line: run in this process (cli.main.main, what run.py
+    calls), as a fresh process costs seconds; test_bad_input_leaves_database_untouched and the
+    run-lock test go through the real `python run.py`."""
     out = tmp_path / "run"
-    p = run_cli(["--out", str(out), *args], check=False)
-    assert p.returncode != 0
-    err = p.stderr.strip()
+    try:
+        rc = cli_main(["--out", str(out), *args])
+    except SystemExit as e:  # argparse's errors exit
+        rc = e.code
+    assert rc not in (0, None)
+    err = capsys.readouterr().err.strip()
     assert "Traceback" not in err, err
     assert len(err.splitlines()) == 1, err
     assert needle in err, err
+    assert not out.exists()  # refused before anything was written
     return out
 
 
@@ -72,15 +80,15 @@ def _bad(args, tmp_path, needle):
     (["--domain", "text"], "the text domain needs a corpus"),
     (["--rubric", "/nonexistent/rubric.txt"], "rubric file /nonexistent/rubric.txt not found"),
 ])
-def test_bad_input_one_line(args, needle, tmp_path):
-    _bad(args, tmp_path, needle)
+def test_bad_input_one_line(args, needle, tmp_path, capsys):
+    _bad(args, tmp_path, needle, capsys)
 
 
-def test_non_model_folder(tmp_path):
+def test_non_model_folder(tmp_path, capsys):
     folder = tmp_path / "notamodel"
     folder.mkdir()
     (folder / "readme.txt").write_text("hello")
-    _bad(["--base-model", str(folder)], tmp_path, "not a Hugging Face model folder")
+    _bad(["--base-model", str(folder)], tmp_path, "not a Hugging Face model folder", capsys)
 
 
 @pytest.mark.parametrize("name, content, needle", [
@@ -89,10 +97,10 @@ def test_non_model_folder(tmp_path):
     ("nokey.jsonl", b'{"topic": "x"}\n', "text"),
     ("corpus.csv", b"a,b\n", "extension"),
 ])
-def test_bad_corpus(name, content, needle, tmp_path):
+def test_bad_corpus(name, content, needle, tmp_path, capsys):
     path = tmp_path / name
     path.write_bytes(content)
-    _bad(["--corpus", str(path)], tmp_path, needle)
+    _bad(["--corpus", str(path)], tmp_path, needle, capsys)
 
 
 def test_bad_input_leaves_database_untouched(one_generation_run, tmp_path):

@@ -264,10 +264,13 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     (["--corpus", "{tmp}/c.txt"], "domain's own held-out set"),
     (["--set", "maths.facts_per_topic=4"], "holds out no fact"),
 ])
-def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment):
+def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment, capsys):
+    from bench.sllm import main
+
     (tmp_path / "c.txt").write_text("a text\n")
-    p = run_cli(["bench", "sllm", "-q", *[a.format(tmp=tmp_path) for a in args]], check=False)
-    assert p.returncode == 2 and fragment in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert main(["sllm", "-q", *[a.format(tmp=tmp_path) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bench_sllm_on_a_runs_own_models(tmp_path, capsys):
