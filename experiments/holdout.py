@@ -236,8 +236,14 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     settings = {"out": str(out), "topic": topic, "control": control, "continue_epochs": continue_epochs,
                 "max_texts": max_texts, "base_sees_topic": base_sees_topic, "config": cfg.to_dict()}
     artifacts = {"json": str(json_path), "base": str(out / "base"), "nn1": str(out / "nn1"), "nn2": str(out / "nn2")}
-    eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
-    result["experiment_id"] = eid
+    return save_holdout(out, settings, result, table, artifacts, seconds, samples, json_path)
+
+
+def save_holdout(out: Path, settings: dict, result: dict, table: str, artifacts: dict, seconds: float,
+                 samples: list[dict], json_path: Path) -> dict:
+    """Store a holdout's row and samples in `out`'s database and write its JSON; the result, with
+    its experiment id, table and artifacts."""
+    result["experiment_id"] = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts,
                                      "environment": environment()}, indent=2, default=str))

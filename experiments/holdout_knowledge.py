@@ -23,13 +23,12 @@ from sqlmodel import Session
 from common.errors import ConfigError
 from domains.base import get_domain
 from domains.files import CorpusError
-from experiments.common import plain_table, store_experiment
+from experiments.common import plain_table
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
-                                 locate, location_rows, reencode, nn1_reencode_figures, MEASURE_ONLY)
+                                 locate, location_rows, reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
 from latent.features import FeatureDictionary
 from lm.base_model import load_base_model
 from loop.context import RunContext
-from loop.runner import environment
 from loop.stages import load_map
 from sllm.codec import Codec, GenParams
 from storage.db import RunLock, done_stages, open_db
@@ -188,13 +187,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
                 "continue_epochs": continue_epochs, "config": cfg.to_dict()}
     artifacts = {"json": str(json_path), "base": loop.base_path(), "nn1": str(loop.layout.sllm(0)),
                  "map": str(loop.layout.map(0)), "nn2": str(out / "nn2"), "parts": str(out / "parts.json")}
-    eid = store_experiment(out, "holdout", settings, result, table, artifacts, seconds, samples)
-    result["experiment_id"] = eid
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"settings": settings, "result": result, "table": table, "artifacts": artifacts,
-                                     "environment": environment()}, indent=2, default=str))
-    result["table"], result["artifacts"] = table, artifacts
-    return result
+    return save_holdout(out, settings, result, table, artifacts, seconds, samples, json_path)
 
 
 # The round-trip check of NN1's decodes, shown after the domain's pair figures.
