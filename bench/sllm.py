@@ -206,13 +206,21 @@ def drift(z: np.ndarray, back: np.ndarray, step: float) -> float:
     return float(np.median(np.linalg.norm(back - z, axis=1)) / max(step, 1e-12))
 
 
-def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curve_texts: int = 200) -> dict:
+def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curve_texts: int = 200,
+                       heldout_set: str = "knowledge") -> dict:
     """Build the data, train the base model into `base_dir` (or reuse the one there), train an
     SLLM, evaluate it. `curve`: training steps at which the greedy exact match (and teacher-forced
-    accuracy) of the first `curve_texts` held-out texts is measured, as training goes."""
+    accuracy) of the first `curve_texts` held-out texts is measured, as training goes. `heldout_set`:
+    "knowledge", the domain's held-out knowledge (maths: held-out facts; molecules: scaffold test),
+    or "eval", its evaluation texts (molecules: MOSES test; maths: the corpus's evaluation split,
+    which is then not trained on)."""
     domain = get_domain(cfg.corpus.domain_name)
     embedder = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's target (the figures use the domain's own)
-    train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
+    if heldout_set == "eval":
+        splits = domain.load(cfg.corpus, cfg.run.seed)
+        train, heldout = splits.train, splits.eval
+    else:
+        train, heldout = domain.texts(cfg.corpus, cfg.run.seed)
     timings = {}
     # the domain's language texts (maths: verifier-checked false sentences: no true fact, held out or not;
     # molecules: further MOSES training molecules)
@@ -247,6 +255,7 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
     if curve and info["steps"] not in curve:
         measure(info["steps"])
     res = evaluate(codec, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res["heldout_set"] = heldout_set
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
     res["steps"] = info["steps"]
@@ -406,6 +415,12 @@ ABLATIONS = {
         "no cycle term": {"sllm.cycle_weight": 0.0},
         "cycle term 1.0": {"sllm.cycle_weight": 1.0},
     },
+    # a variational latent: decode mu + sigma * eps in training, KL to N(0, I) at two weights
+    "kl": {
+        "plain autoencoder": {"sllm.kl_weight": 0.0},
+        "KL 0.01": {"sllm.kl_weight": 0.01},
+        "KL 0.1": {"sllm.kl_weight": 0.1},
+    },
 }
 
 
@@ -425,7 +440,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ablation", nargs="?", const="terms", choices=sorted(ABLATIONS),
                    help="train one SLLM per variant and compare: terms (without each loss term; the default), "
                         "channel (soft prompts, decoder LoRA, word dropout), adapter (without and with the decoder "
-                        "LoRA) or cycle (without and with the off-manifold cycle term)")
+                        "LoRA), cycle (without and with the off-manifold cycle term), inject (a key/value prefix in every "
+                        "layer), size (latent and encoder width) or kl (a variational latent at two KL weights)")
     p.add_argument("--seeds", help="training seeds, e.g. 0,1,2: one base model and SLLM per seed (one base model "
                                    "for all with --base-dir), and each figure's mean and 95%% interval over them; "
                                    "default: run.seed alone")
@@ -435,8 +451,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--run", help="measure this run folder's own SLLM and base model instead of training new ones")
     p.add_argument("--generation", type=int, help="with --run: which generation's SLLM (default: the latest)")
     p.add_argument("--heldout", choices=("knowledge", "eval"), default="knowledge",
-                   help="with --run: the held-out set measured: the domain's held-out knowledge (maths facts, "
-                        "molecules scaffold test; default) or its evaluation texts (molecules: MOSES test)")
+                   help="the held-out set measured: the domain's held-out knowledge (maths facts, molecules "
+                        "scaffold test; default) or its evaluation texts (molecules: MOSES test; maths: the "
+                        "evaluation split, which a new SLLM then does not train on)")
     p.add_argument("--base-dir", help="a base-model folder to train SLLMs on: reused when it holds one (e.g. "
                                       "RUN_DIR/base), trained there and kept when empty; default: a temporary one")
     args = p.parse_args(argv[1:])
@@ -501,7 +518,7 @@ def main(argv: list[str]) -> int:
                 row = name if len(seeds) == 1 else f"{name} s{seed}"
                 print(f"training: {row}", file=sys.stderr, flush=True)
                 base_for(seed).mkdir(parents=True, exist_ok=True)
-                rows[row] = train_and_evaluate(cfg, base_for(seed), curve)
+                rows[row] = train_and_evaluate(cfg, base_for(seed), curve, heldout_set=args.heldout)
                 rows[row]["seed"] = seed
                 groups.setdefault(name, []).append(row)
     summary = {name: summarise([rows[r] for r in names]) for name, names in groups.items()} if len(seeds) > 1 else None

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "-q" in argv or "--quiet" in argv:  # before a subcommand's module imports tqdm, which reads it at import
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         argv = load_plugins(argv)
     except ConfigError as e:

@@ -37,8 +37,6 @@ CHOICES = tuple(EXPERIMENTS)  # what `run.py --help` lists
 
 
 def main(argv: list[str]) -> int:
-    if "-q" in argv or "--quiet" in argv:  # before anything imports tqdm, which reads it at import
-        os.environ["TQDM_DISABLE"] = "1"
     if not argv or argv[0] not in EXPERIMENTS:
         print(f"usage: python run.py experiment {{{','.join(EXPERIMENTS)}}} [options]; see --help of each",
               file=sys.stderr)

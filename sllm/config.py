@@ -59,6 +59,12 @@ class SLLMConfig:
     cycle_weight: float = 0.0
     cycle_every: int = 10
     cycle_batch: int = 32
+    # Variational latent (Kingma & Welling 2014; Bowman et al. 2016 for text): the encoder also gives a
+    # per-dimension log-variance, training decodes z = mu + sigma * eps, and a KL term (in nats per
+    # target token, so that 1.0 is the per-token ELBO) pulls sigma towards the prior's 1, so that
+    # dimensions the decoder does not need fill with noise and a latent drawn from N(0, I) looks to
+    # the decoder like one it was trained on. The latent of a text stays mu. 0 = a plain autoencoder.
+    kl_weight: float = 0.0
     epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
     lr: float = 1e-3
@@ -77,7 +83,7 @@ class SLLMConfig:
         _check(0 <= self.word_dropout < 1, f"sllm.word_dropout must be in [0, 1), got {self.word_dropout}")
         _check(self.continue_epochs >= 0, f"sllm.continue_epochs must be >= 0, got {self.continue_epochs}")
         _check(self.enc_dim % self.enc_heads == 0, f"sllm.enc_dim ({self.enc_dim}) must be divisible by sllm.enc_heads ({self.enc_heads})")
-        for k in ("meaning_weight", "paraphrase_weight", "latent_l2", "prompt_copy_weight", "cycle_weight"):
+        for k in ("meaning_weight", "paraphrase_weight", "latent_l2", "prompt_copy_weight", "cycle_weight", "kl_weight"):
             _check(getattr(self, k) >= 0, f"sllm.{k} must be >= 0, got {getattr(self, k)}")
         _check(self.lr > 0, f"sllm.lr must be > 0, got {self.lr}")
         _check(self.paraphrase_tau > 0, f"sllm.paraphrase_tau must be > 0, got {self.paraphrase_tau}")

@@ -54,6 +54,12 @@ class SLLM(nn.Module):
         # and the decoder then learns to ignore z (posterior collapse). Standardising makes the
         # between-text variation the whole signal, and gives the latent cloud a known envelope.
         self.norm = nn.BatchNorm1d(cfg.latent_dim, affine=False, momentum=0.01)
+        if cfg.kl_weight > 0:
+            # sigma starts small (e^-3 = 0.05 of a standardised unit): training begins as a plain
+            # autoencoder and the KL term widens sigma where the decoder can afford it
+            self.to_logvar = nn.Linear(cfg.pool_queries * d, cfg.latent_dim)
+            nn.init.zeros_(self.to_logvar.weight)
+            nn.init.constant_(self.to_logvar.bias, -6.0)
         hidden = max(cfg.latent_dim, embed_dim) * 2
         self.decoder = nn.Sequential(
             nn.Linear(cfg.latent_dim, hidden), nn.GELU(), nn.Linear(hidden, cfg.n_prompt * embed_dim)
@@ -67,6 +73,12 @@ class SLLM(nn.Module):
     def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False) -> torch.Tensor:
         """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim).
         `running_stats`: standardise with the running statistics even in training (and leave them)."""
+        return self.posterior(tok_emb, mask, running_stats)[0]
+
+    def posterior(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As `encode`, with the log-variance of each latent dimension (B, latent_dim) beside the
+        latent (the posterior's mean), or None when the SLLM is a plain autoencoder (`kl_weight` 0)."""
         T = tok_emb.shape[1]
         h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
         pad = mask == 0
@@ -74,9 +86,10 @@ class SLLM(nn.Module):
         q = self.query.expand(h.shape[0], -1, -1)  # (B, Q, d)
         pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, Q, d)
         x = self.to_latent(pooled.flatten(1))
+        logvar = self.to_logvar(pooled.flatten(1)) if self.cfg.kl_weight > 0 else None
         if running_stats:
-            return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
-        return self.norm(x)  # (B, latent_dim)
+            return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps), logvar
+        return self.norm(x), logvar  # (B, latent_dim)
 
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""

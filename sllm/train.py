@@ -75,7 +75,10 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     the global count, times `share.scale`: DDP's average of the ranks' gradients is the gradient
     of the global batch's loss (lm.distributed), and the ranks' average of each term its value."""
     cfg = cfg or sllm.cfg
-    z = sllm.encode(emb if enc_in is None else enc_in, mask)  # (B, latent)
+    mu, logvar = sllm.posterior(emb if enc_in is None else enc_in, mask)  # (B, latent)
+    z = mu
+    if logvar is not None and sllm.training:  # the reparameterised sample the decoder is trained on
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
     prompts = sllm.prompts(z)  # (B, K, E)
     K = prompts.shape[1]
     dec_emb = emb
@@ -98,16 +101,19 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     meaning = target_meaning is not None and cfg.meaning_weight > 0
     if share is None:  # one process: the batch means
         rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        terms = {"rec": rec, "l2": z.pow(2).mean()}
+        terms = {"rec": rec, "l2": mu.pow(2).mean()}
         if meaning:
             terms["meaning"] = (1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).mean()
     else:  # this rank's sums over the global batch's counts
         rec = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                               reduction="sum") * (share.scale / tokens)
-        terms = {"rec": rec, "l2": z.pow(2).sum() * (share.scale / (share.total * z.shape[1]))}
+        terms = {"rec": rec, "l2": mu.pow(2).sum() * (share.scale / (share.total * mu.shape[1]))}
         if meaning:
             terms["meaning"] = ((1 - F.cosine_similarity(sllm.meaning(z), target_meaning, dim=-1)).sum()
                                 * (share.scale / share.total))
+    if logvar is not None:  # KL(q(z|x) || N(0, I)) of each text over its target tokens: nats per token
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1) / (mask[:, 1:].sum(1).clamp(min=1))
+        terms["kl"] = kl.mean() if share is None else kl.sum() * (share.scale / share.total)
     if cfg.prompt_copy_weight > 0:
         per_text = prompt_copy_error(prompts, emb, mask)  # (B,)
         terms["copy"] = per_text.mean() if share is None else per_text.sum() * (share.scale / share.total)
@@ -116,6 +122,8 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
         total = total + cfg.meaning_weight * terms["meaning"]
     if "copy" in terms:
         total = total + cfg.prompt_copy_weight * terms["copy"]
+    if "kl" in terms:
+        total = total + cfg.kl_weight * terms["kl"]
     return total, terms
 
 

@@ -247,6 +247,7 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     saved = json.loads(out.read_text())
     res2 = saved["results"]["full s1"]
     assert "base_s" not in res2 and "sllm_s" in res2 and (base / "config.json").stat().st_mtime_ns == stamp
+    assert res2["heldout_set"] == "knowledge"
     # two training seeds: each figure's mean and interval, the curve, the machine it ran on
     assert set(saved["results"]) == {"full s0", "full s1"} and saved["results"]["full s0"]["seed"] == 0
     em = [saved["results"][k]["exact_match"] for k in ("full s0", "full s1")]
@@ -255,6 +256,16 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     assert [p["step"] for p in res2["exact_by_step"]] == [2, res2["steps"]]
     assert 0 <= res2["tf_accuracy_shuffled"] <= 1 and 0 <= res2["tf_accuracy"] <= 1 and res2["tf_ce"] > 0
     assert saved["environment"]["threads"] == 1 and saved["environment"]["torch"] == torch.__version__
+    # --heldout eval: the evaluation split is measured and not trained on
+    assert main(["sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS, "--set", "maths.facts_per_topic=5",
+                 "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2", "--heldout", "eval"]) == 0
+    from domains.base import get_domain
+    from loop.config import build_config
+
+    splits = get_domain("maths").load(build_config(None, {"maths.facts_per_topic": 5, "maths.phrasings_per_fact": 2}).corpus, 0)
+    ev = json.loads(out.read_text())["results"]["full"]
+    assert ev["heldout_set"] == "eval" and ev["heldout_texts"] == len(splits.eval) > 0
+    assert ev["train_texts"] == len(splits.train)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("not a model")
     assert main(["sllm", "-q", "--base-dir", str(tmp_path / "junk"), *TINY_MODELS]) == 2
@@ -362,3 +373,42 @@ def test_prompt_copy_term_joins_the_loss_only_when_weighted(tiny_lm):
         assert ("copy" in terms) == (w > 0)
         if w:
             assert terms["copy"] > 0 and torch.isclose(total, terms["rec"] + cfg.latent_l2 * terms["l2"] + w * terms["copy"])
+
+
+def test_variational_latent_trains_on_samples_and_encodes_its_mean(tiny_lm, tmp_path):
+    """With kl_weight the decoder is trained on mu + sigma * eps and the KL term (nats per target
+    token) joins the loss; a text's latent is still mu, the same on every call, and the log-variance
+    head is saved and loaded with the rest."""
+    from sllm.config import SLLMConfig
+    from sllm.model import SLLM, load_sllm, save_sllm
+    from sllm.codec import encode, token_batch
+    from sllm.train import sllm_losses, train_sllm
+
+    tok, model = tiny_lm
+    E = model.get_input_embeddings().weight.shape[1]
+    seqs = [tok.encode(t)[:8] for t in TINY_TEXTS[:4]]
+    ids, mask, emb, enc_in = token_batch(model, tok, seqs, "cpu", "embeddings")
+    cfg = SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4, pool_queries=2, encoder_input="embeddings",
+                     kl_weight=0.5)
+    torch.manual_seed(0)
+    sllm = SLLM(E, cfg, meaning_dim=4).train()
+    mu, logvar = sllm.posterior(enc_in, mask)
+    tokens = mask[:, 1:].sum(1)
+    kl = (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1) / tokens).mean()
+    torch.manual_seed(1)
+    total, terms = sllm_losses(sllm, model, ids, mask, emb, enc_in=enc_in)
+    assert torch.isclose(terms["kl"], kl) and terms["kl"] > 0
+    assert torch.isclose(total, terms["rec"] + cfg.latent_l2 * terms["l2"] + 0.5 * terms["kl"])
+    torch.manual_seed(2)  # another noise draw, another loss: the decoder sees samples, not mu
+    assert not torch.isclose(sllm_losses(sllm, model, ids, mask, emb, enc_in=enc_in)[1]["rec"], terms["rec"])
+    plain = SLLM(E, SLLMConfig(latent_dim=16, enc_dim=32, enc_layers=1, n_prompt=4, pool_queries=2,
+                               encoder_input="embeddings"), meaning_dim=4)
+    assert plain.posterior(enc_in, mask)[1] is None and "kl" not in sllm_losses(plain, model, ids, mask, emb, enc_in=enc_in)[1]
+
+    info = train_sllm(sllm, model, tok, TINY_TEXTS[:16], None, 2, 3e-3, 8, 0)
+    assert info["final"]["kl"] > 0
+    z = encode(sllm, model, tok, TINY_TEXTS[:3])
+    assert np.array_equal(z, encode(sllm, model, tok, TINY_TEXTS[:3]))  # eval: the mean, no noise
+    save_sllm(sllm, tmp_path)
+    assert np.array_equal(encode(load_sllm(tmp_path), model, tok, TINY_TEXTS[:3]), z)
+    assert torch.equal(load_sllm(tmp_path).to_logvar.bias, sllm.to_logvar.bias)
