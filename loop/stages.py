@@ -142,7 +142,8 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     decoded = []
     if zones:
         be = loop.backend(loop.adapter_for(s, g), (tok, codec.model))
-        decoded = codec.decode(np.stack([z.centre for z in zones]), be, GenParams(cfg.decode.max_new_tokens, 0.0, seed))
+        params = GenParams(cfg.decode.max_new_tokens, 0.0, seed, cfg.decode.beams)
+        decoded = codec.decode(np.stack([z.centre for z in zones]), be, params)
     s.exec(delete(Zone).where(Zone.generation == g))
     for z, text in zip(zones, decoded):
         s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
@@ -236,7 +237,7 @@ def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     for a in range(0, len(with_latent), chunk):
         part = with_latent[a : a + chunk]
         z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in part])  # (chunk, latent_dim)
-        for c, t in zip(part, codec.decode(z, be, GenParams(dc.max_new_tokens, dc.temperature, seed + a))):
+        for c, t in zip(part, codec.decode(z, be, GenParams(dc.max_new_tokens, dc.temperature, seed + a, dc.beams))):
             c.text = t
             s.add(c)
     if plain:

@@ -30,6 +30,7 @@ class GenParams:
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0: greedy
     seed: int = 0
+    beams: int = 1  # > 1: beam search for the likeliest text (temperature 0, transformers backend)
 
 
 class Codec:
@@ -90,6 +91,12 @@ class Codec:
             return []
         emb, _ = self.inputs(z)  # (N, K+1, E)
         extra = {}
+        if params.beams > 1:
+            if backend.name != "transformers" or params.temperature > 0:
+                raise ConfigError(f"beam search ({params.beams} beams) runs greedy in the transformers backend only, "
+                                  f"not {backend.name} at temperature {params.temperature}: "
+                                  "use --backend transformers with decode.temperature=0, or decode.beams=1")
+            extra["beams"] = params.beams
         if self.sllm.cfg.kv_prefix:
             if backend.name != "transformers":
                 raise ConfigError(f"this SLLM puts its latent into every layer's key/value cache (sllm.kv_prefix), "

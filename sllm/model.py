@@ -73,23 +73,32 @@ class SLLM(nn.Module):
     def encode(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False) -> torch.Tensor:
         """tok_emb (B, T, E or 2E) encoder input (see `encoder_input`), mask (B, T) -> z (B, latent_dim).
         `running_stats`: standardise with the running statistics even in training (and leave them)."""
-        return self.posterior(tok_emb, mask, running_stats)[0]
+        return self._latent(self._pooled(tok_emb, mask), running_stats)
 
     def posterior(self, tok_emb: torch.Tensor, mask: torch.Tensor, running_stats: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """As `encode`, with the log-variance of each latent dimension (B, latent_dim) beside the
-        latent (the posterior's mean), or None when the SLLM is a plain autoencoder (`kl_weight` 0)."""
+        latent (the posterior's mean), or None when the SLLM is a plain autoencoder (`kl_weight` 0).
+        Only training needs the log-variance: encoding a text reads its mean alone (`encode`)."""
+        pooled = self._pooled(tok_emb, mask)
+        logvar = self.to_logvar(pooled) if self.cfg.kl_weight > 0 else None
+        return self._latent(pooled, running_stats), logvar
+
+    def _pooled(self, tok_emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """-> the encoder's pooled summary of each text (B, Q * d)."""
         T = tok_emb.shape[1]
         h = self.in_proj(tok_emb) + self.pos(torch.arange(T, device=tok_emb.device))  # (B, T, d)
         pad = mask == 0
         h = self.encoder(h, src_key_padding_mask=pad)  # (B, T, d)
         q = self.query.expand(h.shape[0], -1, -1)  # (B, Q, d)
         pooled, _ = self.pool(q, h, h, key_padding_mask=pad)  # (B, Q, d)
-        x = self.to_latent(pooled.flatten(1))
-        logvar = self.to_logvar(pooled.flatten(1)) if self.cfg.kl_weight > 0 else None
+        return pooled.flatten(1)
+
+    def _latent(self, pooled: torch.Tensor, running_stats: bool) -> torch.Tensor:
+        x = self.to_latent(pooled)
         if running_stats:
-            return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps), logvar
-        return self.norm(x), logvar  # (B, latent_dim)
+            return F.batch_norm(x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
+        return self.norm(x)  # (B, latent_dim)
 
     def prompts(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, latent_dim) -> soft prompts (B, K, E) in the base model's embedding space."""

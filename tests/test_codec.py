@@ -185,3 +185,46 @@ def test_kv_prefix_trains_decodes_through_the_cache_and_is_saved(tiny_lm, tmp_pa
     assert again.decode(z, be, GenParams(8, 0.0, 0)) == got
     with pytest.raises(ConfigError, match="kv_prefix"):
         build_config({"sllm": {"kv_prefix": 2}, "decode": {"backend": "vllm"}})
+
+
+@pytest.mark.parametrize("kv_prefix", [0, 2], ids=["soft prompts", "key/value prefix"])
+def test_beam_search_decodes_through_the_codec_in_the_transformers_backend_only(tiny_lm, kv_prefix):
+    from backends.transformers_backend import TransformersBackend
+    from common.errors import ConfigError
+    from lm.base_model import generate_inputs
+    from loop.config import build_config
+    from sllm import adapter
+    from sllm.codec import Codec, GenParams
+
+    tok, model = tiny_lm
+    torch.manual_seed(0)
+    codec = Codec.new(_cfg(decoder_lora_r=4, kv_prefix=kv_prefix), model, tok, 384)
+    be = TransformersBackend("")
+    be.tokenizer, be.model = tok, codec.model
+    z = np.random.default_rng(0).normal(0, 3, (6, 16)).astype(np.float32)  # latents far apart: varied decodes
+    greedy = codec.decode(z, be, GenParams(12, 0.0, 0))
+    assert codec.decode(z, be, GenParams(12, 0.0, 0, beams=1)) == greedy
+    got = codec.decode(z, be, GenParams(12, 0.0, 0, beams=4))
+    # the oracle: transformers' own beam search on the inputs the codec builds, the decoder adapter on
+    with torch.no_grad(), adapter.decoding(codec.model):
+        emb, _ = codec.inputs(z)
+        kv = codec.sllm.kv(torch.as_tensor(z)).repeat_interleave(4, dim=2) if kv_prefix else None
+        out = codec.model.generate(**generate_inputs(codec.model, emb, kv), max_new_tokens=12, num_beams=4,
+                                   do_sample=False, top_p=None, top_k=None, temperature=None,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert got == [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    # each row's beams read that row's latent alone (the key/value prefix too is widened row by row)
+    assert [codec.decode(z[i : i + 1], be, GenParams(12, 0.0, 0, beams=4))[0] for i in range(len(z))] == got
+    assert got != greedy  # the search ran: on these latents some likeliest texts are not the greedy ones
+
+    class Served:  # any other backend
+        name = "vllm"
+
+    with pytest.raises(ConfigError, match="transformers backend only"):
+        codec.decode(z, Served(), GenParams(12, 0.0, 0, beams=4))
+    with pytest.raises(ConfigError, match="transformers backend only"):
+        codec.decode(z, be, GenParams(12, 0.7, 0, beams=4))
+    for bad, match in (({"beams": 0}, "must be >= 1"), ({"beams": 4, "temperature": 0.7}, "transformers backend only"),
+                       ({"beams": 4, "backend": "vllm"}, "transformers backend only")):
+        with pytest.raises(ConfigError, match=match):
+            build_config({"decode": bad})

@@ -409,6 +409,8 @@ def test_variational_latent_trains_on_samples_and_encodes_its_mean(tiny_lm, tmp_
     assert info["final"]["kl"] > 0
     z = encode(sllm, model, tok, TINY_TEXTS[:3])
     assert np.array_equal(z, encode(sllm, model, tok, TINY_TEXTS[:3]))  # eval: the mean, no noise
+    sllm.eval()
+    assert torch.equal(sllm.encode(enc_in, mask), sllm.posterior(enc_in, mask)[0])
     save_sllm(sllm, tmp_path)
     assert np.array_equal(encode(load_sllm(tmp_path), model, tok, TINY_TEXTS[:3]), z)
     assert torch.equal(load_sllm(tmp_path).to_logvar.bias, sllm.to_logvar.bias)

@@ -2,7 +2,7 @@
 
 Encodes the first N texts of a run's held-out knowledge set (molecules: scaffold test) and of its
 evaluation texts (molecules: MOSES test) with generation G's SLLM, decodes each latent greedily and
-with beam search (the transformers backend's model, the decoder adapter on), and prints the exact
+with beam search (`decode.beams`: the transformers backend, the decoder adapter on), and prints the exact
 canonical match of each. If beam search finds the original where greedy decoding does not, the
 decoder's likelihood already prefers it (a search error); if not, the decoder itself is wrong.
 
@@ -20,23 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lm.base_model import generate_inputs  # noqa: E402
+from backends.base import get_backend  # noqa: E402
 from loop.context import RunContext  # noqa: E402
 from loop.runner import run_config  # noqa: E402
-from sllm import adapter  # noqa: E402
-
-
-def decode(codec, z: np.ndarray, beams: int, max_new_tokens: int, batch: int = 50) -> list[str]:
-    emb, _ = codec.inputs(z)
-    tok, out = codec.tokenizer, []
-    with torch.no_grad(), adapter.decoding(codec.model):
-        for i in range(0, len(emb), batch):
-            ids = codec.model.generate(**generate_inputs(codec.model, emb[i : i + batch], None),
-                                       max_new_tokens=max_new_tokens, do_sample=False, num_beams=beams,
-                                       top_p=None, top_k=None, temperature=None,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    return out
+from sllm.codec import GenParams  # noqa: E402
 
 
 def main() -> None:
@@ -53,12 +40,13 @@ def main() -> None:
     tok, model = ctx.model(None)
     codec = ctx.codec(args.generation, model, tok)
     canon = ctx.domain.canonical
+    backend = get_backend("transformers", "", None, "cpu", 50, loaded=(tok, codec.model))
     for name, pool in (("knowledge", ctx.data.knowledge), ("eval", ctx.data.eval)):
         texts = [t.text for t in pool[: args.n]]
         z = codec.encode(texts)
         for beams in (int(b) for b in args.beams.split(",")):
             t0 = time.perf_counter()
-            out = decode(codec, z, beams, cfg.decode.max_new_tokens)
+            out = codec.decode(z, backend, GenParams(cfg.decode.max_new_tokens, 0.0, 0, beams))
             exact = np.mean([canon(a) == canon(b) for a, b in zip(texts, out)])
             print(f"{name} ({len(texts)} texts), beams {beams}: exact {exact:.1%} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
