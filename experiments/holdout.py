@@ -17,6 +17,7 @@ from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
 from latent.features import FeatureDictionary
 from lm.base_model import load_base_model, train_small_base
 from loop.artifacts import atomic_dir, verify as verify_artifacts
+from loop.config import build_config
 from loop.runner import environment, versions
 from sllm.codec import Codec, GenParams
 from storage.db import RunLock, get_run, open_db
@@ -121,7 +122,7 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     timings = {}
     with RunLock(out):
         _check_holdout_folder(out, {"topic": topic, "base_sees_topic": base_sees_topic, "continue_epochs": continue_epochs,
-                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)})
+                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}, cfg)
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
         engine.dispose()
@@ -299,16 +300,36 @@ def holdout_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_holdout_folder(out: Path, key: dict) -> None:
-    """The folder's models were trained for one (topic, base, settings): refuse to mix them."""
+def _check_holdout_folder(out: Path, key: dict, cfg) -> None:
+    """The folder's models were trained for one (topic, base, settings): refuse to mix them. A folder
+    made before a setting was added (its settings hash differs, its settings do not) is the same
+    setup: its key is brought up to date."""
     f = out / "holdout-settings.json"
     if f.is_file():
         old = json.loads(f.read_text())
         if old != key:
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v)
-            raise ConfigError(f"{out} holds models of another holdout setup ({diff}); pass a new --out")
-    else:
-        f.write_text(json.dumps(key))
+            diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v and k != "config_hash"]
+            if not diff and old.get("config_hash") != key["config_hash"]:
+                diff = cfg.settings_diff(_folder_config(out), leave_out=MEASURE_ONLY)
+                if not diff:
+                    log.info("holdout folder %s predates settings added since; they keep their defaults", out)
+            if diff:
+                raise ConfigError(f"{out} holds models of another holdout setup ({', '.join(diff[:4])}); "
+                                  "pass a new --out")
+    f.write_text(json.dumps(key))
+
+
+def _folder_config(out: Path):
+    """The settings a holdout folder's models were trained under (its run row)."""
+    engine = open_db(out)
+    try:
+        with Session(engine) as s:
+            run = get_run(s)
+    finally:
+        engine.dispose()
+    if run is None:
+        raise ConfigError(f"{out} holds a holdout's key but no run row; pass a new --out")
+    return build_config(json.loads(run.config_json))
 
 
 def _ensure_run_row(engine, cfg) -> None:

@@ -112,7 +112,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     with RunLock(out):
         _check_holdout_folder(out, {"domain": domain, "run": str(run_dir.resolve()), "part_a": part_a,
                                     "max_texts": max_texts, "continue_epochs": continue_epochs,
-                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)})
+                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}, cfg)
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
         engine.dispose()

@@ -123,6 +123,14 @@ class Config:
             d[section].pop(key, None)
         return {f"{s}.{k}": v for s, kv in d.items() for k, v in kv.items()}
 
+    def settings_diff(self, old: "Config", leave_out: tuple[str, ...] = ()) -> list[str]:
+        """The result settings in which `old` differs from these, as "name old -> new" (sections in
+        `leave_out` aside). A folder made before a setting was added reads back with that setting's
+        default, so its result hash differs while this list is empty: it holds the same results."""
+        a, b = old.result_settings(), self.result_settings()
+        return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(b)
+                if a.get(k) != b.get(k) and k.split(".", 1)[0] not in leave_out]
+
 
 # Settings that do not change results: excluded from the resume key.
 

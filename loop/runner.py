@@ -71,9 +71,7 @@ class Loop(RunContext):
                 s.commit()
                 return
             if run.config_hash != self.cfg.result_hash():
-                old = build_config(json.loads(run.config_json)).result_settings()
-                new = self.cfg.result_settings()
-                diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)]
+                diff = self.cfg.settings_diff(build_config(json.loads(run.config_json)))
                 if not diff:  # a run made before settings were added: they take their defaults, as then
                     log.info("run folder %s predates settings added since; they keep their defaults", self.out)
                     run.config_json, run.config_hash = json.dumps(self.cfg.to_dict()), self.cfg.result_hash()

@@ -365,3 +365,33 @@ def test_generations_figures_over_seeds():
     assert d["level"]["mean"] == pytest.approx(0.7)  # trapezoid area 1.4 over 2 steps
     assert c["lm"]["auc"]["level"]["mean"] is None and c["lm"]["auc"]["curve"][1]["n"] == 0
     assert list(c) == ["dark", "lm"]
+
+
+def test_holdout_folder_made_before_a_setting_was_added_is_reused_and_other_settings_refused(tmp_path):
+    from sqlmodel import Session
+
+    from common.errors import ConfigError
+    from experiments.holdout import MEASURE_ONLY, _check_holdout_folder
+    from loop.config import build_config
+    from storage.db import open_db
+    from storage.models import Run
+
+    cfg = build_config({})
+    written = cfg.to_dict()
+    del written["decode"]["beams"]  # the settings as a checkout without decode.beams wrote them
+    engine = open_db(tmp_path, create=True)
+    with Session(engine) as s:
+        s.add(Run(seed=0, config_json=json.dumps(written), config_hash="then", versions_json="{}"))
+        s.commit()
+    engine.dispose()
+    key = {"topic": "fractions", "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}
+    (tmp_path / "holdout-settings.json").write_text(json.dumps({**key, "config_hash": "0123456789abcdef"}))
+    _check_holdout_folder(tmp_path, key, cfg)  # the same setup: reused, its key brought up to date
+    assert json.loads((tmp_path / "holdout-settings.json").read_text()) == key
+
+    (tmp_path / "holdout-settings.json").write_text(json.dumps({**key, "config_hash": "0123456789abcdef"}))
+    other = build_config({"sllm": {"latent_dim": 32}})
+    with pytest.raises(ConfigError, match=r"another holdout setup \(sllm.latent_dim 256 -> 32\)"):
+        _check_holdout_folder(tmp_path, {**key, "config_hash": other.result_hash(leave_out=MEASURE_ONLY)}, other)
+    with pytest.raises(ConfigError, match="topic 'fractions' -> 'addition'"):
+        _check_holdout_folder(tmp_path, {**key, "topic": "addition"}, cfg)
