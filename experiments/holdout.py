@@ -17,8 +17,7 @@ from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
 from latent.features import FeatureDictionary
 from lm.base_model import load_base_model, train_small_base
 from loop.artifacts import atomic_dir, verify as verify_artifacts
-from loop.config import build_config
-from loop.runner import environment, versions
+from loop.runner import environment, run_config, versions
 from sllm.codec import Codec, GenParams
 from storage.db import RunLock, get_run, open_db
 from storage.models import Run
@@ -305,31 +304,20 @@ def _check_holdout_folder(out: Path, key: dict, cfg) -> None:
     made before a setting was added (its settings hash differs, its settings do not) is the same
     setup: its key is brought up to date."""
     f = out / "holdout-settings.json"
-    if f.is_file():
-        old = json.loads(f.read_text())
-        if old != key:
-            diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v and k != "config_hash"]
-            if not diff and old.get("config_hash") != key["config_hash"]:
-                diff = cfg.settings_diff(_folder_config(out), leave_out=MEASURE_ONLY)
-                if not diff:
-                    log.info("holdout folder %s predates settings added since; they keep their defaults", out)
-            if diff:
-                raise ConfigError(f"{out} holds models of another holdout setup ({', '.join(diff[:4])}); "
-                                  "pass a new --out")
+    old = json.loads(f.read_text()) if f.is_file() else None
+    if old == key:
+        return
+    if old is not None:
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in key.items() if old.get(k) != v and k != "config_hash"]
+        if not diff:  # only the settings hash differs: compare the settings the folder's run row holds
+            try:
+                diff = cfg.settings_diff(run_config(out), leave_out=MEASURE_ONLY)
+            except ValueError:  # a key written, its run row not (stopped in between)
+                diff = ["config_hash " + repr(old.get("config_hash")) + " -> " + repr(key["config_hash"])]
+        if diff:
+            raise ConfigError(f"{out} holds models of another holdout setup ({', '.join(diff[:4])}); pass a new --out")
+        log.info("holdout folder %s predates settings added since; they keep their defaults", out)
     f.write_text(json.dumps(key))
-
-
-def _folder_config(out: Path):
-    """The settings a holdout folder's models were trained under (its run row)."""
-    engine = open_db(out)
-    try:
-        with Session(engine) as s:
-            run = get_run(s)
-    finally:
-        engine.dispose()
-    if run is None:
-        raise ConfigError(f"{out} holds a holdout's key but no run row; pass a new --out")
-    return build_config(json.loads(run.config_json))
 
 
 def _ensure_run_row(engine, cfg) -> None:
