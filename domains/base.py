@@ -163,6 +163,9 @@ class Domain:
         """The domain's corpus split into train / eval (whole fact groups, so no paraphrase of an
         evaluation text is trained on) / held-out knowledge."""
         texts, knowledge = self.texts(cfg, seed)
+        if cfg.left_out:  # gone before the split, so no stage or held-out figure sees them
+            texts = [t for t in texts if t.topic not in cfg.left_out]
+            knowledge = [t for t in knowledge if t.topic not in cfg.left_out]
         train, ev = split_eval(texts, cfg.eval_share, seed)
         return CorpusSplits(train=train, eval=ev, knowledge=knowledge,
                             train_fact_keys=frozenset(t.fact_key for t in train if t.fact_key))

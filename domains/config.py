@@ -27,6 +27,10 @@ class CorpusConfig:
     # fingerprints), or another one the domain offers (molecules: morgan, descriptors). Novelty is
     # always measured in the domain's own space.
     meaning: str = ""
+    # Topics (comma-separated) left out of every stage: the base model, the SLLM, the map and the
+    # held-out sets never see a text of them (the holdout experiment's NN1). Only for a domain with
+    # topics (Domain.topics); "" = none.
+    leave_out: str = ""
     # The domain's own settings (an instance of its `Domain.settings`; None: a domain without any,
     # or its defaults when left None). Not a section of its own here: `Config.to_dict` writes it
     # under the domain's name.
@@ -40,6 +44,14 @@ class CorpusConfig:
                f"corpus.domain {self.domain!r} is not a domain; choose one of {', '.join(names)} (--domain NAME)")
         _check(0 <= self.eval_share < 0.5, f"corpus.eval_share must be in [0, 0.5), got {self.eval_share}")
         settings = domain_class(self.domain_name).settings if self.domain_name in names else None
+        if self.leave_out:
+            topics = domain_class(self.domain_name).topics if self.domain_name in names else ()
+            unknown = [t for t in self.left_out if t not in topics]
+            _check(not unknown, f"corpus.leave_out {self.leave_out!r}: " + (
+                f"{', '.join(unknown)} is not a topic of the {self.domain_name} domain; choose from {', '.join(topics)}"
+                if topics else f"the {self.domain_name} domain has no topics to leave out; drop the setting"))
+            _check(len(self.left_out) < len(topics),
+                   f"corpus.leave_out {self.leave_out!r} leaves out every topic; keep at least one")
         if isinstance(self.own, dict):  # a stored run's section
             self.own = settings(**self.own) if settings is not None else None
         elif self.own is None and settings is not None:
@@ -47,6 +59,11 @@ class CorpusConfig:
         elif self.own is not None and (settings is None or not isinstance(self.own, settings)):
             raise ConfigError(f"corpus.own is set by the domain's own settings; write them as "
                               f"{self.domain_name}.KEY=VALUE")
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """The topics `leave_out` names."""
+        return tuple(t.strip() for t in self.leave_out.split(",") if t.strip())
 
     @property
     def domain_name(self) -> str:

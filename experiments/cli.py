@@ -350,6 +350,8 @@ def _holdout_one(args, cfg, run: Path | None, out: Path | None, json_path: Path 
                           f"drop it on {domain.name}")
     if cfg.base.model:
         raise ConfigError("experiment holdout trains its own base model without the topic; drop --base-model")
+    if cfg.corpus.leave_out or cfg.sllm.init:
+        raise ConfigError("experiment holdout sets corpus.leave_out and sllm.init of its own runs; drop them")
     control = args.control or next(t for t in topics if t != args.topic)
     if control == args.topic:
         raise ConfigError(f"--control must differ from --topic ({args.topic}); pick a topic NN1 sees")

@@ -1,32 +1,32 @@
 """The holdout experiment (the idea's NN1/NN2 test): where does an unseen topic fall in NN1's map?"""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sqlmodel import Session
 
-from backends.transformers_backend import TransformersBackend
 from common.errors import ConfigError
 from domains.base import get_domain
 from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
 from latent.features import FeatureDictionary
-from lm.base_model import load_base_model, train_small_base
-from loop.artifacts import atomic_dir, verify as verify_artifacts
-from loop.runner import environment, run_config, versions
-from sllm.codec import Codec, GenParams
+from loop.context import RunContext
+from loop.runner import Loop, environment, run_config, versions
+from loop.stages import load_map
+from sllm.codec import GenParams
 from storage.db import RunLock, get_run, open_db
+from storage.layout import RunLayout
 from storage.models import Run
 
 log = logging.getLogger(__name__)
 
-# Settings that only measure the trained models (the feature dictionary is fitted afresh on NN1's
-# latents at each measurement; the evaluate stage's knowledge probe): left out of the key a holdout
-# folder's models were trained under.
+# Settings the NN2 a holdout folder trains does not depend on (the feature dictionary is NN1's map's,
+# whose own run checks its settings; the evaluate stage's knowledge probe never runs): left out of
+# the key a holdout folder's models were trained under.
 MEASURE_ONLY = ("features", "evaluate")
 
 
@@ -85,88 +85,69 @@ def calibration_line(c: dict, what: str = "held-out texts of topics it saw") -> 
 
 
 # ---------------------------------------------------------------------------- holdout (maths)
-def _save_codec_atomic(codec, folder: Path) -> None:
-    with atomic_dir(folder) as tmp:
-        codec.save(tmp)
+def topic_runs(cfg, out: Path, topic: str, continue_epochs: int, base_sees_topic: bool) -> dict:
+    """The settings of the runs a topic holdout is made of, each a run folder in `out`:
+    NN1 (`nn1`) = generation 0's base model, SLLM and map of a run that leaves `topic` out
+    (`corpus.leave_out`); NN2 (`nn2`) = NN1's SLLM trained `continue_epochs` more (`sllm.init`) on
+    the whole corpus, on NN1's base model. With `base_sees_topic`, both use the base model of a run
+    on the whole corpus (`base`) instead, so only the SLLM misses the topic."""
+    def run_cfg(name: str, **settings):
+        c = copy.deepcopy(cfg)
+        c.run.out, c.run.generations = str(out / name), 1
+        c.corpus.leave_out = settings.get("leave_out", "")
+        c.base.model = settings.get("base_model", "")
+        if "init" in settings:
+            c.sllm.init, c.sllm.epochs = settings["init"], continue_epochs
+        return c
+
+    runs = {}
+    if base_sees_topic:
+        runs["base"] = run_cfg("base")
+    shared_base = str(RunLayout(out / "base").base) if base_sees_topic else ""
+    runs["nn1"] = run_cfg("nn1", leave_out=topic, base_model=shared_base)
+    runs["nn2"] = run_cfg("nn2", base_model=shared_base or str(RunLayout(out / "nn1").base),
+                          init=str(RunLayout(out / "nn1").sllm(0)))
+    return runs
 
 
-def _ready(folder: Path) -> bool:
-    return folder.is_dir() and verify_artifacts(folder) is None
+# The last stage each of a topic holdout's runs needs: NN1 its map, NN2 its SLLM.
+UNTIL = {"base": "base", "nn1": "map", "nn2": "sllm"}
 
 
 def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_texts: int,
             base_sees_topic: bool, json_path: Path | None) -> dict:
-    """The NN1/NN2 test. Resumable: the base model, NN1 and NN2 are reused from `out` when there."""
+    """The NN1/NN2 test. Resumable: its runs (`topic_runs`) resume as any run does."""
     import sacrebleu  # lazy: sacrebleu start-up, not needed for --help
-
-    from latent.occupancy import OccupancyMap  # lazy: faiss start-up, not needed for --help
-    from sllm.train import train_sllm  # lazy: scikit-learn's clustering start-up, not needed for --help
 
     t0 = time.perf_counter()
     domain = get_domain(cfg.corpus.domain_name)
     verify, embed = domain.verifier, domain.meaning_embedder().embed  # the figures' space
-    target = domain.meaning_target(cfg.corpus.meaning)  # the meaning term's
-    all_topics = domain.topics
-
-    def language_texts(topics=None):
-        return domain.language_texts(cfg.corpus, cfg.run.seed, cfg.sllm.false_texts, topics)
-
-    train_all, knowledge = domain.texts(cfg.corpus, cfg.run.seed)
-    train_fact_keys = frozenset(t.fact_key for t in train_all if t.fact_key)
-    without = [t for t in train_all if t.topic != topic]
-    groups = {"topic": [t for t in train_all if t.topic == topic][:max_texts],
-              "control": [t for t in train_all if t.topic == control][:max_texts]}
-    heldout_seen = [t for t in knowledge if t.topic != topic]  # real texts NN1 never trained on, topics it saw
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     with RunLock(out):
         _check_holdout_folder(out, {"topic": topic, "base_sees_topic": base_sees_topic, "continue_epochs": continue_epochs,
-                                    "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}, cfg)
+                                    "nn_runs": True, "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}, cfg)
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
         engine.dispose()
-        base_texts = train_all if base_sees_topic else without
-        if not _ready(out / "base"):
+        runs = topic_runs(cfg, out, topic, continue_epochs, base_sees_topic)
+        for name, c in runs.items():
             t1 = time.perf_counter()
-            # copy units: false sentences of the topics the base model may see
-            copy = language_texts(all_topics if base_sees_topic else tuple(t for t in all_topics if t != topic))
-            with atomic_dir(out / "base") as tmp:
-                train_small_base([t.text for t in base_texts], cfg.base, tmp, cfg.run.seed,
-                                 groups=[t.fact_key for t in base_texts], copy_texts=[t.text for t in copy],
-                                 tokenizer_fn=domain.train_tokenizer)
-            timings["base_s"] = time.perf_counter() - t1
+            Loop(c).run(until=UNTIL[name])
+            timings[f"{name}_s"] = time.perf_counter() - t1
+        ctx1, ctx2 = RunContext(runs["nn1"]), RunContext(runs["nn2"])
         # one copy of the base model per network: each wears its own decoder adapter
-        tok, model = load_base_model(str(out / "base"), cfg.run.device)
-        if not _ready(out / "nn1"):
-            t1 = time.perf_counter()
-            # false sentences of the other topics only: NN1 never sees the held-out topic's language
-            extra = language_texts(tuple(t for t in all_topics if t != topic))
-            texts = [t.text for t in without + extra]
-            torch.manual_seed(cfg.run.seed)
-            nn1 = Codec.new(cfg.sllm, model, tok, target.dim)
-            model = nn1.model  # wearing NN1's new decoder adapter, if any
-            train_sllm(nn1.sllm, nn1.model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
-                       cfg.sllm.epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed,
-                       fact_keys=[t.fact_key for t in without + extra], desc="NN1 (without topic)")
-            _save_codec_atomic(nn1, out / "nn1")
-            timings["nn1_s"] = time.perf_counter() - t1
-        nn1 = Codec.load(out / "nn1", model, tok)
-        if not _ready(out / "nn2"):
-            t1 = time.perf_counter()
-            extra = language_texts()
-            texts = [t.text for t in train_all + extra]
-            nn2 = Codec.load(out / "nn1", load_base_model(str(out / "base"), cfg.run.device)[1], tok)
-            train_sllm(nn2.sllm, nn2.model, tok, texts, target.embed(texts) if cfg.sllm.meaning_weight > 0 else None,
-                       continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, cfg.run.seed + 1,
-                       fact_keys=[t.fact_key for t in train_all + extra], desc="NN2 (continued with topic)")
-            _save_codec_atomic(nn2, out / "nn2")
-            timings["nn2_s"] = time.perf_counter() - t1
-        nn2 = Codec.load(out / "nn2", load_base_model(str(out / "base"), cfg.run.device)[1], tok)
+        tok, model1 = ctx1.model(None)
+        nn1 = ctx1.codec(0, model1, tok)
+        nn2 = ctx2.codec(0, ctx2.model(None)[1], tok)
+        train_fact_keys = ctx2.data.train_fact_keys
+        groups = {"topic": [t for t in ctx2.data.train if t.topic == topic][:max_texts],
+                  "control": [t for t in ctx1.data.train if t.topic == control][:max_texts]}
+        heldout_seen = ctx1.data.knowledge  # real texts NN1 never trained on, of the topics it saw
 
         t1 = time.perf_counter()
-        z_without = nn1.encode([t.text for t in without])
-        occ = OccupancyMap.fit(z_without, cfg.sample, threads=torch.get_num_threads())
-        features = FeatureDictionary.fit(z_without, cfg.features, cfg.run.seed) if cfg.features.n_features else None
+        occ = load_map(ctx1, 0)
+        features = FeatureDictionary.of_map(ctx1.layout.map(0), cfg.features, cfg.run.seed)
         calib = occ.calibrate(nn1.encode([t.text for t in heldout_seen]))
         greedy = GenParams(cfg.decode.max_new_tokens, 0.0, cfg.run.seed)
         per_group, samples = {}, []
@@ -177,10 +158,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             z1 = nn1.encode(orig)
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
-            for dname, net in (("nn1", nn1), ("nn2", nn2)):
-                be = TransformersBackend("", device=cfg.run.device, batch_size=cfg.decode.batch_size)
-                be.tokenizer, be.model = tok, net.model
-                dec[dname] = net.decode(z2, be, greedy)
+            for dname, net, ctx in (("nn1", nn1, ctx1), ("nn2", nn2, ctx2)):
+                dec[dname] = net.decode(z2, ctx.backend(None, (tok, net.model)), greedy)
             rdark, rdens = reencode(occ, nn1, dec["nn1"])
             e_orig, e1, e2 = embed(orig), embed(dec["nn1"]), embed(dec["nn2"])
             v1 = [verify(t) for t in dec["nn1"]]
@@ -235,7 +214,9 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
     json_path = json_path or out / "experiments" / f"holdout-{topic}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     settings = {"out": str(out), "topic": topic, "control": control, "continue_epochs": continue_epochs,
                 "max_texts": max_texts, "base_sees_topic": base_sees_topic, "config": cfg.to_dict()}
-    artifacts = {"json": str(json_path), "base": str(out / "base"), "nn1": str(out / "nn1"), "nn2": str(out / "nn2")}
+    artifacts = {"json": str(json_path), "base": ctx1.base_path(), "nn1": str(ctx1.layout.sllm(0)),
+                 "map": str(ctx1.layout.map(0)), "nn2": str(ctx2.layout.sllm(0)),
+                 "runs": {name: c.run.out for name, c in runs.items()}}
     return save_holdout(out, settings, result, table, artifacts, seconds, samples, json_path)
 
 

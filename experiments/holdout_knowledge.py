@@ -24,10 +24,11 @@ from common.errors import ConfigError
 from domains.base import get_domain
 from domains.files import CorpusError
 from experiments.common import plain_table
-from experiments.holdout import (_check_holdout_folder, _ensure_run_row, _ready, _save_codec_atomic, calibration_line,
-                                 locate, location_rows, reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
+from experiments.holdout import (_check_holdout_folder, _ensure_run_row, calibration_line, locate, location_rows,
+                                 reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
 from latent.features import FeatureDictionary
 from lm.base_model import load_base_model
+from loop.artifacts import atomic_dir, verify as verify_artifacts
 from loop.context import RunContext
 from loop.stages import load_map
 from sllm.codec import Codec, GenParams
@@ -65,6 +66,15 @@ def decode_figures(holdout, arr: dict[str, dict[str, np.ndarray]], mask: np.ndar
     if reencoded is not None:  # (dark, density score) of NN1's decodes encoded again by NN1
         out.update(nn1_reencode_figures(*reencoded, idx))
     return out
+
+
+def _save_codec_atomic(codec, folder: Path) -> None:
+    with atomic_dir(folder) as tmp:
+        codec.save(tmp)
+
+
+def _ready(folder: Path) -> bool:
+    return folder.is_dir() and verify_artifacts(folder) is None
 
 
 def _check_run_mapped(run_dir: Path) -> None:

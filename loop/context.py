@@ -6,6 +6,7 @@ finished run holds a context of that run and never the runner.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import random
@@ -19,9 +20,11 @@ from common.errors import ConfigError
 from domains.base import CorpusSplits, Domain, Text, get_domain
 from judges.critic import load_rubric
 from lm.base_model import check_model_path, load_base_model
-from loop.artifacts import check
+from loop.artifacts import check, verify
 from loop.config import Config
 from sllm.codec import Codec
+from sllm.config import TRAINING_ONLY
+from sllm.model import saved_config
 from storage.db import stage_detail
 from storage.layout import RunLayout
 from storage.models import Candidate
@@ -57,7 +60,10 @@ class RunContext:
         return None
 
     def language_texts(self, topics: tuple[str, ...] | None = None) -> list[Text]:
-        """The SLLM's extra training texts from the domain (sllm.false_texts of them; maths: false sentences)."""
+        """The SLLM's extra training texts from the domain (sllm.false_texts of them; maths: false
+        sentences), of `topics`, or of every topic the run does not leave out."""
+        if topics is None and self.cfg.corpus.left_out:
+            topics = tuple(t for t in self.domain.topics if t not in self.cfg.corpus.left_out)
         return self.domain.language_texts(self.cfg.corpus, self.cfg.run.seed, self.cfg.sllm.false_texts, topics)
 
     def base_path(self) -> str:
@@ -125,6 +131,30 @@ class RunContext:
         self.share_model(model, codec.model)
         return codec
 
+    def init_codec(self, model, tok):
+        """The SLLM generation 0 starts from (`sllm.init`) on `model`, in the model cache as `codec` does."""
+        codec = Codec.load(self.cfg.sllm.init, model, tok)
+        codec.sllm.cfg = self.cfg.sllm  # the same SLLM (checked), saved with this run's budget
+        self.share_model(model, codec.model)
+        return codec
+
+    def check_sllm_init(self) -> None:
+        """`sllm.init` is an intact SLLM folder built with these SLLM settings (the budget aside)."""
+        init = self.cfg.sllm.init
+        problem = verify(init)
+        if problem is not None:
+            raise ConfigError(f"sllm.init {init}: not an SLLM folder a run saved ({problem}); pass a run's "
+                              "gen-NNN/sllm folder, or drop the setting")
+        try:
+            saved = saved_config(init)
+        except ValueError as e:
+            raise ConfigError(f"sllm.init {init}: {e}; pass a run's gen-NNN/sllm folder") from None
+        diff = [f"sllm.{f.name} {getattr(saved, f.name)!r}" for f in dataclasses.fields(saved)
+                if f.name not in TRAINING_ONLY and getattr(saved, f.name) != getattr(self.cfg.sllm, f.name)]
+        if diff:
+            raise ConfigError(f"sllm.init {init} was trained with other SLLM settings ({', '.join(diff[:4])}); "
+                              "set them as it was trained, or drop sllm.init")
+
     def share_model(self, old, new) -> None:
         """`new` (the same weights, wrapped) replaces `old` in the model cache."""
         for k, (tok, m) in list(self.models.items()):
@@ -135,6 +165,8 @@ class RunContext:
         """Check the inputs before anything is written: bad input leaves no trace."""
         if self.cfg.base.model:
             check_model_path(self.cfg.base.model)
+        if self.cfg.sllm.init:
+            self.check_sllm_init()
         if self.cfg.judges.rubric:
             load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
             if self.domain.rule_critic is not None:

@@ -100,7 +100,9 @@ class Loop(RunContext):
                     s.commit()
                     return
 
-    def run(self) -> None:
+    def run(self, until: str | None = None) -> None:
+        """The stages of every generation, the done ones skipped; with `until` (a stage's name), the
+        last generation stops after that stage (an experiment that needs generation 0's models only)."""
         # Several processes (torchrun / accelerate launch; docs/distributed.md): every rank goes through
         # the stages; rank 0 alone locks the folder and writes the database and the artifacts.
         several = distributed.init()
@@ -121,10 +123,13 @@ class Loop(RunContext):
             torch.set_num_threads(self.cfg.run.threads)
 
         def stages(engine) -> None:  # every rank, in the same order; rank 0 says which are done
+            last = self.cfg.run.generations - 1
             for g in range(self.cfg.run.generations):
                 for stage in STAGES:
                     if stage.first_generation_only and g > 0:
                         continue
+                    if g == last and until is not None and STAGE_NAMES.index(stage.name) > STAGE_NAMES.index(until):
+                        break
                     with Session(engine) as s:
                         done = main and (g, stage.name) in done_stages(s)
                     if not distributed.broadcast(done):

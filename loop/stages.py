@@ -101,7 +101,10 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
             fixed = embed_cached(loop.data.train_texts + extra, loop.layout.cache, embedder)
         n = len(loop.data.train_texts)
         targets = np.concatenate([fixed[:n], embedder.embed(accepted), fixed[n:]])
-    if g == 0:
+    if g == 0 and cfg.sllm.init:  # another run's SLLM, trained further here
+        codec = loop.init_codec(model, tok)
+        epochs = cfg.sllm.epochs
+    elif g == 0:
         codec = Codec.new(cfg.sllm, model, tok, embedder.dim)
         loop.share_model(model, codec.model)
         epochs = cfg.sllm.epochs

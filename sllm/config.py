@@ -7,6 +7,9 @@ from common.errors import check as _check
 
 
 ENCODER_INPUTS = ("embeddings", "hidden")
+# Settings that say how long and how fast an SLLM trains, not what it is: an SLLM may start from
+# another one (`init`) that differs in these alone.
+TRAINING_ONLY = ("epochs", "continue_epochs", "lr", "batch_size", "init")
 
 
 @dataclass
@@ -67,6 +70,10 @@ class SLLMConfig:
     kl_weight: float = 0.0
     epochs: int = 5
     continue_epochs: int = 1  # epochs per later generation (continued training)
+    # An SLLM folder (a run's gen-NNN/sllm) that generation 0 starts from instead of a fresh SLLM, then
+    # trains `epochs` more (the holdout experiment's NN2: NN1 continued). Its settings must equal
+    # these but for the training budget (TRAINING_ONLY). "" = a fresh SLLM.
+    init: str = ""
     lr: float = 1e-3
     batch_size: int = 64  # performance knob
 

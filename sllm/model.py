@@ -138,6 +138,14 @@ def save_sllm(sllm: SLLM, folder) -> None:
     (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+def saved_config(folder) -> SLLMConfig:
+    """The settings an SLLM saved in `folder` by save_sllm was built and trained with."""
+    try:
+        return SLLMConfig(**json.loads((Path(folder) / CONFIG).read_text())["sllm"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"SLLM checkpoint {folder} has no readable {CONFIG} ({e})") from None
+
+
 def load_sllm(folder, device="cpu") -> SLLM:
     """The SLLM saved in `folder` by save_sllm, built from its own config.json: one call."""
     folder = Path(folder)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main as cli_main
+from domains.maths.topics import ALL_TOPICS
 from loop.config import ConfigError, build_config, load_config_file
 from tests.test_loop import TINY, other_domain, run_cli
 
@@ -45,6 +46,9 @@ def test_a_commands_own_settings_sit_under_the_users_and_over_the_domains(tmp_pa
     ({"sample.n_candidates": "-4"}, "sample.n_candidates must be >= 1"),
     ({"sample.samplers": "dark,magic"}, "unknown sampler 'magic'"),
     ({"sllm.paraphrase_tau": "0"}, "sllm.paraphrase_tau must be > 0, got 0"),
+    ({"corpus.leave_out": "fractions,algebra"}, "algebra is not a topic of the maths domain; choose from"),
+    ({"corpus.domain": "molecules", "corpus.leave_out": "rings"}, "molecules domain has no topics to leave out"),
+    ({"corpus.leave_out": ",".join(ALL_TOPICS)}, "leaves out every topic"),
 ])
 def test_bad_settings(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -79,6 +83,7 @@ def _bad(args, tmp_path, needle, capsys):
     (["--domain", "poems"], "corpus.domain 'poems' is not a domain"),
     (["--domain", "text"], "the text domain needs a corpus"),
     (["--rubric", "/nonexistent/rubric.txt"], "rubric file /nonexistent/rubric.txt not found"),
+    (["--set", "sllm.init=/nonexistent/sllm"], "sllm.init /nonexistent/sllm: not an SLLM folder a run saved"),
 ])
 def test_bad_input_one_line(args, needle, tmp_path, capsys):
     _bad(args, tmp_path, needle, capsys)

@@ -12,6 +12,8 @@ import pytest
 
 from experiments import DISCOVERY_COLUMNS, ci95, summarise_discovery
 from experiments.cli import main as experiment_main
+from loop.context import RunContext
+from loop.runner import run_config
 from tests.test_loop import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,12 +185,27 @@ def test_holdout_numbers_table_db(holdout_run):
             if k not in ("texts", "reencoded_density_median_nn1"):
                 assert 0 <= v <= 1 + 1e-6, (g, k, v)
         assert grp["all"]["reencoded_density_median_nn1"] >= 0  # the round-trip check of NN1's decodes
-        assert grp["all"]["texts"] == 8  # 4 facts x 2 phrasings
+        assert grp["all"]["texts"] == grp["texts"]
     assert res["groups"]["control"]["seen_by_nn1"] and not res["groups"]["topic"]["seen_by_nn1"]
+    # NN1 and NN2 are runs: NN1 the first stages of a run without the topic, NN2 NN1's SLLM trained
+    # on the whole corpus, on NN1's base model
+    nn1, nn2 = RunContext(run_config(out / "nn1")), RunContext(run_config(out / "nn2"))
+    assert nn1.cfg.corpus.leave_out == "fractions" and nn2.cfg.corpus.leave_out == ""
+    assert not any(t.topic == "fractions" for t in nn1.data.train + nn1.data.eval + nn1.data.knowledge)
+    assert not any(t.topic == "fractions" for t in nn1.language_texts())
+    fractions = [t for t in nn2.data.train if t.topic == "fractions"]
+    assert res["groups"]["topic"]["texts"] == min(8, len(fractions)) >= 4
+    assert nn2.cfg.sllm.init == str(out / "nn1" / "gen-000" / "sllm") and nn2.base_path() == str(out / "nn1" / "base")
+    for run, stages in ((out / "nn1", ["base", "map", "sllm"]), (out / "nn2", ["base", "sllm"])):
+        con = sqlite3.connect(run / "runs.db")
+        assert sorted(n for (n,) in con.execute("SELECT name FROM stage")) == stages
+        con.close()
     con = sqlite3.connect(out / "runs.db")
     kinds = dict(con.execute("SELECT kind, count(*) FROM experimentsample GROUP BY kind").fetchall())
     con.close()
-    assert kinds == {"topic/nn1": 8, "topic/nn2": 8, "control/nn1": 8, "control/nn2": 8}
+    n = {g: res["groups"][g]["texts"] for g in ("topic", "control")}
+    assert kinds == {"topic/nn1": n["topic"], "topic/nn2": n["topic"], "control/nn1": n["control"],
+                     "control/nn2": n["control"]}
     assert "holdout" in run_cli(["inspect", str(out), "experiments"]).stdout
     assert "NN1 decode dark once re-encoded by NN1" in p.stdout
     con = sqlite3.connect(out / "runs.db")
@@ -219,7 +236,7 @@ def test_holdout_over_training_seeds(tmp_path):
     assert sorted(doc["runs"]) == ["seed-0", "seed-1"]
     per_seed = []
     for name, r in doc["runs"].items():
-        assert Path(r["out"]) == out / name and (out / name / "nn1").is_dir() and (out / name / "nn2").is_dir()
+        assert Path(r["out"]) == out / name and run_config(out / name / "nn2").run.seed == int(name[-1])
         per_seed.append(json.loads(Path(r["json"]).read_text())["result"])
     assert per_seed[0]["groups"]["topic"]["all"] != per_seed[1]["groups"]["topic"]["all"] or \
         per_seed[0]["calibration_nn1_map"] != per_seed[1]["calibration_nn1_map"]  # two trainings, not one twice

@@ -226,6 +226,46 @@ def test_language_texts_only_for_the_built_in_domain_and_its_topics(tmp_path):
     assert language_texts(build_config({}, {"sllm.false_texts": 0})) == []
 
 
+def test_a_run_stops_after_a_stage_and_an_sllm_starts_from_another_runs(tmp_path):
+    """Loop.run(until=...) leaves the later stages to a resume; sllm.init starts generation 0's SLLM
+    from another run's (trained further, not afresh), and refuses one built with other SLLM settings."""
+    import torch
+    from safetensors.torch import load_file
+
+    from common.errors import ConfigError
+    from loop.options import build_from_args, parser
+    from loop.runner import Loop
+
+    def cfg(out, *more):
+        return build_from_args(parser().parse_args(["--out", str(out), "--generations", "1", *TINY_MODELS, *more]))
+
+    def stages(out):
+        con = sqlite3.connect(out / "runs.db")
+        names = sorted(n for (n,) in con.execute("SELECT name FROM stage"))
+        con.close()
+        return names
+
+    Loop(cfg(tmp_path / "a")).run(until="sllm")
+    assert stages(tmp_path / "a") == ["base", "sllm"]
+    a = tmp_path / "a" / "gen-000" / "sllm"
+    # a learning rate too small to move a weight: generation 0's SLLM is the one it starts from
+    Loop(cfg(tmp_path / "b", "--set", f"sllm.init={a}", "--set", "sllm.lr=1e-30", "--set", "sllm.epochs=1",
+             "--set", f"base.model={tmp_path / 'a' / 'base'}")).run(until="sllm")
+    wa = load_file(str(a / "sllm.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "gen-000" / "sllm" / "sllm.safetensors"))
+    moving = [k for k in wa if "running" not in k and "num_batches" not in k]  # BatchNorm's statistics do move
+    assert moving and all(torch.equal(wa[k], wb[k]) for k in moving)
+    assert json.loads((tmp_path / "b" / "gen-000" / "sllm" / "config.json").read_text())["sllm"]["init"] == str(a)
+    fresh = cfg(tmp_path / "c", "--set", "sllm.epochs=1", "--set", f"base.model={tmp_path / 'a' / 'base'}")
+    Loop(fresh).run(until="sllm")
+    assert not torch.equal(load_file(str(tmp_path / "c" / "gen-000" / "sllm" / "sllm.safetensors"))[moving[0]], wa[moving[0]])
+    with pytest.raises(ConfigError, match=r"trained with other SLLM settings \(sllm.latent_dim 32\)"):
+        Loop(cfg(tmp_path / "d", "--set", f"sllm.init={a}", "--set", "sllm.latent_dim=16")).run()
+    assert not (tmp_path / "d").exists()
+    Loop(cfg(tmp_path / "a")).run(until="map")  # the same run resumed: only the map stage is new
+    assert stages(tmp_path / "a") == ["base", "map", "sllm"]
+
+
 def test_decode_builds_soft_prompts_a_chunk_at_a_time(one_generation_run, tmp_path, monkeypatch):
     """decode.chunk_size, not sample.n_candidates, bounds the soft prompts (chunk, K+1, E) built at
     once, and the texts do not depend on it."""
