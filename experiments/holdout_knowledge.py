@@ -3,7 +3,8 @@
 NN1 = generation 0's SLLM (and base model, and map) of a run on the domain's own corpus, which holds
 nothing of the domain's held-out knowledge set (`Domain.knowledge_holdout`; molecules: the MOSES
 scaffold-test molecules, whose scaffolds occur in neither MOSES train nor test). NN2 = NN1 continued
-on the run's training texts plus part A of the held-out set. Measured: part B (disjoint from A) and,
+on the run's training texts plus part A of the held-out set: a run of its own (OUT/nn2, up to its
+SLLM stage, `sllm.init` = NN1's SLLM, `sllm.texts_file` = part A, on NN1's base model). Measured: part B (disjoint from A) and,
 as the control, as many texts of the domain's control set (unseen texts the corpus does resemble;
 NN2 is not continued on them). Each is encoded by NN2 and located in NN1's map (the figures every
 domain shares, `experiments.holdout.locate`), then decoded by both decoders and compared with the
@@ -12,8 +13,10 @@ Tanimoto, scaffolds, rediscoveries).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -27,11 +30,10 @@ from experiments.common import plain_table
 from experiments.holdout import (_check_holdout_folder, _ensure_run_row, calibration_line, locate, location_rows,
                                  reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
 from latent.features import FeatureDictionary
-from lm.base_model import load_base_model
-from loop.artifacts import atomic_dir, verify as verify_artifacts
 from loop.context import RunContext
+from loop.runner import Loop
 from loop.stages import load_map
-from sllm.codec import Codec, GenParams
+from sllm.codec import GenParams
 from storage.db import RunLock, done_stages, open_db
 
 log = logging.getLogger(__name__)
@@ -68,15 +70,6 @@ def decode_figures(holdout, arr: dict[str, dict[str, np.ndarray]], mask: np.ndar
     return out
 
 
-def _save_codec_atomic(codec, folder: Path) -> None:
-    with atomic_dir(folder) as tmp:
-        codec.save(tmp)
-
-
-def _ready(folder: Path) -> bool:
-    return folder.is_dir() and verify_artifacts(folder) is None
-
-
 def _check_run_mapped(run_dir: Path) -> None:
     """The run has generation 0's SLLM and map (its `map` stage is done)."""
     engine = open_db(run_dir)
@@ -93,9 +86,7 @@ def _check_run_mapped(run_dir: Path) -> None:
 def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int, continue_epochs: int,
                       json_path: Path | None) -> dict:
     """The NN1/NN2 test on a domain's knowledge set against run `run_dir` (cfg = that run's own
-    settings). Resumable: NN2 is reused from `out` when there; nothing is written into `run_dir`."""
-    from sllm.train import train_sllm  # lazy: scikit-learn's clustering start-up, not needed for --help
-
+    settings). NN2 is a run folder, `out`/nn2 (resumed as any run); nothing is written into `run_dir`."""
     t0 = time.perf_counter()
     domain = cfg.corpus.domain_name
     holdout = get_domain(domain).knowledge_holdout
@@ -121,7 +112,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     timings: dict[str, float] = {}
     with RunLock(out):
         _check_holdout_folder(out, {"domain": domain, "run": str(run_dir.resolve()), "part_a": part_a,
-                                    "max_texts": max_texts, "continue_epochs": continue_epochs,
+                                    "max_texts": max_texts, "continue_epochs": continue_epochs, "nn_runs": True,
                                     "config_hash": cfg.result_hash(leave_out=MEASURE_ONLY)}, cfg)
         engine = open_db(out, create=True)
         _ensure_run_row(engine, cfg)
@@ -132,22 +123,21 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
         occ = load_map(loop, 0)
         features = FeatureDictionary.of_map(loop.layout.map(0), cfg.features, seed)
 
-        def second_copy():  # NN2 wears its own decoder adapter: a model of its own
-            return load_base_model(loop.base_path(), cfg.run.device)[1]
-
-        if not _ready(out / "nn2"):
-            t1 = time.perf_counter()
-            extra = loop.language_texts()
-            items = data.train + extra
-            texts = [t.text for t in items] + a_list
-            embed = loop.domain.meaning_target(cfg.corpus.meaning).embed
-            nn2 = Codec.load(loop.layout.sllm(0), second_copy(), tok)
-            train_sllm(nn2.sllm, nn2.model, tok, texts, embed(texts) if cfg.sllm.meaning_weight > 0 else None,
-                       continue_epochs, cfg.sllm.lr, cfg.sllm.batch_size, seed + 1,
-                       fact_keys=[t.fact_key for t in items] + a_list, desc=f"NN2 (continued with {holdout.name} A)")
-            _save_codec_atomic(nn2, out / "nn2")
-            timings["nn2_s"] = time.perf_counter() - t1
-        nn2 = Codec.load(out / "nn2", second_copy(), tok)
+        # NN2: a run of its own, up to its SLLM stage: the run's SLLM trained on the run's corpus and part A
+        part_a_file = out / "part-a.txt"
+        if not part_a_file.is_file() or part_a_file.read_text().splitlines() != a_list:
+            tmp = out / f".{part_a_file.name}.tmp"
+            tmp.write_text("".join(f"{t}\n" for t in a_list))
+            os.replace(tmp, part_a_file)
+        c2 = copy.deepcopy(cfg)
+        c2.run.out, c2.run.generations = str(out / "nn2"), 1
+        c2.base.model = loop.base_path()
+        c2.sllm.init, c2.sllm.epochs, c2.sllm.texts_file = str(loop.layout.sllm(0)), continue_epochs, str(part_a_file)
+        t1 = time.perf_counter()
+        Loop(c2).run(until="sllm")
+        timings["nn2_s"] = time.perf_counter() - t1
+        ctx2 = RunContext(c2)
+        nn2 = ctx2.codec(0, ctx2.model(None)[1], tok)  # its own copy of the base model, wearing NN2's adapter
 
         t1 = time.perf_counter()
         eval_latents = loop.layout.map(0) / "eval_latents.npy"
@@ -161,7 +151,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
             for dname, net, z in (("nn1", nn1, z2), ("nn2", nn2, z2), ("nn1_own", nn1, z1)):
-                dec[dname] = net.decode(z, loop.backend(None, (tok, net.model)), greedy)
+                dec[dname] = net.decode(z, (ctx2 if net is nn2 else loop).backend(None, (tok, net.model)), greedy)
             arr = {d: holdout.compare(orig, dec[d], a_set, data.train_fact_keys) for d, _ in DECODERS}
             rdark, rdens = reencode(occ, nn1, dec["nn1"])
             per_group[gname] = {
@@ -196,7 +186,8 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
     settings = {"out": str(out), "run": str(run_dir), "domain": domain, "part_a": part_a, "max_texts": max_texts,
                 "continue_epochs": continue_epochs, "config": cfg.to_dict()}
     artifacts = {"json": str(json_path), "base": loop.base_path(), "nn1": str(loop.layout.sllm(0)),
-                 "map": str(loop.layout.map(0)), "nn2": str(out / "nn2"), "parts": str(out / "parts.json")}
+                 "map": str(loop.layout.map(0)), "nn2": str(ctx2.layout.sllm(0)), "nn2_run": c2.run.out,
+                 "parts": str(out / "parts.json")}
     return save_holdout(out, settings, result, table, artifacts, seconds, samples, json_path)
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from backends.base import get_backend
-from common.errors import ConfigError
+from common.errors import ConfigError, CorpusError
 from domains.base import CorpusSplits, Domain, Text, get_domain
+from domains.files import load_corpus
 from judges.critic import load_rubric
 from lm.base_model import check_model_path, load_base_model
 from loop.artifacts import check, verify
@@ -44,6 +45,7 @@ class RunContext:
         self.domain: Domain = get_domain(cfg.corpus.domain_name)
         self.models: dict = {}
         self._data: CorpusSplits | None = None
+        self._file_texts: list[str] | None = None
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -65,6 +67,17 @@ class RunContext:
         if topics is None and self.cfg.corpus.left_out:
             topics = tuple(t for t in self.domain.topics if t not in self.cfg.corpus.left_out)
         return self.domain.language_texts(self.cfg.corpus, self.cfg.run.seed, self.cfg.sllm.false_texts, topics)
+
+    def sllm_file_texts(self) -> list[str]:
+        """The texts of `sllm.texts_file` (none when unset); a file that cannot be read is refused."""
+        if not self.cfg.sllm.texts_file:
+            return []
+        if self._file_texts is None:
+            try:
+                self._file_texts = [t.text for t in load_corpus(self.cfg.sllm.texts_file)]
+            except CorpusError as e:
+                raise ConfigError(f"sllm.texts_file: {e}") from None
+        return self._file_texts
 
     def base_path(self) -> str:
         return self.cfg.base.model or str(self.layout.base)
@@ -167,6 +180,7 @@ class RunContext:
             check_model_path(self.cfg.base.model)
         if self.cfg.sllm.init:
             self.check_sllm_init()
+        self.sllm_file_texts()  # an unreadable file fails now, not after the base model's training
         if self.cfg.judges.rubric:
             load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training
             if self.domain.rule_critic is not None:

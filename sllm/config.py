@@ -7,9 +7,9 @@ from common.errors import check as _check
 
 
 ENCODER_INPUTS = ("embeddings", "hidden")
-# Settings that say how long and how fast an SLLM trains, not what it is: an SLLM may start from
-# another one (`init`) that differs in these alone.
-TRAINING_ONLY = ("epochs", "continue_epochs", "lr", "batch_size", "init")
+# Settings that say how long, how fast and on which extra texts an SLLM trains, not what it is: an
+# SLLM may start from another one (`init`) that differs in these alone.
+TRAINING_ONLY = ("epochs", "continue_epochs", "lr", "batch_size", "init", "false_texts", "texts_file")
 
 
 @dataclass
@@ -43,6 +43,10 @@ class SLLMConfig:
     # any template) and carry no true fact, so no held-out truth leaks; the corpus alone is too
     # small to learn a round trip that generalises. A domain without them ignores this.
     false_texts: int = 16000
+    # A file of more texts (.txt, one a line, or .jsonl) the SLLM trains on beside the corpus in every
+    # generation; the base model, the map and novelty never see them (the knowledge holdout's NN2
+    # learns part A of the held-out set this way). "" = none.
+    texts_file: str = ""
     # Rank of the decoder adapter (sllm.adapter): a LoRA on every linear layer of the frozen base
     # model, trained with the SLLM and active only while decoding from a latent. 0 = none: the latent
     # reaches the base model as input soft prompts alone, which measured worse on both built-in

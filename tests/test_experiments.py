@@ -224,6 +224,19 @@ def test_holdout_resumes_and_refuses_another_setup(holdout_run):
     assert bad.returncode == 2 and "another holdout setup" in bad.stderr
 
 
+def test_holdout_with_a_base_model_that_saw_the_topic(tmp_path):
+    """--base-sees-topic: a third run trains the base model on the whole corpus; NN1 and NN2 both use it."""
+    out = tmp_path / "h"
+    p = run_cli(["experiment", "holdout", "--topic", "fractions", "--control", "addition", "--base-sees-topic",
+                 "--out", str(out), *TINY])
+    assert "the base LM saw every topic" in p.stdout
+    base = run_config(out / "base")
+    assert base.corpus.leave_out == "" and any(t.topic == "fractions" for t in RunContext(base).data.train)
+    for name in ("nn1", "nn2"):
+        assert run_config(out / name).base.model == str(out / "base" / "base")
+    assert run_config(out / "nn1").corpus.leave_out == "fractions" and not (out / "nn1" / "base").exists()
+
+
 def test_holdout_over_training_seeds(tmp_path):
     """--train-seeds: one holdout per seed in OUT/seed-S, then each figure's mean and interval over them."""
     js = tmp_path / "seeds.json"

@@ -79,9 +79,19 @@ def test_molecules_holdout_parts_models_figures_table(mol_holdout):
     (cfg_json,) = con.execute("SELECT config_json FROM run").fetchone()
     con.close()
     assert json.loads(cfg_json)["molecules"]["max_texts"] == 400
-    nn1, nn2 = load_sllm(out / "run" / "gen-000" / "sllm"), load_sllm(out / "nn2")
+    nn1, nn2 = load_sllm(out / "run" / "gen-000" / "sllm"), load_sllm(out / "nn2" / "gen-000" / "sllm")
     s1, s2 = nn1.state_dict(), nn2.state_dict()
     assert s1.keys() == s2.keys() and any(not np.array_equal(s1[k].numpy(), s2[k].numpy()) for k in s1)
+    # NN2 is a run up to its SLLM stage: NN1's SLLM trained on the run's corpus and part A, on NN1's base model
+    con = sqlite3.connect(out / "nn2" / "runs.db")
+    (nn2_json,) = con.execute("SELECT config_json FROM run").fetchone()
+    stages = sorted(n for (n,) in con.execute("SELECT name FROM stage"))
+    (detail,) = con.execute("SELECT detail_json FROM stage WHERE name = 'sllm'").fetchone()
+    con.close()
+    nn2_cfg = json.loads(nn2_json)
+    assert stages == ["base", "sllm"] and nn2_cfg["base"]["model"] == str(out / "run" / "base")
+    assert nn2_cfg["sllm"]["init"] == str(out / "run" / "gen-000" / "sllm")
+    assert (out / "part-a.txt").read_text().split() == parts["A"] and json.loads(detail)["file_texts"] == 40
     res = json.loads(js.read_text())["result"]
     assert res["part_a"] == 40 and res["part_b"] == 20 and res["train_texts"] == 400
     for name in ("topic", "control"):
@@ -117,7 +127,7 @@ def test_molecules_holdout_with_run_reuses_nn2_and_writes_nothing_in_the_run(mol
     out = mol_holdout[0]
     run = out / "run"
     before = {f: f.stat().st_mtime_ns for f in run.rglob("*") if f.is_file()}
-    nn2 = out / "nn2" / "sllm.safetensors"
+    nn2 = out / "nn2" / "gen-000" / "sllm" / "sllm.safetensors"
     nn2_time = nn2.stat().st_mtime_ns
     p = run_cli(["experiment", "holdout", "--domain", "molecules", "--run", str(run), "--out", str(out), *PARTS, "-q",
                  "--set", "run.threads=1"])
