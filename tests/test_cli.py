@@ -84,6 +84,7 @@ def _bad(args, tmp_path, needle, capsys):
     (["--domain", "text"], "the text domain needs a corpus"),
     (["--rubric", "/nonexistent/rubric.txt"], "rubric file /nonexistent/rubric.txt not found"),
     (["--set", "sllm.init=/nonexistent/sllm"], "sllm.init /nonexistent/sllm: not an SLLM folder a run saved"),
+    (["--set", "sllm.texts_file=/nonexistent/more.txt"], "sllm.texts_file: corpus file /nonexistent/more.txt does not exist"),
 ])
 def test_bad_input_one_line(args, needle, tmp_path, capsys):
     _bad(args, tmp_path, needle, capsys)
