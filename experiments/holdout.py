@@ -15,7 +15,7 @@ from domains.base import get_domain
 from experiments.common import _fmt_ci, ci95, plain_table, store_experiment
 from latent.features import FeatureDictionary
 from loop.context import RunContext
-from loop.runner import Loop, environment, run_config, versions
+from loop.runner import Loop, environment, run_config, run_versions
 from loop.stages import load_map
 from sllm.codec import GenParams
 from storage.db import RunLock, get_run, open_db
@@ -305,7 +305,7 @@ def _ensure_run_row(engine, cfg) -> None:
     with Session(engine) as s:
         if get_run(s) is None:
             s.add(Run(seed=cfg.run.seed, config_json=json.dumps(cfg.to_dict()), config_hash=cfg.result_hash(),
-                      versions_json=json.dumps(versions())))
+                      versions_json=json.dumps(run_versions())))
             s.commit()
 
 

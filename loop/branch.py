@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from common.errors import ConfigError
 from loop.config import Config
-from loop.runner import run_config, versions
+from loop.runner import run_config, run_versions
 from storage.db import DB_NAME, RunLock, open_db
 from storage.layout import RunLayout
 from storage.models import Run, Stage, Zone
@@ -74,7 +74,7 @@ def branch(src: str | Path, cfg: Config) -> bool:
     try:
         with Session(out) as s:
             s.add(Run(seed=cfg.run.seed, config_json=json.dumps(cfg.to_dict()), config_hash=cfg.result_hash(),
-                      versions_json=json.dumps({**versions(), "branched_from": str(src.resolve())})))
+                      versions_json=json.dumps({**run_versions(), "branched_from": str(src.resolve())})))
             for row in stage_rows:
                 detail = json.loads(row["detail_json"])
                 if row["name"] == "base" and detail.get("trained"):

@@ -51,6 +51,12 @@ def versions() -> dict[str, str]:
             "numpy": np.__version__}
 
 
+def run_versions() -> dict:
+    """What a run row records beside its settings: the package versions and the thread count the
+    run was made with (CPU training is not bit-identical across thread counts)."""
+    return {**versions(), "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+
 def environment() -> dict:
     """What a figure depends on beyond the code: thread count, package versions, the machine and
     the command; every experiment and bench JSON records it."""
@@ -67,7 +73,7 @@ class Loop(RunContext):
             run = get_run(s)
             if run is None:
                 s.add(Run(seed=self.cfg.run.seed, config_json=json.dumps(self.cfg.to_dict()),
-                          config_hash=self.cfg.result_hash(), versions_json=json.dumps(versions())))
+                          config_hash=self.cfg.result_hash(), versions_json=json.dumps(run_versions())))
                 s.commit()
                 return
             if run.config_hash != self.cfg.result_hash():

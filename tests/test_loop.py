@@ -99,6 +99,7 @@ def test_full_loop_every_stage(reference_run):
         assert (out / "gen-000" / "adapter" / "adapter_config.json").is_file()
     run = sqlite3.connect(out / "runs.db").execute("SELECT seed, config_json, versions_json FROM run").fetchone()
     assert run[0] == 0 and json.loads(run[1])["sllm"]["latent_dim"] == 32 and "torch" in json.loads(run[2])
+    assert json.loads(run[2])["threads"] == 1  # run.threads=1: the thread count the run trained with
     assert sqlite3.connect(out / "runs.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # the SLLM learned from the corpus plus sllm.false_texts verifier-checked false sentences
     detail = json.loads(sqlite3.connect(out / "runs.db").execute(
