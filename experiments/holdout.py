@@ -91,23 +91,31 @@ def topic_runs(cfg, out: Path, topic: str, continue_epochs: int, base_sees_topic
     (`corpus.leave_out`); NN2 (`nn2`) = NN1's SLLM trained `continue_epochs` more (`sllm.init`) on
     the whole corpus, on NN1's base model. With `base_sees_topic`, both use the base model of a run
     on the whole corpus (`base`) instead, so only the SLLM misses the topic."""
-    def run_cfg(name: str, **settings):
-        c = copy.deepcopy(cfg)
-        c.run.out, c.run.generations = str(out / name), 1
-        c.corpus.leave_out = settings.get("leave_out", "")
-        c.base.model = settings.get("base_model", "")
-        if "init" in settings:
-            c.sllm.init, c.sllm.epochs = settings["init"], continue_epochs
-        return c
-
     runs = {}
     if base_sees_topic:
-        runs["base"] = run_cfg("base")
+        runs["base"] = one_generation(cfg, out / "base")
     shared_base = str(RunLayout(out / "base").base) if base_sees_topic else ""
-    runs["nn1"] = run_cfg("nn1", leave_out=topic, base_model=shared_base)
-    runs["nn2"] = run_cfg("nn2", base_model=shared_base or str(RunLayout(out / "nn1").base),
-                          init=str(RunLayout(out / "nn1").sllm(0)))
+    runs["nn1"] = one_generation(cfg, out / "nn1")
+    runs["nn1"].corpus.leave_out, runs["nn1"].base.model = topic, shared_base
+    runs["nn2"] = continued(cfg, out / "nn2", shared_base or str(RunLayout(out / "nn1").base),
+                            RunLayout(out / "nn1").sllm(0), continue_epochs)
     return runs
+
+
+def one_generation(cfg, folder: Path):
+    """`cfg` for a one-generation run in `folder` (its stages chosen by `Loop.run(until=...)`)."""
+    c = copy.deepcopy(cfg)
+    c.run.out, c.run.generations = str(folder), 1
+    return c
+
+
+def continued(cfg, folder: Path, base_model: str, sllm: Path, epochs: int, texts_file: str = ""):
+    """`cfg` for an NN2 run in `folder`: the SLLM in `sllm` trained `epochs` more on `base_model`
+    (and on `texts_file` besides the corpus)."""
+    c = one_generation(cfg, folder)
+    c.base.model = base_model
+    c.sllm.init, c.sllm.epochs, c.sllm.texts_file = str(sllm), epochs, texts_file
+    return c
 
 
 # The last stage each of a topic holdout's runs needs: NN1 its map, NN2 its SLLM.
@@ -158,8 +166,8 @@ def holdout(cfg, out: Path, topic: str, control: str, continue_epochs: int, max_
             z1 = nn1.encode(orig)
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
-            for dname, net, ctx in (("nn1", nn1, ctx1), ("nn2", nn2, ctx2)):
-                dec[dname] = net.decode(z2, ctx.backend(None, (tok, net.model)), greedy)
+            for dname, net in (("nn1", nn1), ("nn2", nn2)):  # one base model path: NN1's backend serves both
+                dec[dname] = net.decode(z2, ctx1.backend(None, (tok, net.model)), greedy)
             rdark, rdens = reencode(occ, nn1, dec["nn1"])
             e_orig, e1, e2 = embed(orig), embed(dec["nn1"]), embed(dec["nn2"])
             v1 = [verify(t) for t in dec["nn1"]]

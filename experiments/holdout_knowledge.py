@@ -13,7 +13,6 @@ Tanimoto, scaffolds, rediscoveries).
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -27,8 +26,8 @@ from common.errors import ConfigError
 from domains.base import get_domain
 from domains.files import CorpusError
 from experiments.common import plain_table
-from experiments.holdout import (_check_holdout_folder, _ensure_run_row, calibration_line, locate, location_rows,
-                                 reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
+from experiments.holdout import (_check_holdout_folder, _ensure_run_row, calibration_line, continued, locate,
+                                 location_rows, reencode, nn1_reencode_figures, save_holdout, MEASURE_ONLY)
 from latent.features import FeatureDictionary
 from loop.context import RunContext
 from loop.runner import Loop
@@ -129,10 +128,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
             tmp = out / f".{part_a_file.name}.tmp"
             tmp.write_text("".join(f"{t}\n" for t in a_list))
             os.replace(tmp, part_a_file)
-        c2 = copy.deepcopy(cfg)
-        c2.run.out, c2.run.generations = str(out / "nn2"), 1
-        c2.base.model = loop.base_path()
-        c2.sllm.init, c2.sllm.epochs, c2.sllm.texts_file = str(loop.layout.sllm(0)), continue_epochs, str(part_a_file)
+        c2 = continued(cfg, out / "nn2", loop.base_path(), loop.layout.sllm(0), continue_epochs, str(part_a_file))
         t1 = time.perf_counter()
         Loop(c2).run(until="sllm")
         timings["nn2_s"] = time.perf_counter() - t1
@@ -151,7 +147,7 @@ def holdout_knowledge(cfg, run_dir: Path, out: Path, part_a: int, max_texts: int
             where, (dark2, gdark2, inside2, dens2) = locate(occ, z1, z2, features)
             dec = {}
             for dname, net, z in (("nn1", nn1, z2), ("nn2", nn2, z2), ("nn1_own", nn1, z1)):
-                dec[dname] = net.decode(z, (ctx2 if net is nn2 else loop).backend(None, (tok, net.model)), greedy)
+                dec[dname] = net.decode(z, loop.backend(None, (tok, net.model)), greedy)  # NN2's base model is the run's
             arr = {d: holdout.compare(orig, dec[d], a_set, data.train_fact_keys) for d, _ in DECODERS}
             rdark, rdens = reencode(occ, nn1, dec["nn1"])
             per_group[gname] = {

@@ -130,11 +130,12 @@ class Loop(RunContext):
 
         def stages(engine) -> None:  # every rank, in the same order; rank 0 says which are done
             last = self.cfg.run.generations - 1
+            stop = STAGE_NAMES.index(until) if until is not None else len(STAGE_NAMES)
             for g in range(self.cfg.run.generations):
                 for stage in STAGES:
                     if stage.first_generation_only and g > 0:
                         continue
-                    if g == last and until is not None and STAGE_NAMES.index(stage.name) > STAGE_NAMES.index(until):
+                    if g == last and STAGE_NAMES.index(stage.name) > stop:
                         break
                     with Session(engine) as s:
                         done = main and (g, stage.name) in done_stages(s)

@@ -91,8 +91,8 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
         return {"texts": 0, "accepted_texts": 0, "epochs": 0, "kept_from": g - 1}
     tok, model = loop.model(loop.adapter_for(s, g))
     accepted = loop.learned_texts(s, g - 1)
-    # e.g. the maths domain's false sentences, and the user's own (sllm.texts_file)
-    extra = [t.text for t in loop.language_texts()] + loop.sllm_file_texts()
+    language, own = [t.text for t in loop.language_texts()], loop.sllm_file_texts()
+    extra = language + own  # e.g. the maths domain's false sentences, and the user's own (sllm.texts_file)
     texts = loop.data.train_texts + accepted + extra
     keys = [t.fact_key for t in loop.data.train] + [None] * (len(accepted) + len(extra))
     embedder = loop.domain.meaning_target(cfg.corpus.meaning)
@@ -120,8 +120,8 @@ def run_sllm(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     if distributed.is_main():  # several processes (torchrun): every rank trained, rank 0 alone writes
         with atomic_dir(loop.layout.sllm(g), (g, "sllm")) as tmp:
             codec.save(tmp)
-    return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(extra) - len(loop.sllm_file_texts()),
-            "file_texts": len(loop.sllm_file_texts()), "epochs": epochs,
+    return {"texts": len(texts), "accepted_texts": len(accepted), "false_texts": len(language),
+            "file_texts": len(own), "epochs": epochs,
             "final": info["final"]}
 
 
