@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from common.errors import check as _check
 
 
+PICKS = ("top", "parseable", "closest")  # decode.pick's choices
+
+
 @dataclass
 class DecodeConfig:
     backend: str = "transformers"
@@ -16,6 +19,13 @@ class DecodeConfig:
     # > 1: beam search from soft prompts (greedy, transformers backend): how far a round trip that
     # greedy decoding misses is the search's fault rather than the model's (docs/sllm.md)
     beams: int = 1
+    # With beams > 1, which beam a latent decodes to: "top", the likeliest; "parseable", the
+    # likeliest the domain's verifier can parse (molecules: a valid molecule; maths: a well-formed
+    # claim, true or false), the likeliest when none parses; "closest", of the parseable beams (all,
+    # where none parses or the domain has no verifier) the one the SLLM encodes nearest the latent.
+    # Off the data a latent's likeliest string is often no molecule while a near one is; on it the
+    # text a latent came from is mostly among its beams without being the likeliest (docs/sllm.md)
+    pick: str = "top"
     lm_temperature: float = 1.0  # the `lm` baseline sampler's temperature
     batch_size: int = 64  # performance knob
     # Candidates whose soft prompts (chunk, K+1, E) are built and handed to the backend at once: the
@@ -44,6 +54,9 @@ class DecodeConfig:
         _check(self.beams == 1 or (self.backend == "transformers" and self.temperature == 0),
                f"decode.beams={self.beams} (beam search) runs greedy in the transformers backend only: "
                "use --backend transformers with decode.temperature=0, or decode.beams=1")
+        _check(self.pick in PICKS, f"decode.pick {self.pick!r} is not a choice; use {', '.join(PICKS)}")
+        _check(self.pick == "top" or self.beams > 1,
+               f"decode.pick={self.pick} chooses among beams: set decode.beams > 1 too (e.g. --set decode.beams=8)")
         _check(self.lm_temperature > 0, f"decode.lm_temperature must be > 0, got {self.lm_temperature}")
         _check(self.batch_size >= 1, f"decode.batch_size must be >= 1, got {self.batch_size}")
         _check(self.chunk_size >= 1, f"decode.chunk_size must be >= 1, got {self.chunk_size}")

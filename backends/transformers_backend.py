@@ -24,10 +24,12 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate_from_embeds(self, embeds: torch.Tensor, max_new_tokens: int, temperature: float, seed: int,
-                             prefix: torch.Tensor | None = None, beams: int = 1) -> list[str]:
+                             prefix: torch.Tensor | None = None, beams: int = 1, returns: int = 1) -> list[str]:
         """`prefix`: a key/value prefix (layers, 2, B, kv_heads, P, head_dim) every layer attends to
         before the embeddings (an SLLM with `kv_prefix`); only this backend takes one.
-        `beams` > 1: beam search (greedy, so `temperature` must be 0); only this backend has it."""
+        `beams` > 1: beam search (greedy, so `temperature` must be 0); only this backend has it.
+        `returns` (<= beams): the best `returns` beams of each input, likeliest first, one after
+        another (B * returns texts)."""
         self.load()
         texts: list[str] = []
         for i in range(0, len(embeds), self.batch_size):
@@ -40,6 +42,7 @@ class TransformersBackend:
                 **generate_inputs(self.model, chunk, kv),
                 max_new_tokens=max_new_tokens,
                 num_beams=beams,
+                num_return_sequences=returns,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
                 top_p=None, top_k=None,

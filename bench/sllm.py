@@ -119,12 +119,20 @@ def diagnose(codec, texts: list[str], z: np.ndarray, seed: int = 0) -> dict:
 
 
 def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: int = 100,
-             seed: int = 0, n_prior: int = 200, n_dark: int = 200) -> dict:
-    """All bench figures for one trained SLLM (a `Codec`) on `domain`'s texts."""
+             seed: int = 0, n_prior: int = 200, n_dark: int = 200, beams: int = 1) -> dict:
+    """All bench figures for one trained SLLM (a `Codec`) on `domain`'s texts. `beams` > 1 (a
+    domain with a verifier): the held-out, prior and dark figures again with the decodes that
+    `decode.beams=N` and `decode.pick` parseable or closest give (the `*_parseable` and `*_closest`
+    figures): of N beams the verifier parses, the likeliest, or the one encoded nearest the latent."""
     verify, embed = domain.verifier, domain.meaning_embedder().embed
     be = TransformersBackend("")
     be.tokenizer, be.model = codec.tokenizer, codec.model
     greedy = GenParams(max_new_tokens, 0.0, 0)
+    searches = {}
+    if beams > 1 and verify is not None:
+        parses = lambda text: verify(text).status != "unparseable"  # noqa: E731
+        searches = {"parseable": GenParams(max_new_tokens, 0.0, 0, beams, parses),
+                    "closest": GenParams(max_new_tokens, 0.0, 0, beams, parses, closest=True)}
     texts = [t.text for t in heldout]
     t0 = time.perf_counter()
     z_held = codec.encode(texts)
@@ -173,21 +181,37 @@ def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: i
         res["nn_distance_median"] = step = nn_step(z_train)
         res["reencode_drift_heldout"] = drift(z_held, codec.reencode(out), step)
         res["reencode_drift_prior"] = drift(pts, codec.reencode(dec), step)
-    res.update(still_dark(codec, be, greedy, z_train, seed, n_dark))
+        for name, search in searches.items():
+            t0 = time.perf_counter()
+            out = codec.decode(z_held, be, search)
+            res[f"decode_seconds_{name}"] = time.perf_counter() - t0
+            res[f"exact_match_{name}"] = float(np.mean([domain.canonical(a) == domain.canonical(b)
+                                                        for a, b in zip(texts, out)]))
+            dec = codec.decode(pts, be, search)
+            verdicts = [verify(x).status for x in dec]
+            res[f"prior_true_{name}"] = float(np.mean([v == "true" for v in verdicts]))
+            res[f"prior_unique_{name}"] = len({domain.canonical(x) for x, v in zip(dec, verdicts) if v == "true"}) / n_prior
+        if searches:
+            res["beams"] = beams
+    res.update(still_dark(codec, be, greedy, z_train, seed, n_dark, searches))
     return res
 
 
-def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int) -> dict:
+def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int, searches: dict | None = None) -> dict:
     """The `dark` sampler's latents in an occupancy map of the training latents (the loop's map, at
     the default settings), decoded greedily and encoded again: the share still dark (the loop's
-    "dark once re-encoded") and the median re-encode drift over the corpus's nearest-neighbour step."""
+    "dark once re-encoded") and the median re-encode drift over the corpus's nearest-neighbour step.
+    `searches`: the same latents decoded with each of these parameters too (`dark_still_dark_NAME`)."""
     cfg = SampleConfig()
     occ = OccupancyMap.fit(z_train, cfg, seed=seed % 2**31, threads=torch.get_num_threads())
     pts, _, _ = sample_dark(occ, n, cfg, np.random.default_rng([seed, 31]))
     dec = codec.decode(pts, be, greedy)
     back = codec.reencode(dec)
-    return {"dark_still_dark": float(occ.is_dark(back).mean()), "dark_decodes": len(pts),
-            "reencode_drift_dark": drift(pts, back, nn_step(z_train))}
+    res = {"dark_still_dark": float(occ.is_dark(back).mean()), "dark_decodes": len(pts),
+           "reencode_drift_dark": drift(pts, back, nn_step(z_train))}
+    for name, search in (searches or {}).items():
+        res[f"dark_still_dark_{name}"] = float(occ.is_dark(codec.reencode(codec.decode(pts, be, search))).mean())
+    return res
 
 
 def nn_step(z_train: np.ndarray) -> float:
@@ -207,7 +231,7 @@ def drift(z: np.ndarray, back: np.ndarray, step: float) -> float:
 
 
 def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curve_texts: int = 200,
-                       heldout_set: str = "knowledge") -> dict:
+                       heldout_set: str = "knowledge", beams: int = 1) -> dict:
     """Build the data, train the base model into `base_dir` (or reuse the one there), train an
     SLLM, evaluate it. `curve`: training steps at which the greedy exact match (and teacher-forced
     accuracy) of the first `curve_texts` held-out texts is measured, as training goes. `heldout_set`:
@@ -254,7 +278,7 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
     timings["sllm_s"] = time.perf_counter() - t0
     if curve and info["steps"] not in curve:
         measure(info["steps"])
-    res = evaluate(codec, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res = evaluate(codec, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed, beams=beams)
     res["heldout_set"] = heldout_set
     res["train_texts"] = len(train)
     res["false_texts"] = len(extra)
@@ -266,7 +290,8 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
     return res
 
 
-def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str = "knowledge") -> tuple[dict, object]:
+def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str = "knowledge",
+                 beams: int = 1) -> tuple[dict, object]:
     """(figures, the run's settings) for a run's own SLLM (generation `generation`, default the latest trained) and
     base model (wearing that generation's adapter). Held-out facts the run accepted before that
     generation, and so trained on, are left out of the measure."""
@@ -302,11 +327,14 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
                           f"{', '.join(f'{k}={v}' for k, v in own.items()) or 'none'}); nothing to measure")
     tok, model = loop.model(adapter)
     codec = loop.codec(g, model, tok)
-    res = evaluate(codec, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens, seed=cfg.run.seed)
+    res = evaluate(codec, heldout, loop.data.train, loop.domain, cfg.decode.max_new_tokens, seed=cfg.run.seed,
+                   beams=beams)
     res.update(run=str(run_dir), generation=g, heldout_left_out=len(loop.data.knowledge) - len(heldout))
     return res, cfg
 
 
+SEARCH_FIGURES = [f"{f}_{pick}" for pick in ("parseable", "closest")
+                  for f in ("exact_match", "prior_true", "prior_unique", "dark_still_dark")]
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
            ("tf_accuracy", "{:.1%}"), ("tf_accuracy_train", "{:.1%}"), ("tf_accuracy_shuffled", "{:.1%}"), ("tf_ce", "{:.3f}"),
            ("tf_ce_shuffled", "{:.3f}"), ("first_error.median", "{:.1f}"), ("first_error.first_two", "{:.1%}"),
@@ -314,6 +342,7 @@ FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}")
            ("interpolation_true", "{:.1%}"), ("prior_parseable", "{:.1%}"), ("prior_true", "{:.1%}"),
            ("prior_unique", "{:.1%}"), ("reencode_drift_heldout", "{:.2f}"), ("reencode_drift_prior", "{:.2f}"),
            ("reencode_drift_dark", "{:.2f}"), ("dark_still_dark", "{:.1%}"),
+           *((key, "{:.1%}") for key in SEARCH_FIGURES),
            ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"), ("latent_norm_std", "{:.2f}"),
            ("steps", "{:.0f}"), ("sllm_s", "{:.0f}")]
 
@@ -335,6 +364,9 @@ def table(rows: dict[str, dict], summary: dict[str, dict] | None = None) -> str:
     head = names + (["mean [95% CI]"] if summary else [])
     lines = ["| figure | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
     for key, fmt in FIGURES:
+        if key in SEARCH_FIGURES and all(figure(rows[n], key) is None for n in names) \
+                and (summary or {}).get(key, {}).get("mean") is None:
+            continue  # measured only with --beams
         vals = [_cell(figure(rows[n], key), fmt) for n in names]
         if summary:
             c = summary.get(key) or {}
@@ -454,6 +486,11 @@ def main(argv: list[str]) -> int:
                    help="the held-out set measured: the domain's held-out knowledge (maths facts, molecules "
                         "scaffold test; default) or its evaluation texts (molecules: MOSES test; maths: the "
                         "evaluation split, which a new SLLM then does not train on)")
+    p.add_argument("--beams", type=int, default=1,
+                   help="also measure the decodes that decode.beams=N with decode.pick=parseable (the likeliest "
+                        "of N beams the domain's verifier parses) and decode.pick=closest (the parseable beam "
+                        "encoded nearest the latent) give: held-out exact match, prior validity and dark decodes "
+                        "still dark, as the *_parseable and *_closest figures; needs a domain with a verifier")
     p.add_argument("--base-dir", help="a base-model folder to train SLLMs on: reused when it holds one (e.g. "
                                       "RUN_DIR/base), trained there and kept when empty; default: a temporary one")
     args = p.parse_args(argv[1:])
@@ -465,6 +502,8 @@ def main(argv: list[str]) -> int:
         if args.corpus:
             raise ConfigError("bench sllm measures on a domain's own held-out set (maths: held-out facts; molecules: "
                               "MOSES scaffold test); drop --corpus")
+        if args.beams < 1:
+            raise ConfigError(f"--beams must be >= 1, got {args.beams}")
         base_cfg = build_from_args(args)
         c = base_cfg.corpus
         get_domain(c.domain_name).check_knowledge(c)
@@ -479,7 +518,7 @@ def main(argv: list[str]) -> int:
                 raise ConfigError("--ablation trains new SLLMs; it does not combine with --run")
             if args.base_dir:
                 raise ConfigError("--base-dir trains new SLLMs on a saved base model; it does not combine with --run")
-            res, run_cfg = evaluate_run(Path(args.run), args.generation, args.heldout)
+            res, run_cfg = evaluate_run(Path(args.run), args.generation, args.heldout, args.beams)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -518,7 +557,7 @@ def main(argv: list[str]) -> int:
                 row = name if len(seeds) == 1 else f"{name} s{seed}"
                 print(f"training: {row}", file=sys.stderr, flush=True)
                 base_for(seed).mkdir(parents=True, exist_ok=True)
-                rows[row] = train_and_evaluate(cfg, base_for(seed), curve, heldout_set=args.heldout)
+                rows[row] = train_and_evaluate(cfg, base_for(seed), curve, heldout_set=args.heldout, beams=args.beams)
                 rows[row]["seed"] = seed
                 groups.setdefault(name, []).append(row)
     summary = {name: summarise([rows[r] for r in names]) for name, names in groups.items()} if len(seeds) > 1 else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -128,14 +129,13 @@ def _main_discovery(args, cfg) -> int:
         return _main_discovery_seeds(args, cfg, samplers)
     if args.run:
         run_dir = Path(args.run[0])
-        ignored = [i.split("=")[0] for i in args.set if not i.startswith("run.threads")]
+        ignored = [i.split("=")[0] for i in args.set if not i.startswith(MEASURE_SETTINGS)]
         ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "out", "seed", "base_model", "domain", "corpus", "rubric", "samplers")
                     if getattr(args, a) is not None]
         if ignored:
-            log.warning("--run uses that run's own settings; ignoring %s", ", ".join(ignored))
-        threads = cfg.run.threads
-        cfg = run_config(run_dir)  # the run's own settings, so the models load as they were trained
-        cfg.run.threads = threads
+            log.warning("--run uses that run's own settings (but run.threads and decode.*); ignoring %s",
+                        ", ".join(ignored))
+        cfg = _measured_with(run_dir, cfg, args)
     else:
         if args.generations is None:
             cfg.run.generations = 1
@@ -166,8 +166,7 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
             earlier[k] = v
     results = {}
     for r in runs:
-        rcfg = run_config(r)
-        rcfg.run.threads = cfg.run.threads
+        rcfg = _measured_with(r, cfg, args)
         res = discovery(rcfg, r, args.generation, args.budget, args.seeds, None, None, samplers)
         print(f"--- {r} (training seed {rcfg.run.seed})\n{res['table']}\n")
         results[str(r)] = {"seed": rcfg.run.seed, "result": res}
@@ -187,6 +186,21 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
                                "combined": combined, "environment": environment()}, indent=2, default=str))
     print(f"\nfigures over {len(results)} training seeds: {out}")
     return 0
+
+
+MEASURE_SETTINGS = ("run.threads", "decode.")  # what --set may change of a finished run's settings
+
+
+def _measured_with(run_dir: Path, cfg, args):
+    """A finished run's own settings, so its models load as they were trained, with this command's
+    thread count and the decode settings it --set (how latents are written out, e.g. decode.beams,
+    decode.pick): they change what is measured, never what was trained."""
+    rcfg = run_config(run_dir)
+    rcfg.run.threads = cfg.run.threads
+    names = {i.split("=")[0].split(".", 1)[1] for i in args.set if i.startswith("decode.")}
+    if names:
+        rcfg.decode = dataclasses.replace(rcfg.decode, **{k: getattr(cfg.decode, k) for k in names})
+    return rcfg
 
 
 SEED_FIELDS = ("per_sampler", "domain_columns")  # what combine_training_seeds reads of one run's result

@@ -28,7 +28,6 @@ from latent.samplers import SamplerContext, get_sampler, samplers as registered_
 from latent.zones import zones_from_rows
 from loop.context import RunContext
 from loop.runner import environment
-from sllm.codec import GenParams
 from storage.db import RunLock, open_db
 from storage.models import Stage, Zone
 
@@ -85,7 +84,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
         be = loop.backend(adapter, (tok, model))
 
         def decode_latents(points, temperature, seed):
-            return codec.decode(points, be, GenParams(cfg.decode.max_new_tokens, temperature, seed))
+            return codec.decode(points, be, loop.gen_params(seed, temperature))
 
         encode_texts = codec.encode
 

@@ -23,7 +23,7 @@ from judges.critic import load_rubric
 from lm.base_model import check_model_path, load_base_model
 from loop.artifacts import check, verify
 from loop.config import Config
-from sllm.codec import Codec
+from sllm.codec import Codec, GenParams
 from sllm.config import TRAINING_ONLY
 from sllm.model import saved_config
 from storage.db import stage_detail
@@ -144,6 +144,18 @@ class RunContext:
         self.share_model(model, codec.model)
         return codec
 
+    def gen_params(self, seed: int, temperature: float | None = None) -> GenParams:
+        """How the run decodes latents (`decode.*`; `temperature` overrides the setting): with
+        `decode.pick` parseable or closest, among beams the domain's verifier parses. Beam search is
+        a greedy search: a decode at a temperature above 0 samples one text."""
+        dc = self.cfg.decode
+        temperature = dc.temperature if temperature is None else temperature
+        if temperature > 0:
+            return GenParams(dc.max_new_tokens, temperature, seed)
+        verify_ = self.domain.verifier if dc.pick != "top" else None
+        accept = None if verify_ is None else (lambda text: verify_(text).status != "unparseable")
+        return GenParams(dc.max_new_tokens, 0.0, seed, dc.beams, accept, closest=dc.pick == "closest")
+
     def init_codec(self, model, tok):
         """The SLLM generation 0 starts from (`sllm.init`) on `model`, in the model cache as `codec` does."""
         codec = Codec.load(self.cfg.sllm.init, model, tok)
@@ -180,6 +192,9 @@ class RunContext:
             check_model_path(self.cfg.base.model)
         if self.cfg.sllm.init:
             self.check_sllm_init()
+        if self.cfg.decode.pick == "parseable" and self.domain.verifier is None:
+            raise ConfigError(f"decode.pick=parseable needs a domain that parses its texts; the {self.domain.name} "
+                              "domain has no verifier: drop the setting")
         self.sllm_file_texts()  # an unreadable file fails now, not after the base model's training
         if self.cfg.judges.rubric:
             load_rubric(self.cfg.judges.rubric)  # a bad rubric file fails now, not after hours of training

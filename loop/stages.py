@@ -31,7 +31,7 @@ from lm.base_model import perplexity, train_small_base
 from lm.embedder import embed_cached
 from lm.lora import lora_finetune, retrain_texts
 from loop.artifacts import MANIFEST, atomic_dir, check
-from sllm.codec import Codec, GenParams
+from sllm.codec import Codec
 from storage.db import stage_detail
 from storage.models import Candidate, Metric, Score, Stage as StageRow, Zone
 from storage.layout import RunLayout
@@ -147,8 +147,7 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     decoded = []
     if zones:
         be = loop.backend(loop.adapter_for(s, g), (tok, codec.model))
-        params = GenParams(cfg.decode.max_new_tokens, 0.0, seed, cfg.decode.beams)
-        decoded = codec.decode(np.stack([z.centre for z in zones]), be, params)
+        decoded = codec.decode(np.stack([z.centre for z in zones]), be, loop.gen_params(seed, temperature=0.0))
     s.exec(delete(Zone).where(Zone.generation == g))
     for z, text in zip(zones, decoded):
         s.add(Zone(generation=g, label=z.label, n_points=z.n_points, centre=z.centre.tobytes(), radius=z.radius,
@@ -242,7 +241,7 @@ def run_decode(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     for a in range(0, len(with_latent), chunk):
         part = with_latent[a : a + chunk]
         z = np.stack([np.frombuffer(c.latent, dtype=np.float32) for c in part])  # (chunk, latent_dim)
-        for c, t in zip(part, codec.decode(z, be, GenParams(dc.max_new_tokens, dc.temperature, seed + a, dc.beams))):
+        for c, t in zip(part, codec.decode(z, be, loop.gen_params(seed + a))):
             c.text = t
             s.add(c)
     if plain:

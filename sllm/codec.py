@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,13 @@ class GenParams:
     temperature: float = 0.0  # 0: greedy
     seed: int = 0
     beams: int = 1  # > 1: beam search for the likeliest text (temperature 0, transformers backend)
+    # With beams > 1, which beam a latent decodes to. `accept` (the domain's parse check: a valid
+    # molecule, a well-formed claim) keeps the beams it passes, all of them when it passes none: a
+    # syntax check at decode time, as grammar-constrained decoders build in. Of those, the
+    # likeliest; with `closest`, the one whose own latent (the SLLM's encoding of it) lies nearest
+    # the latent decoded: the text the encoder would map there, the autoencoder's own criterion.
+    accept: Callable[[str], bool] | None = None
+    closest: bool = False
 
 
 class Codec:
@@ -97,6 +105,8 @@ class Codec:
                                   f"not {backend.name} at temperature {params.temperature}: "
                                   "use --backend transformers with decode.temperature=0, or decode.beams=1")
             extra["beams"] = params.beams
+            if params.accept is not None or params.closest:
+                extra["returns"] = params.beams
         if self.sllm.cfg.kv_prefix:
             if backend.name != "transformers":
                 raise ConfigError(f"this SLLM puts its latent into every layer's key/value cache (sllm.kv_prefix), "
@@ -108,16 +118,33 @@ class Codec:
             return backend.generate_from_embeds(emb, params.max_new_tokens, params.temperature, params.seed, **extra)
 
         if not self.has_adapter:
-            return generate()
-        if backend.name == "transformers":
+            out = generate()
+        elif backend.name == "transformers":
             with adapter.decoding(self.model):
-                return generate()
-        before = backend.adapter
-        backend.set_adapter(self.merged_adapter())
-        try:
-            return generate()
-        finally:
-            backend.set_adapter(before)
+                out = generate()
+        else:
+            before = backend.adapter
+            backend.set_adapter(self.merged_adapter())
+            try:
+                out = generate()
+            finally:
+                backend.set_adapter(before)
+        k = extra.get("returns", 1)
+        return out if k == 1 else self._pick([out[i : i + k] for i in range(0, len(out), k)], z, params)
+
+    def _pick(self, beams: list[list[str]], z: np.ndarray, params: GenParams) -> list[str]:
+        """Each latent's beams (likeliest first) -> the one `params` picks (GenParams.accept, .closest).
+        Encoding reads the base model without the decoder adapter, so it runs after the decode."""
+        kept = [[t for t in b if params.accept(t)] or b for b in beams] if params.accept is not None else beams
+        if not params.closest:
+            return [b[0] for b in kept]
+        own = self.reencode([t for b in kept for t in b])  # (sum of beams kept, latent_dim)
+        out, at = [], 0
+        for b, target in zip(kept, np.asarray(z, np.float32)):
+            d = np.linalg.norm(own[at : at + len(b)] - target, axis=1)
+            out.append(b[int(np.argmin(d))])  # ties: the likeliest
+            at += len(b)
+        return out
 
     def reencode(self, decoded: list[str]) -> np.ndarray:
         """Each decode's own latent (an empty decode reads as one space): the round-trip check."""

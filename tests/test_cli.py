@@ -90,6 +90,13 @@ def test_bad_input_one_line(args, needle, tmp_path, capsys):
     _bad(args, tmp_path, needle, capsys)
 
 
+def test_a_parseable_pick_needs_a_domain_that_parses(tmp_path, capsys):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("\n".join(f"note {i}: the kettle boils at noon." for i in range(40)))
+    _bad(["--corpus", str(corpus), "--set", "decode.beams=4", "--set", "decode.pick=parseable"], tmp_path,
+         "decode.pick=parseable needs a domain that parses its texts; the text domain has no verifier", capsys)
+
+
 def test_non_model_folder(tmp_path, capsys):
     folder = tmp_path / "notamodel"
     folder.mkdir()

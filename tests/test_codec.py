@@ -228,3 +228,62 @@ def test_beam_search_decodes_through_the_codec_in_the_transformers_backend_only(
                        ({"beams": 4, "backend": "vllm"}, "transformers backend only")):
         with pytest.raises(ConfigError, match=match):
             build_config({"decode": bad})
+
+
+def test_a_decode_picks_the_likeliest_beam_a_check_accepts(tiny_lm):
+    from backends.transformers_backend import TransformersBackend
+    from common.errors import ConfigError
+    from lm.base_model import generate_inputs
+    from loop.config import build_config
+    from loop.context import RunContext
+    from sllm import adapter
+    from sllm.codec import Codec, GenParams
+
+    tok, model = tiny_lm
+    torch.manual_seed(0)
+    codec = Codec.new(_cfg(decoder_lora_r=4), model, tok, 384)
+    be = TransformersBackend("")
+    be.tokenizer, be.model = tok, codec.model
+    z = np.random.default_rng(0).normal(0, 3, (6, 16)).astype(np.float32)
+    top = codec.decode(z, be, GenParams(12, 0.0, 0, beams=4))
+    # the oracle: each latent's 4 beams, likeliest first, from transformers' own beam search
+    with torch.no_grad(), adapter.decoding(codec.model):
+        emb, _ = codec.inputs(z)
+        out = codec.model.generate(**generate_inputs(codec.model, emb, None), max_new_tokens=12, num_beams=4,
+                                   num_return_sequences=4, do_sample=False, top_p=None, top_k=None, temperature=None,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    texts = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    beams = [texts[i : i + 4] for i in range(0, len(texts), 4)]
+    assert [b[0] for b in beams] == top
+    # a check that turns the likeliest beam down: the next one it passes, the top one when it passes none
+    taken = set(top)
+    accept = lambda text: text not in taken  # noqa: E731
+    want = [next((t for t in b if accept(t)), b[0]) for b in beams]
+    assert want != top
+    assert codec.decode(z, be, GenParams(12, 0.0, 0, beams=4, accept=accept)) == want
+    assert codec.decode(z, be, GenParams(12, 0.0, 0, beams=4, accept=lambda text: False)) == top
+    # closest: the beam the SLLM encodes nearest the latent (among those the check passes)
+    own = codec.reencode(texts).reshape(len(z), 4, -1)
+    dist = np.linalg.norm(own - z[:, None, :], axis=2)  # (latents, beams)
+    nearest = [b[int(np.argmin(d))] for b, d in zip(beams, dist)]
+    assert nearest != top  # on these latents the likeliest beam is not always the one encoded nearest
+    assert codec.decode(z, be, GenParams(12, 0.0, 0, beams=4, closest=True)) == nearest
+    ok = [[accept(t) for t in b] for b in beams]
+    want = [b[int(np.argmin(np.where(k, d, np.inf)))] if any(k) else b[int(np.argmin(d))]
+            for b, d, k in zip(beams, dist, ok)]
+    assert codec.decode(z, be, GenParams(12, 0.0, 0, beams=4, accept=accept, closest=True)) == want
+
+    # the run's decode settings: the domain's verifier decides what parses; a sampled decode samples
+    cfg = build_config({"decode": {"beams": 4, "pick": "parseable"}})
+    params = RunContext(cfg).gen_params(7)
+    assert (params.beams, params.seed, params.temperature) == (4, 7, 0.0)
+    assert params.accept("The sum of 3 and 4 is 7.") and params.accept("The sum of 3 and 4 is 8.")  # true or false
+    assert not params.accept("zebra ( +")
+    assert RunContext(cfg).gen_params(7, temperature=0.8) == GenParams(cfg.decode.max_new_tokens, 0.8, 7)
+    assert RunContext(build_config({"decode": {"beams": 4}})).gen_params(7).accept is None
+    closest = RunContext(build_config({"decode": {"beams": 4, "pick": "closest"}})).gen_params(7)
+    assert closest.closest and closest.accept("The sum of 3 and 4 is 8.") and not closest.accept("zebra ( +")
+    for bad, match in (({"pick": "best"}, "decode.pick 'best' is not a choice; use top, parseable, closest"),
+                       ({"pick": "parseable"}, "set decode.beams > 1 too"), ({"pick": "closest"}, "set decode.beams > 1")):
+        with pytest.raises(ConfigError, match=match):
+            build_config({"decode": bad})

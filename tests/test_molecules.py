@@ -89,9 +89,15 @@ def test_descriptor_meaning_target(tmp_path):
         build_config(None, {"corpus.meaning": "descriptors"})
     out = tmp_path / "b.json"
     run_cli(["bench", "sllm", "-q", "--json", str(out), "--base-dir", str(tmp_path / "base"), *TINY_MOL,
-             "--set", "corpus.meaning=descriptors"])
+             "--set", "corpus.meaning=descriptors", "--beams", "2"])
     res = json.loads(out.read_text())["results"]["full"]
     assert res["heldout_texts"] == 60 and 0 <= res["exact_match"] <= 1
+    # --beams: the same held-out, prior and dark latents decoded to the likeliest of 2 beams RDKit
+    # parses, and to the parseable one encoded nearest the latent
+    assert res["beams"] == 2 and res["decode_seconds_parseable"] > 0 and res["decode_seconds_closest"] > 0
+    for pick in ("parseable", "closest"):
+        for k in ("exact_match", "prior_true", "prior_unique", "dark_still_dark"):
+            assert 0 <= res[f"{k}_{pick}"] <= 1, (k, pick)
     assert res["meaning_target"] == {"name": e.name, "dim": e.dim} and res["final_losses"]["meaning"] >= 0
 
 
@@ -222,8 +228,14 @@ def test_molecules_loop_reports_moses_metrics(tmp_path):
     # discovery on the run: the MOSES table per sampler, beside the paper's rows and a same-size train sample
     js = tmp_path / "disc.json"
     p = run_cli(["experiment", "discovery", "--run", str(out), "--budget", "6", "--seeds", "1", "--only", "dark,lm",
-                 "--json", str(js), "-q"])
+                 "--json", str(js), "-q", "--set", "decode.beams=2", "--set", "decode.pick=parseable"])
     assert "| paper: CharRNN | 30000 |" in p.stdout and "| MOSES train, n=6 | 6 |" in p.stdout, p.stdout
+    # a finished run is measured with the decode settings given (what is written out, not what was trained)
+    con = sqlite3.connect(out / "runs.db")
+    measured = json.loads(con.execute("SELECT settings_json FROM experimentrun").fetchone()[0])["config"]["decode"]
+    con.close()
+    assert (measured["beams"], measured["pick"]) == (2, "parseable")
+    assert json.loads((out / "config.json").read_text())["decode"]["pick"] == "top"
     ref = json.loads(js.read_text())["result"]["reference"]
     assert set(ref["rows"]) == {"dark", "lm", "MOSES train, n=6"} and ref["n"] == 6
     train_row = ref["rows"]["MOSES train, n=6"]
