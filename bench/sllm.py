@@ -129,10 +129,9 @@ def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: i
     be.tokenizer, be.model = codec.tokenizer, codec.model
     greedy = GenParams(max_new_tokens, 0.0, 0)
     searches = {}
-    if beams > 1 and verify is not None:
-        parses = lambda text: verify(text).status != "unparseable"  # noqa: E731
-        searches = {"parseable": GenParams(max_new_tokens, 0.0, 0, beams, parses),
-                    "closest": GenParams(max_new_tokens, 0.0, 0, beams, parses, closest=True)}
+    if beams > 1 and domain.parses is not None:
+        searches = {"parseable": GenParams(max_new_tokens, 0.0, 0, beams, domain.parses),
+                    "closest": GenParams(max_new_tokens, 0.0, 0, beams, domain.parses, closest=True)}
     texts = [t.text for t in heldout]
     t0 = time.perf_counter()
     z_held = codec.encode(texts)

@@ -226,6 +226,13 @@ class Domain:
         """text -> Verdict, where the domain can check truth; None where it cannot."""
         return None
 
+    @property
+    def parses(self) -> Callable[[str], bool] | None:
+        """text -> whether the verifier can parse it, true or false alike (a decode's parse check:
+        `decode.pick`); None where the domain has no verifier."""
+        verify = self.verifier
+        return None if verify is None else (lambda text: verify(text).status != "unparseable")
+
     def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
         """Domain figures of one generation's decodes, added to its metrics line and stored in
         the evaluate stage's detail (molecules: the MOSES metrics). None by default."""

@@ -152,8 +152,7 @@ class RunContext:
         temperature = dc.temperature if temperature is None else temperature
         if temperature > 0:
             return GenParams(dc.max_new_tokens, temperature, seed)
-        verify_ = self.domain.verifier if dc.pick != "top" else None
-        accept = None if verify_ is None else (lambda text: verify_(text).status != "unparseable")
+        accept = self.domain.parses if dc.pick != "top" else None
         return GenParams(dc.max_new_tokens, 0.0, seed, dc.beams, accept, closest=dc.pick == "closest")
 
     def init_codec(self, model, tok):
@@ -192,7 +191,7 @@ class RunContext:
             check_model_path(self.cfg.base.model)
         if self.cfg.sllm.init:
             self.check_sllm_init()
-        if self.cfg.decode.pick == "parseable" and self.domain.verifier is None:
+        if self.cfg.decode.pick == "parseable" and self.domain.parses is None:
             raise ConfigError(f"decode.pick=parseable needs a domain that parses its texts; the {self.domain.name} "
                               "domain has no verifier: drop the setting")
         self.sllm_file_texts()  # an unreadable file fails now, not after the base model's training
