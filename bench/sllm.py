@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from backends.transformers_backend import TransformersBackend
 from common.errors import ConfigError
 from common.stats import ci95
-from domains.base import get_domain
+from domains.base import Text, get_domain
 from latent.config import SampleConfig
 from latent.occupancy import OccupancyMap
 from latent.samplers import sample_dark
@@ -192,24 +192,77 @@ def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: i
             res[f"prior_unique_{name}"] = len({domain.canonical(x) for x, v in zip(dec, verdicts) if v == "true"}) / n_prior
         if searches:
             res["beams"] = beams
-    res.update(still_dark(codec, be, greedy, z_train, seed, n_dark, searches))
+    # the loop's occupancy map of the training latents, at the default settings
+    occ = OccupancyMap.fit(z_train, SampleConfig(), seed=seed % 2**31, threads=torch.get_num_threads())
+    res.update(still_dark(codec, be, greedy, occ, z_train, seed, n_dark, searches))
+    res.update(reach(codec, be, greedy, domain, occ, texts, z_held, seed))
     return res
 
 
-def still_dark(codec, be, greedy, z_train: np.ndarray, seed: int, n: int, searches: dict | None = None) -> dict:
-    """The `dark` sampler's latents in an occupancy map of the training latents (the loop's map, at
-    the default settings), decoded greedily and encoded again: the share still dark (the loop's
-    "dark once re-encoded") and the median re-encode drift over the corpus's nearest-neighbour step.
+def still_dark(codec, be, greedy, occ: OccupancyMap, z_train: np.ndarray, seed: int, n: int,
+               searches: dict | None = None) -> dict:
+    """The `dark` sampler's latents in the occupancy map `occ`, decoded greedily and encoded again:
+    the share still dark (the loop's "dark once re-encoded"), the share of the sampled latents the
+    map calls dark at all (the sampler fills its quota with the least occupied proposals when too
+    few are dark), and the median re-encode drift over the corpus's nearest-neighbour step.
     `searches`: the same latents decoded with each of these parameters too (`dark_still_dark_NAME`)."""
-    cfg = SampleConfig()
-    occ = OccupancyMap.fit(z_train, cfg, seed=seed % 2**31, threads=torch.get_num_threads())
-    pts, _, _ = sample_dark(occ, n, cfg, np.random.default_rng([seed, 31]))
+    pts, _, _ = sample_dark(occ, n, SampleConfig(), np.random.default_rng([seed, 31]))
     dec = codec.decode(pts, be, greedy)
     back = codec.reencode(dec)
     res = {"dark_still_dark": float(occ.is_dark(back).mean()), "dark_decodes": len(pts),
+           "dark_sampled_dark": float(occ.is_dark(pts).mean()),
            "reencode_drift_dark": drift(pts, back, nn_step(z_train))}
     for name, search in (searches or {}).items():
         res[f"dark_still_dark_{name}"] = float(occ.is_dark(codec.reencode(codec.decode(pts, be, search))).mean())
+    return res
+
+
+EDIT_STEPS = (1, 4)  # Domain.edit steps away from a held-out text (`reach_dark_edit1`, `reach_dark_edit4`)
+REACH_POOLS = ("heldout", *(f"edit{k}" for k in EDIT_STEPS), "shuffled", "random")
+
+
+def reach(codec, be, greedy, domain, occ: OccupancyMap, texts: list[str], z_held: np.ndarray, seed: int) -> dict:
+    """Which texts land in the dark zones: the share of each pool's latents the map `occ` calls dark
+    (`reach_dark_POOL`) and the share outside its envelope, where nothing is dark by definition
+    (`reach_outside_POOL`). Pools: the held-out texts; the same after 1 and 4 random edits that keep
+    them texts of the domain (`edit1`, `edit4`: Domain.edit; molecules stay valid, maths sentences
+    parseable); their tokens in a random order (`shuffled`); random token strings of their lengths
+    (`random`). Then the once-edited texts, each decoded from its own latent: the share decoded
+    exactly (`reach_edit1_exact`), and of those that land dark the same and the share whose decode
+    is still dark (`reach_edit1_dark_exact`, `reach_edit1_dark_still_dark`): a dark latent some
+    text does reach, carried through the SLLM."""
+    rng = np.random.default_rng([seed, 37])
+    tok = codec.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    vocab = np.array(sorted(set(range(len(tok))) - set(tok.all_special_ids)))
+    pools = {"heldout": texts}
+    for k in EDIT_STEPS:
+        pools[f"edit{k}"] = [t for t in domain.edit(texts, k, seed) if t]
+    pools["shuffled"] = [tok.decode(rng.permutation(x).tolist(), skip_special_tokens=True).strip() for x in ids]
+    pools["random"] = [tok.decode(rng.choice(vocab, max(len(x), 1)).tolist(), skip_special_tokens=True).strip()
+                       for x in ids]
+    res, edited, z_edited, edited_dark = {}, [], None, None
+    for name, pool in pools.items():
+        if not pool:
+            res[f"reach_dark_{name}"] = res[f"reach_outside_{name}"] = None
+            continue
+        pool = [t or " " for t in pool]  # an empty string (a scrambled text of spaces) encodes as a space
+        z = z_held if name == "heldout" else codec.encode(pool)
+        dark = occ.is_dark(z)
+        res[f"reach_dark_{name}"] = float(dark.mean())
+        res[f"reach_outside_{name}"] = float((~occ.inside(z)).mean())
+        if name == "edit1":
+            edited, z_edited, edited_dark = pool, z, dark
+    res["reach_edit1_dark"] = int(edited_dark.sum()) if edited else 0
+    res["reach_edit1_exact"] = res["reach_edit1_dark_exact"] = res["reach_edit1_dark_still_dark"] = None
+    if edited:
+        out = codec.decode(z_edited, be, greedy)
+        exact = np.array([domain.canonical(a) == domain.canonical(b) for a, b in zip(edited, out)])
+        res["reach_edit1_exact"] = float(exact.mean())
+        if edited_dark.any():
+            res["reach_edit1_dark_exact"] = float(exact[edited_dark].mean())
+            back = codec.reencode([o for o, d in zip(out, edited_dark) if d])
+            res["reach_edit1_dark_still_dark"] = float(occ.is_dark(back).mean())
     return res
 
 
@@ -254,6 +307,9 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
                          copy_texts=[t.text for t in extra], tokenizer_fn=domain.train_tokenizer)
         timings["base_s"] = time.perf_counter() - t0
     tok, model = load_base_model(str(base_dir), cfg.run.device)
+    # and the user's own (sllm.texts_file), for the SLLM alone, as the loop's SLLM stage adds them
+    own = [Text(t, "texts_file") for t in RunContext(cfg).sllm_file_texts()]
+    extra_language, extra = len(extra), extra + own
     texts = [t.text for t in train + extra]
     targets = embedder.embed(texts) if cfg.sllm.meaning_weight > 0 else None
     torch.manual_seed(cfg.run.seed)
@@ -280,7 +336,7 @@ def train_and_evaluate(cfg, base_dir: Path, curve: list[int] | None = None, curv
     res = evaluate(codec, heldout, train, domain, cfg.decode.max_new_tokens, seed=cfg.run.seed, beams=beams)
     res["heldout_set"] = heldout_set
     res["train_texts"] = len(train)
-    res["false_texts"] = len(extra)
+    res["false_texts"], res["file_texts"] = extra_language, len(own)
     res["steps"] = info["steps"]
     res["meaning_target"] = {"name": embedder.name, "dim": embedder.dim}
     res["final_losses"] = info["final"]
@@ -340,8 +396,11 @@ FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}")
            ("paraphrase_closer_than_other_fact", "{:.1%}"), ("interpolation_parseable", "{:.1%}"),
            ("interpolation_true", "{:.1%}"), ("prior_parseable", "{:.1%}"), ("prior_true", "{:.1%}"),
            ("prior_unique", "{:.1%}"), ("reencode_drift_heldout", "{:.2f}"), ("reencode_drift_prior", "{:.2f}"),
-           ("reencode_drift_dark", "{:.2f}"), ("dark_still_dark", "{:.1%}"),
+           ("reencode_drift_dark", "{:.2f}"), ("dark_sampled_dark", "{:.1%}"), ("dark_still_dark", "{:.1%}"),
            *((key, "{:.1%}") for key in SEARCH_FIGURES),
+           *((f"reach_dark_{pool}", "{:.1%}") for pool in REACH_POOLS),
+           *((f"reach_outside_{pool}", "{:.1%}") for pool in REACH_POOLS),
+           ("reach_edit1_exact", "{:.1%}"), ("reach_edit1_dark", "{:.0f}"), ("reach_edit1_dark_exact", "{:.1%}"), ("reach_edit1_dark_still_dark", "{:.1%}"),
            ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"), ("latent_norm_std", "{:.2f}"),
            ("steps", "{:.0f}"), ("sllm_s", "{:.0f}")]
 

@@ -233,6 +233,25 @@ class Domain:
         verify = self.verifier
         return None if verify is None else (lambda text: verify(text).status != "unparseable")
 
+    def edit(self, texts: list[str], k: int, seed: int) -> list[str]:
+        """Each text after `k` random edits that keep it a text of the domain, a step at a time
+        away from the data (`bench sllm` asks where such texts land in the latent space). By
+        default a whitespace word is replaced by a word of the given texts (a one-word text: a
+        character by a character of theirs); a domain with a grammar keeps its texts in it."""
+        rng = random.Random(seed)
+        words = sorted({w for t in texts for w in t.split()})
+        chars = sorted({c for t in texts for c in t if not c.isspace()})
+        out = []
+        for text in texts:
+            parts = text.split()
+            one_word = len(parts) <= 1
+            parts, pool = (list(text.strip()), chars) if one_word else (parts, words)
+            for _ in range(k):
+                if parts and pool:
+                    parts[rng.randrange(len(parts))] = rng.choice(pool)
+            out.append(("" if one_word else " ").join(parts))
+        return out
+
     def generation_metrics(self, texts: list[str], splits: CorpusSplits) -> dict[str, float]:
         """Domain figures of one generation's decodes, added to its metrics line and stored in
         the evaluate stage's detail (molecules: the MOSES metrics). None by default."""

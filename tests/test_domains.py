@@ -449,3 +449,34 @@ def test_a_domains_own_settings_are_written_under_its_name():
                               ({"corpus.own": "x"}, "write them as maths.KEY=VALUE")]:
         with pytest.raises(ConfigError, match=re.escape(needle)):
             build_config(None, overrides)
+
+
+def test_edits_step_away_and_stay_texts_of_the_domain(corpus):
+    """Domain.edit: k random edits a text, seeded. Maths keeps the template (the verifier still
+    parses nearly every edit) and changes numbers only; the default swaps whitespace words (one-word
+    texts: characters) for ones of the given texts."""
+    from domains import get_domain
+
+    maths = get_domain("maths")
+    texts = [t.text for t in corpus.train[:200]]
+    once = maths.edit(texts, 1, seed=0)
+    assert once == maths.edit(texts, 1, seed=0) and once != maths.edit(texts, 1, seed=1)
+    # nearly all still parse: a slot with one fixed value (parity's "2 equal groups") does not take another
+    assert sum(verify(e).status != "unparseable" for e in once) >= 0.95 * len(texts)
+    numbers = re.compile(r"\d+")
+    for src, e in zip(texts, once):
+        assert numbers.sub("#", src) == numbers.sub("#", e)  # the same sentence around its numbers
+        assert sum(a != b for a, b in zip(numbers.findall(src), numbers.findall(e))) <= 1
+    assert sum(e != s for e, s in zip(once, texts)) > len(texts) // 2
+    assert sum(verify(e).status == "false" for e in once) > len(texts) // 2  # another claim, mostly untrue
+
+    text = get_domain("text")
+    words = ["the cat sat on the mat", "dogs bark at night", "a bird sings"]
+    pool = {w for t in words for w in t.split()}
+    for src, e in zip(words, text.edit(words, 2, seed=3)):
+        assert len(e.split()) == len(src.split()) and set(e.split()) <= pool
+        assert sum(a != b for a, b in zip(src.split(), e.split())) <= 2
+    one_word = ["CCO", "c1ccccc1", "CC(=O)O"]
+    chars = {c for t in one_word for c in t}
+    for src, e in zip(one_word, text.edit(one_word, 1, seed=3)):
+        assert len(e) == len(src) and set(e) <= chars and sum(a != b for a, b in zip(src, e)) <= 1

@@ -101,6 +101,28 @@ def test_descriptor_meaning_target(tmp_path):
     assert res["meaning_target"] == {"name": e.name, "dim": e.dim} and res["final_losses"]["meaning"] >= 0
 
 
+def test_selfies_edits_walk_away_and_stay_valid():
+    """Molecules edit by SELFIES point mutations: every step a valid molecule, seeded, of the given
+    molecules' own elements; more steps walk farther (Tanimoto to the source falls)."""
+    from domains.molecules.chem import fingerprints, to_mol
+
+    dom = get_domain("molecules")
+    src = [ASPIRIN, "CCN(CC)C(=O)c1ccc(O)cc1", "Cc1ccc(S(=O)(=O)N2CCCC2)cc1", "O=C(Nc1ccccc1)c1ccco1"] * 25
+    one, four = dom.edit(src, 1, seed=0), dom.edit(src, 4, seed=0)
+    assert one == dom.edit(src, 1, seed=0) and one != dom.edit(src, 1, seed=1)
+    assert all(e and canonical(e) == e for e in one + four)  # valid, written canonically
+    elements = {a.GetSymbol() for s in src for a in to_mol(s).GetAtoms()}
+    assert {a.GetSymbol() for e in one + four for a in to_mol(e).GetAtoms()} <= elements
+    assert sum(e != canonical(s) for e, s in zip(one, src)) > len(src) // 2
+    fp_src, fp1, fp4 = fingerprints(src), fingerprints(one), fingerprints(four)
+
+    def tanimoto(a, b):
+        both, either = (a & b).sum(1), (a | b).sum(1)
+        return float(np.mean(both / np.maximum(either, 1)))
+
+    assert tanimoto(fp_src, fp4) < tanimoto(fp_src, fp1) < 1
+
+
 def test_read_smiles_file_counts_invalid_lines(tmp_path):
     smi = tmp_path / "mols.smi"
     smi.write_text(f"{ASPIRIN} aspirin\nCCO\nnot-a-smiles\n\nC1CC\nOCC\n")

@@ -225,14 +225,84 @@ def test_bench_figures():
     assert paraphrase_closeness(pts, ["a", "b", "c", "d", "e"]) is None
 
 
+class _TableCodec:
+    """A codec of known places: each text's latent is `place(text)`, and a latent decodes to the
+    nearest text it has encoded (of those `decodable` allows): a faithful round trip by construction."""
+
+    def __init__(self, tokenizer, place, decodable=lambda text: True):
+        self.tokenizer, self.place, self.decodable, self.known = tokenizer, place, decodable, {}
+
+    def encode(self, texts):
+        z = np.stack([self.place(t) for t in texts]).astype(np.float32)
+        self.known.update(zip(texts, z))
+        return z
+
+    reencode = encode
+
+    def decode(self, z, backend, params):
+        names = [n for n in self.known if self.decodable(n)]
+        table = np.stack([self.known[n] for n in names])
+        return [names[int(np.argmin(((table - zi) ** 2).sum(1)))] for zi in z]
+
+
+def test_reach_counts_which_texts_land_dark_and_what_comes_back(tiny_lm):
+    """bench sllm's `reach`: held-out texts sit in the corpus's two clusters, once-edited texts
+    half between them (dark: inside the envelope, far from every corpus latent) and half in a
+    cluster, four-times-edited texts all between them, scrambled and random strings far outside the
+    envelope. A faithful codec carries every dark edited text back dark; one that can only write
+    the held-out texts brings none back."""
+    from types import SimpleNamespace
+
+    from bench.sllm import reach
+    from latent.config import SampleConfig
+    from latent.occupancy import OccupancyMap
+
+    rng = np.random.default_rng(0)
+    centres = np.zeros((2, 8))
+    centres[:, 0] = [-5, 5]
+    corpus = np.concatenate([c + 0.3 * rng.standard_normal((500, 8)) for c in centres]).astype(np.float32)
+    occ = OccupancyMap.fit(corpus, SampleConfig(), seed=0, threads=1)
+    held = [f"held out text number {i} of the little list" for i in range(40)]
+
+    def place(text):
+        i = int(text.split("number ")[1].split()[0]) if "number " in text else -1
+        near = centres[i % 2] + 0.01 * np.eye(8)[1] * i  # the dense middle of a cluster, one place per text
+        between = 0.01 * np.eye(8)[2] * i  # between the clusters, one place per text
+        if text in held:
+            return near
+        if text.startswith("e1:"):
+            return between if i % 2 == 0 else near + 0.001
+        if text.startswith("e4:"):
+            return between + 0.001
+        return np.full(8, 100.0)  # anything else (a scrambled or random string): far outside
+    domain = SimpleNamespace(edit=lambda texts, k, seed: [f"e{k}:{t}" for t in texts], canonical=lambda t: t)
+    assert occ.is_dark(np.stack([place(f"e1:{held[0]}")])).all() and not occ.is_dark(np.stack([place(held[0])])).any()
+
+    tok = tiny_lm[0]
+    faithful = _TableCodec(tok, place)
+    res = reach(faithful, None, None, domain, occ, held, faithful.encode(held), seed=0)
+    assert res["reach_dark_heldout"] == 0 and res["reach_outside_heldout"] == 0
+    assert res["reach_dark_edit1"] == 0.5 and res["reach_dark_edit4"] == 1 and res["reach_outside_edit1"] == 0
+    for pool in ("shuffled", "random"):
+        assert res[f"reach_dark_{pool}"] == 0 and res[f"reach_outside_{pool}"] == 1, pool
+    assert res["reach_edit1_dark"] == 20 and res["reach_edit1_exact"] == 1
+    assert res["reach_edit1_dark_exact"] == 1 and res["reach_edit1_dark_still_dark"] == 1
+    # a codec that writes only held-out texts: nothing edited comes back, nothing dark stays dark
+    plain = _TableCodec(tok, place, decodable=lambda text: text in held)
+    res = reach(plain, None, None, domain, occ, held, plain.encode(held), seed=0)
+    assert res["reach_dark_edit1"] == 0.5 and res["reach_edit1_exact"] == 0
+    assert res["reach_edit1_dark_exact"] == 0 and res["reach_edit1_dark_still_dark"] == 0
+
+
 def test_bench_sllm_command_writes_every_figure(tmp_path):
     out, base = tmp_path / "bench.json", tmp_path / "base"
     p = run_cli(["bench", "sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS,
                  "--set", "maths.facts_per_topic=5"])
     assert "exact_match" in p.stdout and "examples (held-out text -> decoded)" in p.stdout
     res = json.loads(out.read_text())["results"]["full"]
-    assert res["heldout_texts"] > 0 and res["false_texts"] == 32
-    for k in ("exact_match", "token_f1", "interpolation_parseable", "paraphrase_closer_than_other_fact"):
+    assert res["heldout_texts"] > 0 and res["false_texts"] == 32 and res["file_texts"] == 0
+    for k in ("exact_match", "token_f1", "interpolation_parseable", "paraphrase_closer_than_other_fact",
+              "dark_sampled_dark", "reach_dark_heldout", "reach_dark_edit1", "reach_outside_random", "reach_edit1_exact"):
         assert 0 <= res[k] <= 1, k
     assert 0 <= res["bleu"] <= 100 and res["effective_dimension"] >= 1 and res["latent_norm_std"] >= 0
     assert len(res["examples"]) > 0 and all(set(e) == {"text", "decoded"} for e in res["examples"])
@@ -256,16 +326,19 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     assert [p["step"] for p in res2["exact_by_step"]] == [2, res2["steps"]]
     assert 0 <= res2["tf_accuracy_shuffled"] <= 1 and 0 <= res2["tf_accuracy"] <= 1 and res2["tf_ce"] > 0
     assert saved["environment"]["threads"] == 1 and saved["environment"]["torch"] == torch.__version__
-    # --heldout eval: the evaluation split is measured and not trained on
+    # --heldout eval: the evaluation split is measured and not trained on; sllm.texts_file's texts
+    # join the SLLM's training texts, as in the loop
+    (tmp_path / "more.txt").write_text("seven is a number.\nnine is a number too.\n")
     assert main(["sllm", "-q", "--json", str(out), "--base-dir", str(base), *TINY_MODELS, "--set", "maths.facts_per_topic=5",
-                 "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2", "--heldout", "eval"]) == 0
+                 "--set", "sllm.n_prompt=2", "--set", "sllm.decoder_lora_r=2", "--heldout", "eval",
+                 "--set", f"sllm.texts_file={tmp_path / 'more.txt'}"]) == 0
     from domains.base import get_domain
     from loop.config import build_config
 
     splits = get_domain("maths").load(build_config(None, {"maths.facts_per_topic": 5, "maths.phrasings_per_fact": 2}).corpus, 0)
     ev = json.loads(out.read_text())["results"]["full"]
     assert ev["heldout_set"] == "eval" and ev["heldout_texts"] == len(splits.eval) > 0
-    assert ev["train_texts"] == len(splits.train)
+    assert ev["train_texts"] == len(splits.train) and ev["file_texts"] == 2 and ev["false_texts"] == 32
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("not a model")
     assert main(["sllm", "-q", "--base-dir", str(tmp_path / "junk"), *TINY_MODELS]) == 2

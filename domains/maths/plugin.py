@@ -3,6 +3,7 @@ verifier, and held-out true facts as the knowledge set."""
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,8 @@ from domains.files import load_corpus
 from domains.maths.corpus import MathsConfig, build_maths_corpus, false_statements, heldout_per_topic
 from domains.maths.language import verify
 from domains.maths.topics import ALL_TOPICS
+
+_NUMBER = re.compile(r"(\d+)")
 
 # --- the domain plugin -------------------------------------------------------------------
 
@@ -93,6 +96,21 @@ class MathsDomain(Domain):
     @property
     def verifier(self) -> Callable[[str], Verdict]:
         return verify
+
+    def edit(self, texts: list[str], k: int, seed: int) -> list[str]:
+        """Each sentence with `k` of its numbers replaced by numbers of the given sentences: the
+        template stays, so the verifier still parses nearly every one (not a slot of one fixed
+        value, such as parity's "2 equal groups"), and the claim mostly turns false."""
+        rng = random.Random(seed)
+        numbers = sorted({n for t in texts for n in _NUMBER.findall(t)}, key=int)
+        out = []
+        for text in texts:
+            parts = _NUMBER.split(text)  # odd indices are the numbers
+            slots = list(range(1, len(parts), 2))
+            for _ in range(k if slots and numbers else 0):
+                parts[rng.choice(slots)] = rng.choice(numbers)
+            out.append("".join(parts))
+        return out
 
     def knowledge_figures(self, splits, cfg, seed: int, loglik, sample, n_texts: int, n_samples: int) -> dict[str, float]:
         """How well the model tells true facts from false ones of the same templates by likelihood

@@ -83,3 +83,37 @@ def fingerprints(smiles: Iterable[str]) -> np.ndarray:
         if r is not None:
             out[i] = r
     return out
+
+
+def selfies_edits(smiles: list[str], k: int, seed: int) -> list[str]:
+    """Each molecule after `k` random SELFIES point mutations (a token replaced, inserted or
+    deleted; the STONED walk of Nigam et al. 2021), as canonical SMILES. Every SELFIES string is a
+    molecule, so each step stays valid; the alphabet is the tokens of the given molecules' own
+    SELFIES, so no element or charge they lack comes in. "" where a molecule cannot be written
+    as SELFIES or the walk ends at an empty one."""
+    import selfies as sf  # lazy: only `bench sllm` walks molecules
+
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for smi in smiles:
+        try:
+            encoded.append(list(sf.split_selfies(sf.encoder(smi))))
+        except sf.EncoderError:
+            encoded.append(None)
+    alphabet = sorted({tok for toks in encoded if toks for tok in toks})
+    out = []
+    for toks in encoded:
+        if not toks:
+            out.append("")
+            continue
+        toks = list(toks)
+        for _ in range(k):
+            op = rng.integers(3) if len(toks) > 1 else rng.integers(2)  # never delete the last token
+            if op == 1:
+                toks.insert(int(rng.integers(len(toks) + 1)), alphabet[rng.integers(len(alphabet))])
+            elif op == 0:
+                toks[int(rng.integers(len(toks)))] = alphabet[rng.integers(len(alphabet))]
+            else:
+                del toks[int(rng.integers(len(toks)))]
+        out.append(canonical(sf.decoder("".join(toks)) or "") or "")
+    return out

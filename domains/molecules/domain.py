@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from common.errors import check as _check
 from domains.base import CorpusSplits, Domain, Text, Verdict, split_eval
 from domains.files import CorpusError
-from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit
+from domains.molecules.chem import FP_BITS, FP_RADIUS, canonical, fingerprints, rdkit, selfies_edits
 from domains.molecules.data import load_split, scaffold_test_set
 from domains.molecules.holdout import ScaffoldTestHoldout
 from domains.molecules.tokenizer import train_smiles_tokenizer
@@ -332,6 +332,10 @@ class MoleculesDomain(Domain):
     @property
     def verifier(self) -> Callable[[str], Verdict]:
         return verify
+
+    def edit(self, texts: list[str], k: int, seed: int) -> list[str]:
+        """Each molecule after `k` SELFIES point mutations: valid at every step (chem.selfies_edits)."""
+        return selfies_edits(texts, k, seed)
 
     @property
     def rule_critic(self):
