@@ -195,7 +195,7 @@ def evaluate(codec, heldout, train, domain, max_new_tokens: int = 32, n_pairs: i
     # the loop's occupancy map of the training latents, at the default settings
     occ = OccupancyMap.fit(z_train, SampleConfig(), seed=seed % 2**31, threads=torch.get_num_threads())
     res.update(still_dark(codec, be, greedy, occ, z_train, seed, n_dark, searches))
-    res.update(reach(codec, be, greedy, domain, occ, texts, z_held, seed))
+    res.update(reach(codec, be, greedy, domain, occ, texts, z_held, seed, searches))
     return res
 
 
@@ -221,7 +221,8 @@ EDIT_STEPS = (1, 4)  # Domain.edit steps away from a held-out text (`reach_dark_
 REACH_POOLS = ("heldout", *(f"edit{k}" for k in EDIT_STEPS), "shuffled", "random")
 
 
-def reach(codec, be, greedy, domain, occ: OccupancyMap, texts: list[str], z_held: np.ndarray, seed: int) -> dict:
+def reach(codec, be, greedy, domain, occ: OccupancyMap, texts: list[str], z_held: np.ndarray, seed: int,
+          searches: dict | None = None) -> dict:
     """Which texts land in the dark zones: the share of each pool's latents the map `occ` calls dark
     (`reach_dark_POOL`) and the share outside its envelope, where nothing is dark by definition
     (`reach_outside_POOL`). Pools: the held-out texts; the same after 1 and 4 random edits that keep
@@ -230,7 +231,8 @@ def reach(codec, be, greedy, domain, occ: OccupancyMap, texts: list[str], z_held
     (`random`). Then the once-edited texts, each decoded from its own latent: the share decoded
     exactly (`reach_edit1_exact`), and of those that land dark the same and the share whose decode
     is still dark (`reach_edit1_dark_exact`, `reach_edit1_dark_still_dark`): a dark latent some
-    text does reach, carried through the SLLM."""
+    text does reach, carried through the SLLM. `searches`: the edited texts decoded with each of
+    these parameters too (`reach_edit1_exact_NAME`, `reach_edit1_dark_exact_NAME`)."""
     rng = np.random.default_rng([seed, 37])
     tok = codec.tokenizer
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -255,12 +257,15 @@ def reach(codec, be, greedy, domain, occ: OccupancyMap, texts: list[str], z_held
             edited, z_edited, edited_dark = pool, z, dark
     res["reach_edit1_dark"] = int(edited_dark.sum()) if edited else 0
     res["reach_edit1_exact"] = res["reach_edit1_dark_exact"] = res["reach_edit1_dark_still_dark"] = None
-    if edited:
-        out = codec.decode(z_edited, be, greedy)
+    if not edited:
+        return res
+    for name, params in {"": greedy, **(searches or {})}.items():
+        suffix = f"_{name}" if name else ""
+        out = codec.decode(z_edited, be, params)
         exact = np.array([domain.canonical(a) == domain.canonical(b) for a, b in zip(edited, out)])
-        res["reach_edit1_exact"] = float(exact.mean())
-        if edited_dark.any():
-            res["reach_edit1_dark_exact"] = float(exact[edited_dark].mean())
+        res[f"reach_edit1_exact{suffix}"] = float(exact.mean())
+        res[f"reach_edit1_dark_exact{suffix}"] = float(exact[edited_dark].mean()) if edited_dark.any() else None
+        if not name and edited_dark.any():
             back = codec.reencode([o for o, d in zip(out, edited_dark) if d])
             res["reach_edit1_dark_still_dark"] = float(occ.is_dark(back).mean())
     return res
@@ -388,8 +393,9 @@ def evaluate_run(run_dir: Path, generation: int | None = None, heldout_set: str 
     return res, cfg
 
 
-SEARCH_FIGURES = [f"{f}_{pick}" for pick in ("parseable", "closest")
-                  for f in ("exact_match", "prior_true", "prior_unique", "dark_still_dark")]
+PICKS = ("parseable", "closest")
+SEARCH_FIGURES = [f"{f}_{pick}" for pick in PICKS for f in ("exact_match", "prior_true", "prior_unique", "dark_still_dark")]
+REACH_SEARCH_FIGURES = [f"{f}_{pick}" for pick in PICKS for f in ("reach_edit1_exact", "reach_edit1_dark_exact")]
 FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}"), ("embedding_cosine", "{:.3f}"),
            ("tf_accuracy", "{:.1%}"), ("tf_accuracy_train", "{:.1%}"), ("tf_accuracy_shuffled", "{:.1%}"), ("tf_ce", "{:.3f}"),
            ("tf_ce_shuffled", "{:.3f}"), ("first_error.median", "{:.1f}"), ("first_error.first_two", "{:.1%}"),
@@ -400,7 +406,8 @@ FIGURES = [("exact_match", "{:.1%}"), ("bleu", "{:.1f}"), ("token_f1", "{:.3f}")
            *((key, "{:.1%}") for key in SEARCH_FIGURES),
            *((f"reach_dark_{pool}", "{:.1%}") for pool in REACH_POOLS),
            *((f"reach_outside_{pool}", "{:.1%}") for pool in REACH_POOLS),
-           ("reach_edit1_exact", "{:.1%}"), ("reach_edit1_dark", "{:.0f}"), ("reach_edit1_dark_exact", "{:.1%}"), ("reach_edit1_dark_still_dark", "{:.1%}"),
+           ("reach_edit1_exact", "{:.1%}"), ("reach_edit1_dark", "{:.0f}"), ("reach_edit1_dark_exact", "{:.1%}"),
+           ("reach_edit1_dark_still_dark", "{:.1%}"), *((key, "{:.1%}") for key in REACH_SEARCH_FIGURES),
            ("effective_dimension", "{:.1f}"), ("latent_norm_mean", "{:.2f}"), ("latent_norm_std", "{:.2f}"),
            ("steps", "{:.0f}"), ("sllm_s", "{:.0f}")]
 
@@ -422,7 +429,7 @@ def table(rows: dict[str, dict], summary: dict[str, dict] | None = None) -> str:
     head = names + (["mean [95% CI]"] if summary else [])
     lines = ["| figure | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
     for key, fmt in FIGURES:
-        if key in SEARCH_FIGURES and all(figure(rows[n], key) is None for n in names) \
+        if key in SEARCH_FIGURES + REACH_SEARCH_FIGURES and all(figure(rows[n], key) is None for n in names) \
                 and (summary or {}).get(key, {}).get("mean") is None:
             continue  # measured only with --beams
         vals = [_cell(figure(rows[n], key), fmt) for n in names]

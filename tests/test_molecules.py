@@ -96,7 +96,7 @@ def test_descriptor_meaning_target(tmp_path):
     # parses, and to the parseable one encoded nearest the latent
     assert res["beams"] == 2 and res["decode_seconds_parseable"] > 0 and res["decode_seconds_closest"] > 0
     for pick in ("parseable", "closest"):
-        for k in ("exact_match", "prior_true", "prior_unique", "dark_still_dark"):
+        for k in ("exact_match", "prior_true", "prior_unique", "dark_still_dark", "reach_edit1_exact"):
             assert 0 <= res[f"{k}_{pick}"] <= 1, (k, pick)
     assert res["meaning_target"] == {"name": e.name, "dim": e.dim} and res["final_losses"]["meaning"] >= 0
 

@@ -227,7 +227,8 @@ def test_bench_figures():
 
 class _TableCodec:
     """A codec of known places: each text's latent is `place(text)`, and a latent decodes to the
-    nearest text it has encoded (of those `decodable` allows): a faithful round trip by construction."""
+    nearest text it has encoded, of those `decodable` allows (every one with the parameters "any"):
+    a faithful round trip by construction."""
 
     def __init__(self, tokenizer, place, decodable=lambda text: True):
         self.tokenizer, self.place, self.decodable, self.known = tokenizer, place, decodable, {}
@@ -240,7 +241,7 @@ class _TableCodec:
     reencode = encode
 
     def decode(self, z, backend, params):
-        names = [n for n in self.known if self.decodable(n)]
+        names = [n for n in self.known if params == "any" or self.decodable(n)]
         table = np.stack([self.known[n] for n in names])
         return [names[int(np.argmin(((table - zi) ** 2).sum(1)))] for zi in z]
 
@@ -292,6 +293,10 @@ def test_reach_counts_which_texts_land_dark_and_what_comes_back(tiny_lm):
     res = reach(plain, None, None, domain, occ, held, plain.encode(held), seed=0)
     assert res["reach_dark_edit1"] == 0.5 and res["reach_edit1_exact"] == 0
     assert res["reach_edit1_dark_exact"] == 0 and res["reach_edit1_dark_still_dark"] == 0
+    # each search's decodes are scored on their own: here one that may write any text it has seen
+    res = reach(plain, None, "greedy", domain, occ, held, plain.encode(held), seed=0, searches={"closest": "any"})
+    assert res["reach_edit1_exact"] == 0 and res["reach_edit1_exact_closest"] == 1
+    assert res["reach_edit1_dark_exact"] == 0 and res["reach_edit1_dark_exact_closest"] == 1
 
 
 def test_bench_sllm_command_writes_every_figure(tmp_path):
