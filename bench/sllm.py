@@ -572,6 +572,8 @@ def main(argv: list[str]) -> int:
         base_cfg = build_from_args(args)
         c = base_cfg.corpus
         get_domain(c.domain_name).check_knowledge(c)
+        if not args.run:  # an unreadable sllm.texts_file is refused before any training, not after
+            RunContext(base_cfg).sllm_file_texts()
     except ValueError as e:  # ConfigError, or MathsConfig's own check of the corpus settings
         print(f"error: {e}", file=sys.stderr)
         return 2

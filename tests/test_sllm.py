@@ -353,6 +353,7 @@ def test_bench_sllm_command_writes_every_figure(tmp_path):
     (["--corpus", "{tmp}/c.txt"], "domain's own held-out set"),
     (["--set", "maths.facts_per_topic=4"], "holds out no fact"),
     (["--beams", "0"], "--beams must be >= 1, got 0"),
+    (["--set", "sllm.texts_file={tmp}/missing.txt"], "sllm.texts_file"),
 ])
 def test_bench_sllm_bad_input_is_one_line(tmp_path, args, fragment, capsys):
     from bench.sllm import main
