@@ -106,7 +106,7 @@ def discovery(cfg, run_dir: Path, generation: int | None, budget: int, seeds: in
         samples: list[dict] = []
         per_seed: dict[str, list[dict]] = {n: [] for n in samplers}
         probe_rng = np.random.default_rng([cfg.run.seed, 7919])
-        probe = occ.envelope_samples(2000, probe_rng)
+        probe = occ.envelope_samples(2000, probe_rng, cfg.sample.envelope)
         probe = probe[occ.is_dark(probe)]
         for seed in range(seeds):
             for si, name in enumerate(samplers):

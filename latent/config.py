@@ -20,6 +20,11 @@ class SampleConfig:
     k: int = 5  # neighbours for the kNN occupancy score
     pool_factor: int = 20  # dark sampler: proposals drawn per kept candidate
     envelope_quantile: float = 0.99  # Mahalanobis radius of corpus latents that bounds the envelope
+    # How envelope proposals (the dark and prior samplers, the zone probes) are drawn: "ppca", the
+    # corpus latents' probabilistic PCA, principal coordinates plus the discarded directions' noise;
+    # "subspace", the principal coordinates alone (nearer the corpus than its own texts in the
+    # discarded directions: on molecules no proposal is dark). Not a map setting: a saved map serves both.
+    envelope: str = "ppca"
     # Dark = k-NN distance above this quantile of the corpus texts' own k-NN distances. 1.0 is
     # "darker than every corpus text", which one isolated corpus text can make all but unreachable;
     # 0.99 ignores the sparsest 1%.
@@ -44,6 +49,7 @@ class SampleConfig:
         _check(self.pool_factor >= 1, f"sample.pool_factor must be >= 1, got {self.pool_factor}")
         _check(0.5 <= self.dark_quantile <= 1, f"sample.dark_quantile must be in [0.5, 1], got {self.dark_quantile}")
         _check(0.5 <= self.envelope_quantile <= 1, f"sample.envelope_quantile must be in [0.5, 1], got {self.envelope_quantile}")
+        _check(self.envelope in ("ppca", "subspace"), f"sample.envelope must be ppca or subspace, got {self.envelope!r}")
         _check(self.n_zones >= 1, f"sample.n_zones must be >= 1, got {self.n_zones}")
         _check(self.exact_max >= 0, f"sample.exact_max must be >= 0 (0: always the approximate index), got {self.exact_max}")
         _check(0 < self.min_recall <= 1, f"sample.min_recall must be in (0, 1], got {self.min_recall}")

@@ -51,6 +51,7 @@ FORMAT = 1  # occupancy.json "format": bump when the saved layout changes
 BATCH = 4096  # queries per FAISS search call and per exact re-ranking block (bounds memory)
 MARGIN = 4  # extra candidates fetched beyond k, re-ranked in float64 (ties, float32 rounding)
 # Settings a saved map was fitted with; `load(folder, cfg)` refuses a map fitted with others.
+ENVELOPES = ("ppca", "subspace")  # sample.envelope: how envelope_samples draws (see there)
 FIT_SETTINGS = ("k", "dark_quantile", "envelope_quantile", "exact_max", "threshold_sample", "fit_sample",
                 "min_recall", "ivf_nlist")
 
@@ -268,8 +269,16 @@ class OccupancyMap:
         """Row indices (B, n) of each point's n nearest corpus latents."""
         return self.kneighbors(points, n)[1]
 
-    def envelope_samples(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Gaussian samples in the principal subspace, kept inside the envelope radius."""
+    def envelope_samples(self, n: int, rng: np.random.Generator, envelope: str = "ppca") -> np.ndarray:
+        """Gaussian samples of the corpus latents' probabilistic PCA (the model sklearn's PCA fits):
+        whitened principal coordinates kept inside the envelope radius and, with `envelope` "ppca",
+        isotropic noise of the discarded directions' mean variance (`pca.noise_variance_`) in the rest
+        of the space. "subspace" leaves that noise out: every sample then sits at the corpus mean in
+        the discarded directions, nearer the corpus texts than they lie to each other, so a corpus
+        with much variance outside the principal subspace (molecules: 28% outside 32 components)
+        shows no dark sample at all."""
+        if envelope not in ENVELOPES:
+            raise ConfigError(f"sample.envelope={envelope!r}: choose from {', '.join(ENVELOPES)}")
         d = self.pca.n_components_
         out = []
         while sum(len(o) for o in out) < n:
@@ -277,7 +286,12 @@ class OccupancyMap:
             w = w[np.linalg.norm(w, axis=1) <= self.radius]
             out.append(w)
         w = np.concatenate(out)[:n]
-        return self.pca.inverse_transform(w).astype(np.float32)
+        pts = self.pca.inverse_transform(w).astype(np.float32)
+        if envelope == "ppca" and self.pca.noise_variance_ > 0:
+            noise = rng.standard_normal(pts.shape).astype(np.float32) * np.float32(np.sqrt(self.pca.noise_variance_))
+            basis = self.pca.components_.astype(np.float32)  # orthonormal rows
+            pts += noise - (noise @ basis.T) @ basis  # the discarded directions only: w stays as drawn
+        return pts
 
     # ------------------------------------------------------------------------ save, load
     def save(self, folder: str | Path) -> None:

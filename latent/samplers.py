@@ -145,14 +145,14 @@ def sample_dark(occ: OccupancyMap, n: int, cfg: SampleConfig, rng: np.random.Gen
     Returns (points (n, D), density scores (n,), all dark proposals (M, D)). When fewer than n
     proposals are dark, the farthest proposals fill the rest (their density score says so).
     """
-    pool = occ.envelope_samples(n * cfg.pool_factor, rng)
+    pool = occ.envelope_samples(n * cfg.pool_factor, rng, cfg.envelope)
     score = occ.density_score(pool)
     order = np.argsort(-score, kind="stable")[:n]
     return pool[order], score[order], pool[score > 1]
 
 
-def sample_prior(occ: OccupancyMap, n: int, rng: np.random.Generator):
-    pts = occ.envelope_samples(n, rng)
+def sample_prior(occ: OccupancyMap, n: int, rng: np.random.Generator, envelope: str = "ppca"):
+    pts = occ.envelope_samples(n, rng, envelope)
     return pts, occ.density_score(pts)
 
 
@@ -202,7 +202,7 @@ def _dark(ctx: SamplerContext, n: int) -> Draw:
 
 
 def _prior(ctx: SamplerContext, n: int) -> Draw:
-    pts, dens = sample_prior(ctx.occ, n, ctx.rng)
+    pts, dens = sample_prior(ctx.occ, n, ctx.rng, ctx.cfg.envelope)
     return Draw(pts, dens, [None] * n)
 
 

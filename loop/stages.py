@@ -141,7 +141,7 @@ def run_map(loop: RunContext, s: Session, g: int, seed: int) -> dict:
     fd = FeatureDictionary.fit(latents, cfg.features, seed % 2**31) if cfg.features.n_features else None
     rng = np.random.default_rng(seed)
     n_probe = max(2000, 20 * cfg.sample.n_zones)
-    probe = occ.envelope_samples(n_probe, rng)
+    probe = occ.envelope_samples(n_probe, rng, cfg.sample.envelope)
     dark = probe[occ.density_score(probe) > 1]
     zones = find_zones(occ, dark, n_probe, cfg.sample.n_zones, seed % 2**31)
     decoded = []

@@ -89,3 +89,35 @@ def test_samplers_shapes_and_darkness(occ):
 def test_too_few_points_is_a_clear_error():
     with pytest.raises(ValueError, match="at least"):
         OccupancyMap.fit(np.zeros((3, D), np.float32), SampleConfig())
+
+
+def test_envelope_draws_the_discarded_directions_too():
+    """96 dimensions, 8 of them structured, the map's PCA keeps 32: the other 64 hold most of each
+    latent's spread. Probabilistic-PCA proposals are spread like the corpus there, so their k-NN
+    distances are the corpus texts' own; principal-subspace proposals sit at the mean there, nearer
+    every corpus text than the texts lie to each other, and read as occupied."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 96)).astype(np.float32)
+    x[:, :8] *= 3
+    x[:1500, 0] += 12
+    m = OccupancyMap.fit(x, SampleConfig())
+    assert m.pca.n_components_ == 32
+
+    def residual(p):
+        return np.median(np.linalg.norm(p - m.pca.inverse_transform(m.pca.transform(p)), axis=1))
+
+    ppca = m.envelope_samples(2000, np.random.default_rng(1))
+    flat = m.envelope_samples(2000, np.random.default_rng(1), "subspace")
+    # the same principal coordinates (drawn first), inside the envelope either way
+    np.testing.assert_allclose(m.pca.transform(ppca), m.pca.transform(flat), atol=1e-3)
+    assert m.inside(ppca).all() and m.inside(flat).all()
+    assert residual(flat) < 1e-3
+    assert abs(residual(ppca) / residual(x) - 1) < 0.05
+    corpus = np.median(m.loo_distance(np.arange(500))) / m.threshold
+    assert abs(np.median(m.density_score(ppca)) / corpus - 1) < 0.05
+    assert np.median(m.density_score(flat)) < 0.9 * corpus
+    assert m.is_dark(ppca).mean() > 5 * m.is_dark(flat).mean()
+    with pytest.raises(Exception, match="sample.envelope"):
+        m.envelope_samples(4, np.random.default_rng(0), "sphere")
+    with pytest.raises(Exception, match="sample.envelope"):
+        SampleConfig(envelope="sphere")
