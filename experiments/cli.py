@@ -133,7 +133,7 @@ def _main_discovery(args, cfg) -> int:
         ignored += [f"--{a.replace('_', '-')}" for a in ("generations", "out", "seed", "base_model", "domain", "corpus", "rubric", "samplers")
                     if getattr(args, a) is not None]
         if ignored:
-            log.warning("--run uses that run's own settings (but run.threads and decode.*); ignoring %s",
+            log.warning("--run uses that run's own settings (but run.threads, decode.* and sample.envelope); ignoring %s",
                         ", ".join(ignored))
         cfg = _measured_with(run_dir, cfg, args)
     else:
@@ -188,15 +188,19 @@ def _main_discovery_seeds(args, cfg, samplers) -> int:
     return 0
 
 
-MEASURE_SETTINGS = ("run.threads", "decode.")  # what --set may change of a finished run's settings
+# what --set may change of a finished run's settings: how its latents are drawn and written out
+MEASURE_SETTINGS = ("run.threads", "decode.", "sample.envelope")
 
 
 def _measured_with(run_dir: Path, cfg, args):
     """A finished run's own settings, so its models load as they were trained, with this command's
     thread count and the decode settings it --set (how latents are written out, e.g. decode.beams,
-    decode.pick): they change what is measured, never what was trained."""
+    decode.pick) and sample.envelope (how envelope proposals are drawn): they change what is
+    measured, never what was trained."""
     rcfg = run_config(run_dir)
     rcfg.run.threads = cfg.run.threads
+    if any(i.startswith("sample.envelope=") for i in args.set):
+        rcfg.sample = dataclasses.replace(rcfg.sample, envelope=cfg.sample.envelope)
     names = {i.split("=")[0].split(".", 1)[1] for i in args.set if i.startswith("decode.")}
     if names:
         rcfg.decode = dataclasses.replace(rcfg.decode, **{k: getattr(cfg.decode, k) for k in names})
