@@ -111,8 +111,12 @@ def test_discovery_table_json_png_db(discovery_run):
 def test_discovery_reuses_a_run_and_inspect_lists_it(discovery_run):
     run_dir = discovery_run[0]
     p = run_cli(["experiment", "discovery", "--run", str(run_dir), "--budget", "4", "--seeds", "1",
-                 "--only", "dark,lm", "--json", str(run_dir / "second.json"), "-q", "--set", "run.threads=1"])
+                 "--only", "dark,lm", "--json", str(run_dir / "second.json"), "-q", "--set", "run.threads=1",
+                 "--set", "sample.envelope=subspace"])
     assert "one seed: no interval" in p.stdout
+    # how proposals are drawn is a measuring setting: taken, not ignored
+    assert "ignoring" not in p.stderr
+    assert json.loads((run_dir / "second.json").read_text())["settings"]["config"]["sample"]["envelope"] == "subspace"
     out = run_cli(["inspect", str(run_dir), "experiments"]).stdout
     assert out.count("discovery") == 2 and "true-new /1000" in out
     show = run_cli(["inspect", str(run_dir), "experiments", "show", "2"]).stdout
