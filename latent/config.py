@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 from common.errors import check as _check
 
+ENVELOPES = ("ppca", "subspace")  # sample.envelope: how OccupancyMap.envelope_samples draws (see there)
+
 
 
 @dataclass
@@ -49,7 +51,7 @@ class SampleConfig:
         _check(self.pool_factor >= 1, f"sample.pool_factor must be >= 1, got {self.pool_factor}")
         _check(0.5 <= self.dark_quantile <= 1, f"sample.dark_quantile must be in [0.5, 1], got {self.dark_quantile}")
         _check(0.5 <= self.envelope_quantile <= 1, f"sample.envelope_quantile must be in [0.5, 1], got {self.envelope_quantile}")
-        _check(self.envelope in ("ppca", "subspace"), f"sample.envelope must be ppca or subspace, got {self.envelope!r}")
+        _check(self.envelope in ENVELOPES, f"sample.envelope must be one of {', '.join(ENVELOPES)}, got {self.envelope!r}")
         _check(self.n_zones >= 1, f"sample.n_zones must be >= 1, got {self.n_zones}")
         _check(self.exact_max >= 0, f"sample.exact_max must be >= 0 (0: always the approximate index), got {self.exact_max}")
         _check(0 < self.min_recall <= 1, f"sample.min_recall must be in (0, 1], got {self.min_recall}")

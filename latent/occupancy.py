@@ -45,13 +45,12 @@ from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
 from common.errors import ConfigError
-from latent.config import SampleConfig
+from latent.config import ENVELOPES, SampleConfig
 
 FORMAT = 1  # occupancy.json "format": bump when the saved layout changes
 BATCH = 4096  # queries per FAISS search call and per exact re-ranking block (bounds memory)
 MARGIN = 4  # extra candidates fetched beyond k, re-ranked in float64 (ties, float32 rounding)
 # Settings a saved map was fitted with; `load(folder, cfg)` refuses a map fitted with others.
-ENVELOPES = ("ppca", "subspace")  # sample.envelope: how envelope_samples draws (see there)
 FIT_SETTINGS = ("k", "dark_quantile", "envelope_quantile", "exact_max", "threshold_sample", "fit_sample",
                 "min_recall", "ivf_nlist")
 
