@@ -9,7 +9,7 @@ from common.errors import check as _check
 ENCODER_INPUTS = ("embeddings", "hidden")
 # Settings that say how long, how fast and on which extra texts an SLLM trains, not what it is: an
 # SLLM may start from another one (`init`) that differs in these alone.
-TRAINING_ONLY = ("epochs", "continue_epochs", "lr", "batch_size", "init", "false_texts", "texts_file")
+TRAINING_ONLY = ("epochs", "continue_epochs", "lr", "batch_size", "init", "false_texts", "texts_file", "compile")
 
 
 @dataclass
@@ -80,6 +80,11 @@ class SLLMConfig:
     init: str = ""
     lr: float = 1e-3
     batch_size: int = 64  # performance knob
+    # Train through torch.compile (inductor): the base model's forward and backward become fused
+    # kernels, which on a CPU spares the many small elementwise passes of a 128-wide model (about a
+    # sixth of a molecules step, docs/sllm.md) for a minute of compiling first; needs a C++ compiler.
+    # The weights and the result are those of the eager training, up to float rounding.
+    compile: bool = False
 
     def __post_init__(self):
         for k in ("latent_dim", "n_prompt", "enc_layers", "enc_heads", "enc_dim", "pool_queries", "max_tokens", "epochs", "batch_size"):

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
+from common.errors import ConfigError
 from lm import distributed
 from lm.base_model import encode_texts, generate_inputs, pad_batch
 from sllm import adapter
@@ -27,7 +29,18 @@ from sllm.model import SLLM, decoder_inputs
 log = logging.getLogger(__name__)
 
 
+# The hidden-state cache may take at most this, or half the memory free when training starts where
+# that is known (Linux), whichever is larger: computing the states per batch instead makes a molecules
+# step about 30% slower, so a large training set (250,000 molecules: 6 GB) is worth the memory.
 HIDDEN_CACHE_BYTES = 2 << 30
+
+
+def _cache_budget() -> int:
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        free = 0
+    return max(HIDDEN_CACHE_BYTES, free // 2)
 
 
 @torch.no_grad()
@@ -36,11 +49,11 @@ def _hidden_cache(model, tokenizer, seqs, batch_size: int, device, encoder_input
     once instead of in every step (the encoder's input does not change while the SLLM trains: this
     saves about a tenth of a step). The model is causal and the texts right-padded, so a text's
     states do not depend on its batch. None when the encoder reads embeddings only, or when the
-    states would take more than HIDDEN_CACHE_BYTES (they are then computed per batch)."""
+    states would take more than the cache budget (`_cache_budget`; they are then computed per batch)."""
     if encoder_input != "hidden" or not seqs:
         return None
     T, E = max(map(len, seqs)), model.get_input_embeddings().weight.shape[1]
-    if len(seqs) * T * E * 4 > HIDDEN_CACHE_BYTES:
+    if len(seqs) * T * E * 4 > _cache_budget():
         return None
     cache = torch.zeros(len(seqs), T, E, device=device)
     w, r = distributed.world(), distributed.rank()
@@ -65,7 +78,7 @@ def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not eve
 
 
 def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None, enc_in=None,
-                share: distributed.Share | None = None, tokens: int | None = None):
+                share: distributed.Share | None = None, tokens: int | None = None, forward=None):
     """Loss terms for one batch: reconstruction CE, meaning (cosine), latent L2 (the paraphrase
     term has batches of its own: `HardNegatives`). `emb` are the text's input embeddings
     (teacher forcing), `enc_in` what the encoder reads.
@@ -73,8 +86,12 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     `share`: these rows are this rank's share of a global batch whose texts have `tokens` target
     tokens in all (DistributedDataParallel). Each mean over the batch is then this rank's sum over
     the global count, times `share.scale`: DDP's average of the ranks' gradients is the gradient
-    of the global batch's loss (lm.distributed), and the ranks' average of each term its value."""
+    of the global batch's loss (lm.distributed), and the ranks' average of each term its value.
+
+    `forward`: what runs the base model's reconstruction pass (`model` itself by default; training
+    passes its compiled form under `sllm.compile`)."""
     cfg = cfg or sllm.cfg
+    forward = model if forward is None else forward
     mu, logvar = sllm.posterior(emb if enc_in is None else enc_in, mask)  # (B, latent)
     z = mu
     if logvar is not None and sllm.training:  # the reparameterised sample the decoder is trained on
@@ -94,9 +111,9 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     # (with 32 prompts and texts of about 20 tokens, 0.6 of the output layer's and softmax's work).
     T = ids.shape[1]
     if _keeps_logits(model):
-        logits = model(inputs_embeds=inputs, attention_mask=att, logits_to_keep=T, **cond).logits[:, :-1]  # (B, T-1, V)
+        logits = forward(inputs_embeds=inputs, attention_mask=att, logits_to_keep=T, **cond).logits[:, :-1]  # (B, T-1, V)
     else:
-        logits = model(inputs_embeds=inputs, attention_mask=att, **cond).logits[:, K:-1]
+        logits = forward(inputs_embeds=inputs, attention_mask=att, **cond).logits[:, K:-1]
     labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     meaning = target_meaning is not None and cfg.meaning_weight > 0
     if share is None:  # one process: the batch means
@@ -125,6 +142,15 @@ def sllm_losses(sllm: SLLM, model, ids, mask, emb, target_meaning=None, cfg=None
     if "kl" in terms:
         total = total + cfg.kl_weight * terms["kl"]
     return total, terms
+
+
+def compiled_forward(model):
+    """The base model's forward through torch.compile, for the reconstruction pass alone (encoding,
+    calibration and decoding stay eager). Dynamic shapes: every batch pads to its own length."""
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ConfigError("sllm.compile needs a C++ compiler on PATH (torch.compile builds its CPU kernels "
+                          "with one): install g++ (apt-get install g++) or set sllm.compile=false")
+    return torch.compile(model, dynamic=True)
 
 
 def cycle_loss(sllm: SLLM, model, tokenizer, z_off: torch.Tensor) -> torch.Tensor:
@@ -351,7 +377,8 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
             if norm is not None:
                 norm.share = sh
             total, terms = sllm_losses(sllm, model, ids, mask, emb, tgt, enc_in=enc_in, share=sh,
-                                       tokens=None if sh is None else max(1, sum(len(seqs[j]) - 1 for j in batch)))
+                                       tokens=None if sh is None else max(1, sum(len(seqs[j]) - 1 for j in batch)),
+                                       forward=compiled)
             if hard is not None:
                 idx, fid = hard.sample(rng)  # the same on every rank: the shared generator
                 hsh = distributed.share(len(idx))
@@ -371,6 +398,7 @@ def train_sllm(sllm: SLLM, model, tokenizer, texts: list[str], meaning_targets: 
                 total = total + sllm.cfg.cycle_weight * terms["cycle"]
         return total, terms
 
+    compiled = compiled_forward(model) if sllm.cfg.compile else None
     several = distributed.world() > 1
     norm = _GlobalBatchNorm(sllm.norm) if several else None
     adapter.set_decoding(model, True, trainable=True)  # before DDP, which reduces only trainable weights
