@@ -237,7 +237,8 @@ class HardNegatives:
                 members.setdefault(g, []).append(i)
         self.members = {g: m for g, m in members.items() if len(m) > 1}  # a fact needs two phrasings
         k = max(1, len(groups) // texts_per_cluster)
-        if meaning_targets is None or k == 1:
+        # no fact with two phrasings (molecules: one SMILES each): no batch to draw, no clusters to fit
+        if meaning_targets is None or k == 1 or not self.members:
             labels = np.zeros(len(groups), dtype=int)
         else:
             labels = KMeans(k, n_init=1, random_state=seed).fit_predict(np.asarray(meaning_targets, np.float32))
