@@ -6,6 +6,9 @@ prints seconds per step and molecules per second. If a larger batch gave more mo
 second, the 40-minute budget could see more molecules; on a CPU the step is compute-bound.
 
     python docs/scripts/sllm_throughput.py runs/molbase 64,128,256
+    python docs/scripts/sllm_throughput.py runs/molbase 64 compile    # the same through sllm.compile
+
+With `compile`, a first 5-step training compiles the graphs (timed apart), then the timed one runs.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ from sllm.train import train_sllm  # noqa: E402
 
 def main() -> None:
     base, sizes = sys.argv[1], [int(b) for b in sys.argv[2].split(",")]
+    compiled = sys.argv[3:] == ["compile"]
     torch.set_num_threads(2)
-    cfg = build_config(None, {"corpus.domain": "molecules", "sllm.false_texts": 50000})
+    cfg = build_config(None, {"corpus.domain": "molecules", "sllm.false_texts": 50000, "sllm.compile": compiled})
     domain = get_domain("molecules")
     train, _ = domain.texts(cfg.corpus, 0)
     texts = [t.text for t in train + domain.language_texts(cfg.corpus, 0, 50000)]
@@ -39,6 +43,10 @@ def main() -> None:
         targets = embedder.embed(sub)
         torch.manual_seed(0)
         codec = Codec.new(cfg.sllm, model, tok, embedder.dim)
+        if compiled:
+            t0 = time.perf_counter()
+            train_sllm(codec.sllm, codec.model, tok, sub[: bs * 5], targets[: bs * 5], 1, cfg.sllm.lr, bs, 0, desc="compile")
+            print(f"batch {bs}: compiling and 5 steps {time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
         info = train_sllm(codec.sllm, codec.model, tok, sub, targets, 1, cfg.sllm.lr, bs, 0, desc="throughput")
         dt = time.perf_counter() - t0
